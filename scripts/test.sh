@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The project's one test command: set up .venv, lint (ruff, shellcheck), run the whole pytest suite offline.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k retriever`.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${VENV:-$ROOT/.venv}"
+export VENV
+
+phase() {
+  local name="$1"; shift
+  local start=$SECONDS
+  echo "=== $name"
+  "$@"
+  echo "=== $name: $((SECONDS - start))s"
+}
+
+shell_scripts() { git ls-files -co --exclude-standard '*.sh' .ci/run; }
+
+run_shellcheck() {
+  local files=()
+  mapfile -t files < <(shell_scripts)
+  "$VENV/bin/shellcheck" "${files[@]}"
+}
+
+phase "environment" bash scripts/setup_env.sh
+phase "ruff" "$VENV/bin/ruff" check .
+phase "ruff format" "$VENV/bin/ruff" format --check .
+phase "shellcheck" run_shellcheck
+phase "pytest" env HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$VENV/bin/python" -m pytest "$@"
+echo "all checks passed in $SECONDS s"

@@ -1,0 +1,60 @@
+"""Session fixtures shared by the whole suite: offline tokenizer, encoder, toy corpus, free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+import offline_assets
+from search_r1_oai.toy_data import ToyFact, write_toy_corpus
+
+# The suite must never reach a model hub; every asset is built from installed packages.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir() -> Path:
+    """Directory of the offline Qwen2.5-Instruct tokenizer (with its tool-calling chat template)."""
+    return offline_assets.qwen25_tokenizer_dir()
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(qwen_tokenizer_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (BertModel, 384-d): stands in for E5 on CPU, same loading path."""
+    return offline_assets.minilm_encoder_dir()
+
+
+@pytest.fixture(scope="session")
+def toy_corpus_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(corpus.jsonl, facts.jsonl)`` of the deterministic toy corpus."""
+    return write_toy_corpus(tmp_path_factory.mktemp("toy_corpus"))
+
+
+@pytest.fixture(scope="session")
+def toy_facts(toy_corpus_files: tuple[Path, Path]) -> list[ToyFact]:
+    import json
+
+    return [ToyFact(**json.loads(line)) for line in toy_corpus_files[1].read_text().splitlines()]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
