@@ -1,0 +1,576 @@
+"""An SGLang-compatible ``/v1/chat/completions`` test server with scripted assistant outputs.
+
+Why: the rollout must be token-exact against SGLang's real behaviour (prompt ids, output ids, logprobs, qwen25
+tool-call parsing), and a GPU server is not available in tests. This server tokenizes scripted assistant text with
+the real offline Qwen2.5 tokenizer, renders prompts with the tokenizer's own chat template the way SGLang does, and
+records every request's conditioning ids, so a test can recompute the invariant independently.
+
+Behaviour follows SGLang 0.5.15 (``python/sglang/srt/entrypoints/openai/serving_chat.py``, ``protocol.py``,
+``function_call/qwen25_detector.py``, ``managers/tokenizer_manager.py``); ``version`` switches the id fields:
+
+* ``"0.5.12"``: old server, ignores ``input_ids`` / ``return_*`` (always renders ``messages``), returns no ids.
+* ``"0.5.15"``: ``input_ids``, ``return_prompt_token_ids`` -> ``prompt_token_ids``, ``return_meta_info`` ->
+  ``meta_info`` (``output_token_logprobs`` triples ``[logprob, token_id, text]`` when ``logprobs``).
+* ``"0.5.17"``: also ``return_token_ids`` -> ``choices[i].token_ids``; ``"0.5.18"``: -> ``response_token_ids``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import fastapi
+import httpx
+import uvicorn
+from fastapi.responses import JSONResponse
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_VERSIONS = ("0.5.12", "0.5.15", "0.5.17", "0.5.18")
+TOOL_CALL_START = "<tool_call>"
+# SGLang's Qwen25Detector: bot_token "<tool_call>\n", eot_token "\n</tool_call>"; a block without those newlines is
+# not parsed (but still counts as "has a tool call").
+_TOOL_BLOCK = re.compile(re.escape("<tool_call>\n") + "(.*?)" + re.escape("\n</tool_call>"), re.DOTALL)
+# Qwen2.5-Instruct's generation_config eos_token_id: <|im_end|>, <|endoftext|>.
+DEFAULT_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+_RETURN_FIELDS = ("return_prompt_token_ids", "return_meta_info", "return_token_ids")
+
+
+@dataclass
+class Reply:
+    """One scripted assistant turn: the raw text the 'model' samples, or an HTTP error instead."""
+
+    text: str = ""
+    status: int = 200
+    finish_reason: str | None = None
+    delay_s: float = 0.0
+
+
+@dataclass
+class RecordedRequest:
+    """What the server saw and did for one request, for independent recomputation in tests."""
+
+    question: str
+    body: dict
+    prompt_ids: list[int]
+    output_ids: list[int]
+    output_logprobs: list[float]
+    finish_reason: str | None
+    status: int
+    response: dict | None = field(default=None, repr=False)
+
+
+class MockRequestError(Exception):
+    """A request the server rejects with an SGLang-style error body."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def mock_logprob(token_id: int, position: int) -> float:
+    """Deterministic, position-dependent, always negative logprob of ``token_id`` sampled at ``position``.
+
+    ``position`` is the absolute index in the sequence (``len(prompt_ids) + i``), so a client that attaches a
+    logprob to the wrong token or the wrong turn gets a different number.
+    """
+    return -(1 + (token_id * 7919 + position * 104729) % 4999) / 1024.0
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def error_body(message: str, status: int) -> dict[str, Any]:
+    """SGLang's ``ErrorResponse``: ``{"object": "error", "message", "type", "param", "code"}``."""
+    try:
+        err_type = HTTPStatus(status).phrase.replace(" ", "")
+    except ValueError:
+        err_type = "Error"
+    if status == 400:
+        err_type = "BadRequestError"
+    return {"object": "error", "message": message, "type": err_type, "param": None, "code": status}
+
+
+_TOKENIZER_COPIES: dict[int, tuple[Any, Any]] = {}
+_TOKENIZER_COPIES_LOCK = threading.Lock()
+
+
+def _private_tokenizer(tokenizer: Any) -> Any:
+    """A per-process copy of ``tokenizer`` so the server thread never shares a Rust tokenizer with the client."""
+    with _TOKENIZER_COPIES_LOCK:
+        cached = _TOKENIZER_COPIES.get(id(tokenizer))
+        if cached is None or cached[0] is not tokenizer:
+            cached = (tokenizer, copy.deepcopy(tokenizer))
+            _TOKENIZER_COPIES[id(tokenizer)] = cached
+        return cached[1]
+
+
+class MockSGLang:
+    """Scripted SGLang chat-completions server state plus its FastAPI ``app``."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        version: str = "0.5.15",
+        context_length: int = 32768,
+        model: str = "qwen2.5-3b",
+    ) -> None:
+        if version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"version must be one of {SUPPORTED_VERSIONS}, got {version!r}")
+        self.tokenizer = _private_tokenizer(tokenizer)
+        self.version = version
+        self.context_length = context_length
+        self.model = model
+        self.requests: list[RecordedRequest] = []
+        self.stop_token_ids: list[int] = [self.tokenizer.convert_tokens_to_ids(tok) for tok in DEFAULT_STOP_TOKENS]
+        self._scripts: dict[str, list[Reply]] = {}
+        self._lock = threading.Lock()
+        self.app = self._build_app()
+
+    # ---- scripting -------------------------------------------------------------------------------------------
+    def script(self, question: str, replies: list[Reply | str]) -> None:
+        """Queue the assistant turns of the conversation whose prompt contains ``question`` (appends)."""
+        if not question:
+            raise ValueError("question must be a non-empty string")
+        queued = [Reply(text=r) if isinstance(r, str) else r for r in replies]
+        with self._lock:
+            self._scripts.setdefault(question, []).extend(queued)
+
+    def requests_for(self, question: str) -> list[RecordedRequest]:
+        """Recorded requests matched to ``question``, in arrival order."""
+        with self._lock:
+            return [r for r in self.requests if r.question == question]
+
+    def remaining(self, question: str) -> int:
+        """How many scripted replies of ``question`` are still unused."""
+        with self._lock:
+            return len(self._scripts.get(question, []))
+
+    @property
+    def honours_ids(self) -> bool:
+        """Whether this version accepts ``input_ids`` and returns prompt ids / meta_info (SGLang >= 0.5.13)."""
+        return _version_tuple(self.version) >= (0, 5, 13)
+
+    # ---- prompt side -----------------------------------------------------------------------------------------
+    def render_prompt_ids(self, body: dict[str, Any]) -> list[int]:
+        """Prompt ids SGLang builds from ``messages`` + ``tools`` (no ``input_ids``), via the Jinja chat template.
+
+        Like SGLang: messages go through its pydantic models (content ``None`` -> ``""``), tool-call ``arguments``
+        strings are parsed to dicts, tools are re-serialised with the ``strict`` key, ``add_generation_prompt``.
+        """
+        messages = [_normalise_message(m) for m in body["messages"]]
+        tools = None
+        if body.get("tools") and body.get("tool_choice", "auto") != "none":
+            tools = [_normalise_tool(t) for t in body["tools"]]
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, tools=tools
+            )
+        except Exception as exc:  # the template's own errors are client errors in SGLang too
+            raise MockRequestError(f"chat template failed: {exc}") from exc
+        return list(self.tokenizer.encode(rendered, add_special_tokens=False))
+
+    def _match_question(
+        self, body: dict[str, Any], prompt_ids: list[int], used_input_ids: bool, *, strict: bool = True
+    ) -> str:
+        if used_input_ids:
+            haystack = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        else:
+            haystack = _first_user_text(body["messages"])
+        with self._lock:
+            candidates = [q for q in self._scripts if q in haystack]
+        if not candidates:
+            if not strict:
+                return ""
+            where = "the decoded input_ids" if used_input_ids else "the first user message"
+            raise MockRequestError(f"MockSGLang: no scripted question occurs in {where}: {haystack[-300:]!r}")
+        return max(candidates, key=len)
+
+    # ---- request handling ------------------------------------------------------------------------------------
+    def _validate(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise MockRequestError("request body must be a JSON object")
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            raise MockRequestError("Field 'messages' is required and must be a list of messages.")
+        if not messages:
+            raise MockRequestError("Messages cannot be empty.")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise MockRequestError(f"messages[{i}] must be an object with a string 'role'.")
+        max_out = _max_new_tokens(body)
+        if max_out is not None and (not isinstance(max_out, int) or isinstance(max_out, bool) or max_out < 0):
+            raise MockRequestError(f"max_tokens must be a non-negative integer, got {max_out!r}")
+        if max_out and max_out > self.context_length:
+            raise MockRequestError(
+                f"max_completion_tokens is too large: {max_out}."
+                f"This model supports at most {self.context_length} completion tokens."
+            )
+        if self.honours_ids and body.get("stream"):
+            for name in ("return_prompt_token_ids", "return_meta_info"):
+                if body.get(name):
+                    raise MockRequestError(
+                        f"{name} is not supported with streaming. Please set stream=false when using {name}=true."
+                    )
+        if body.get("stream"):
+            raise MockRequestError("MockSGLang does not implement stream=true; send stream=false.")
+
+    def _prompt_ids(self, body: dict[str, Any]) -> tuple[list[int], bool]:
+        input_ids = body.get("input_ids") if self.honours_ids else None
+        if input_ids is None:
+            return self.render_prompt_ids(body), False
+        if not isinstance(input_ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in input_ids
+        ):
+            raise MockRequestError("input_ids must be a list of integers.")
+        vocab = len(self.tokenizer)
+        if any(i < 0 or i >= vocab for i in input_ids):
+            raise MockRequestError(f"The input_ids contain values outside the vocab size ({vocab}).")
+        return list(input_ids), True
+
+    def _check_context(self, prompt_len: int, max_new: int | None) -> None:
+        # SGLang's tokenizer_manager rejects with `>=`, in this order.
+        if prompt_len >= self.context_length:
+            raise MockRequestError(
+                f"The input ({prompt_len} tokens) is longer than the model's context length "
+                f"({self.context_length} tokens)."
+            )
+        if max_new is not None and max_new + prompt_len >= self.context_length:
+            raise MockRequestError(
+                f"Requested token count exceeds the model's maximum context length of {self.context_length} "
+                f"tokens. You requested a total of {max_new + prompt_len} tokens: {prompt_len} tokens from the "
+                f"input messages and {max_new} tokens for the completion. Please reduce the number of tokens in "
+                f"the input messages or the completion to fit within the limit."
+            )
+
+    def _pop_reply(self, question: str) -> Reply:
+        queue = self._scripts.get(question)
+        if not queue:
+            raise MockRequestError(f"MockSGLang: the script for question {question!r} is exhausted.")
+        return queue.pop(0)
+
+    def _sample(self, reply: Reply, prompt_len: int, max_new: int | None) -> tuple[list[int], str, int | None]:
+        """Output ids, finish_reason type and matched stop id for a scripted text."""
+        ids = list(self.tokenizer.encode(reply.text, add_special_tokens=False))
+        matched: int | None = None
+        for pos, tok in enumerate(ids):
+            if tok in self.stop_token_ids:  # the model stops at its first stop token
+                ids, matched = ids[: pos + 1], tok
+                break
+        budget = self.context_length - prompt_len - 1 if max_new is None else max_new
+        cut = len(ids) > budget
+        if cut:
+            ids, matched = ids[:budget], None
+        if reply.finish_reason == "abort":
+            return ids, "abort", None
+        if matched is not None:
+            return ids, "stop", matched
+        return ids, "length", None
+
+    def handle(self, body: Any) -> tuple[int, dict[str, Any], float]:
+        """Process one request body synchronously: ``(status, json_body, delay_s)``; records it."""
+        question, prompt_ids = "", []
+        try:
+            self._validate(body)
+            prompt_ids, used_input_ids = self._prompt_ids(body)
+            max_new = _max_new_tokens(body)
+            try:
+                self._check_context(len(prompt_ids), max_new)
+            finally:  # the real server rejects before sampling; still attribute the record when possible
+                question = self._match_question(body, prompt_ids, used_input_ids, strict=False)
+            question = self._match_question(body, prompt_ids, used_input_ids)
+            with self._lock:
+                reply = self._pop_reply(question)
+        except MockRequestError as err:
+            self._record(question, body, prompt_ids, [], [], None, err.status, None)
+            return err.status, error_body(err.message, err.status), 0.0
+        if reply.status != 200:
+            message = reply.text or f"MockSGLang scripted error {reply.status}"
+            self._record(question, body, prompt_ids, [], [], None, reply.status, None)
+            return reply.status, error_body(message, reply.status), reply.delay_s
+        output_ids, finish, matched = self._sample(reply, len(prompt_ids), max_new)
+        logprobs = [mock_logprob(tok, len(prompt_ids) + i) for i, tok in enumerate(output_ids)]
+        response = self._build_response(body, prompt_ids, output_ids, logprobs, finish, matched)
+        finish_out = response["choices"][0]["finish_reason"]
+        self._record(question, body, prompt_ids, output_ids, logprobs, finish_out, 200, response)
+        return 200, response, reply.delay_s
+
+    def _record(self, question, body, prompt_ids, output_ids, logprobs, finish, status, response) -> None:
+        record = RecordedRequest(
+            question=question,
+            body=copy.deepcopy(body) if isinstance(body, dict) else {"_raw": body},
+            prompt_ids=list(prompt_ids),
+            output_ids=list(output_ids),
+            output_logprobs=list(logprobs),
+            finish_reason=finish,
+            status=status,
+            response=response,
+        )
+        with self._lock:
+            self.requests.append(record)
+
+    # ---- response side ---------------------------------------------------------------------------------------
+    def _build_response(
+        self,
+        body: dict[str, Any],
+        prompt_ids: list[int],
+        output_ids: list[int],
+        logprobs: list[float],
+        finish: str,
+        matched: int | None,
+    ) -> dict[str, Any]:
+        tools = body.get("tools") or []
+        parse_tools = bool(tools) and body.get("tool_choice", "auto") != "none"
+        # SGLang forces skip_special_tokens=False when tools are active; the matched stop token is trimmed.
+        skip_special = False if parse_tools else bool(body.get("skip_special_tokens", True))
+        text_ids = output_ids[:-1] if (finish == "stop" and not body.get("no_stop_trim")) else output_ids
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=skip_special)
+
+        finish_reason: dict[str, Any] = {"type": finish}
+        if finish == "stop":
+            finish_reason["matched"] = matched
+        elif finish == "length":
+            finish_reason["length"] = len(output_ids)
+        elif finish == "abort":
+            finish_reason["message"] = "Abort request by the client."
+
+        tool_calls = None
+        if parse_tools and TOOL_CALL_START in text:
+            text, tool_calls = parse_qwen25_tool_calls(text, tools)
+            if tool_calls and finish_reason["type"] == "stop":
+                finish_reason = {"type": "tool_calls", "matched": None}
+
+        piece_texts = [self.tokenizer.decode([tok]) for tok in output_ids]
+        want_logprobs = bool(body.get("logprobs"))
+        top_n = int(body.get("top_logprobs") or 0)
+        choice_logprobs = None
+        if want_logprobs:
+            choice_logprobs = {
+                "content": [
+                    {
+                        "token": piece,
+                        "bytes": list(piece.encode("utf-8")),
+                        "logprob": lp,
+                        "top_logprobs": (
+                            [{"token": piece, "bytes": list(piece.encode("utf-8")), "logprob": lp}] if top_n else []
+                        ),
+                    }
+                    for piece, lp in zip(piece_texts, logprobs, strict=True)
+                ]
+            }
+
+        rid = uuid.uuid4().hex
+        new_api = self.honours_ids
+        content: str | None = text if text else ("" if new_api else None)
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "reasoning_content": None, "tool_calls": tool_calls},
+            "logprobs": choice_logprobs,
+            "finish_reason": finish_reason["type"],
+            "matched_stop": finish_reason.get("matched"),
+        }
+        if new_api and body.get("return_prompt_token_ids"):
+            choice["prompt_token_ids"] = list(prompt_ids)
+        if _version_tuple(self.version) >= (0, 5, 17) and body.get("return_token_ids"):
+            key = "response_token_ids" if _version_tuple(self.version) >= (0, 5, 18) else "token_ids"
+            choice[key] = list(output_ids)
+        if new_api and body.get("return_meta_info"):
+            meta: dict[str, Any] = {
+                "id": rid,
+                "finish_reason": finish_reason,
+                "prompt_tokens": len(prompt_ids),
+                "weight_version": "default",
+                "total_retractions": 0,
+                "completion_tokens": len(output_ids),
+                "cached_tokens": 0,
+                "e2e_latency": 0.001,
+            }
+            if want_logprobs:
+                meta["output_token_logprobs"] = [
+                    [lp, tok, piece] for lp, tok, piece in zip(logprobs, output_ids, piece_texts, strict=True)
+                ]
+            choice["meta_info"] = meta
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "default"),
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": len(prompt_ids),
+                "total_tokens": len(prompt_ids) + len(output_ids),
+                "completion_tokens": len(output_ids),
+                "prompt_tokens_details": None,
+                "reasoning_tokens": 0,
+            },
+            "metadata": {"weight_version": "default"},
+        }
+
+    # ---- HTTP ------------------------------------------------------------------------------------------------
+    def _build_app(self) -> fastapi.FastAPI:
+        app = fastapi.FastAPI(title="MockSGLang")
+
+        @app.get("/health")
+        async def health() -> fastapi.Response:
+            return fastapi.Response(status_code=200)
+
+        @app.get("/v1/models")
+        async def models() -> dict[str, Any]:
+            card = {
+                "id": self.model,
+                "object": "model",
+                "created": int(time.time()),
+                "owned_by": "sglang",
+                "root": self.model,
+                "max_model_len": self.context_length,
+            }
+            return {"object": "list", "data": [card]}
+
+        @app.post("/v1/chat/completions")
+        async def chat_completions(request: fastapi.Request) -> JSONResponse:
+            raw = await request.body()
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                self._record("", {"_raw": raw.decode("utf-8", "replace")}, [], [], [], None, 400, None)
+                return JSONResponse(error_body(f"request body is not valid JSON: {exc}", 400), status_code=400)
+            status, payload, delay = self.handle(body)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return JSONResponse(payload, status_code=status)
+
+        return app
+
+
+# ---- helpers shared by the server and tests --------------------------------------------------------------------
+def parse_qwen25_tool_calls(text: str, tools: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]] | None]:
+    """SGLang's qwen25 parser, non-streaming: ``(content, tool_calls or None)``.
+
+    Content is the text before the first ``<tool_call>``, stripped; text between/after blocks is dropped. A block
+    with bad JSON or an unknown function name is dropped (logged); no valid call -> ``None``. ``index`` is the
+    position of the function in ``tools`` (as SGLang's ``parse_base_json`` sets it), not the call's position.
+    """
+    tool_index = {
+        t.get("function", {}).get("name"): i for i, t in enumerate(tools) if t.get("function", {}).get("name")
+    }
+    content = text[: text.find(TOOL_CALL_START)].strip()
+    calls: list[dict[str, Any]] = []
+    for block in _TOOL_BLOCK.findall(text):
+        try:
+            parsed = json.loads(block.strip())
+        except json.JSONDecodeError:
+            logger.warning("MockSGLang: failed to parse tool call JSON: %r", block)
+            continue
+        for action in parsed if isinstance(parsed, list) else [parsed]:
+            name = action.get("name") if isinstance(action, dict) else None
+            if not (name and name in tool_index):
+                logger.warning("MockSGLang: model attempted to call undefined function: %r", name)
+                continue
+            arguments = action.get("parameters") or action.get("arguments", {})
+            calls.append(
+                {
+                    "id": f"call_{uuid.uuid4().hex[:24]}",
+                    "index": tool_index[name],
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+                }
+            )
+    return content, (calls or None)
+
+
+def _max_new_tokens(body: dict[str, Any]) -> Any:
+    # SGLang: `max_completion_tokens or max_tokens`.
+    return body.get("max_completion_tokens") or body.get("max_tokens")
+
+
+def _first_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in messages:
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return content or ""
+    return ""
+
+
+def _normalise_message(message: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(message)
+    if out.get("content") is None:
+        out["content"] = ""
+    for call in out.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            try:
+                function["arguments"] = json.loads(function["arguments"])
+            except ValueError as exc:
+                raise MockRequestError("Assistant tool call function.arguments must be valid JSON.") from exc
+            if not isinstance(function["arguments"], dict):
+                raise MockRequestError("Assistant tool call function.arguments must be a JSON object.")
+    return out
+
+
+def _normalise_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """SGLang's ``Tool.model_dump()``: field order type/function, function description/name/parameters/strict."""
+    if not isinstance(tool, dict) or not isinstance(tool.get("function"), dict) or "name" not in tool["function"]:
+        raise MockRequestError("each tool must be {'type': 'function', 'function': {'name': ..., ...}}")
+    function = tool["function"]
+    dumped = {
+        "description": function.get("description"),
+        "name": function["name"],
+        "parameters": function.get("parameters"),
+        "strict": bool(function.get("strict", False)),
+    }
+    return {"type": tool.get("type", "function"), "function": dumped}
+
+
+@contextmanager
+def serve_mock_sglang(mock: MockSGLang, *, startup_timeout_s: float = 20.0) -> Iterator[str]:
+    """Run ``mock.app`` with uvicorn in a background thread on a free 127.0.0.1 port; yield its base URL.
+
+    The socket is bound here (port 0) and handed to uvicorn, so there is no race for the port. On exit the server
+    is told to stop and the thread is joined.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(mock.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"mock-sglang-{port}", daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            if not thread.is_alive():
+                raise RuntimeError("MockSGLang server thread exited during startup")
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"MockSGLang did not answer on {base_url} within {startup_timeout_s}s")
+            time.sleep(0.02)
+        yield base_url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10.0)
+        sock.close()
+        if thread.is_alive():
+            logger.error("MockSGLang server thread on port %d did not stop within 10s", port)
