@@ -1,0 +1,580 @@
+"""Search-R1 QA parquet -> slime-ready parquet (tool-calling messages + label), and a checker for such files.
+
+slime reads the output with ``--input-key prompt --label-key reward_model --tool-key tools`` and without
+``--apply-chat-template``: it iterates ``ParquetFile.iter_batches()`` and ``to_pylist()``, so ``sample.prompt`` is the
+messages list, ``sample.label`` the ``reward_model`` dict, and ``tools`` (``json.loads`` of a string) goes into
+``sample.metadata["tools"]``. Everything here is built around that reading path; :func:`check_file` replays it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import string
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from search_r1_oai.prompts import SYSTEM_PROMPT, build_messages, tools_json
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HF_REPO_ID = "PeterJinGo/nq_hotpotqa_train"
+DEFAULT_BATCH_SIZE = 4096
+UNKNOWN_SOURCE = "unknown"
+MAX_EXAMPLES = 5
+
+# Columns the converter needs from the input; the rest (old prompt text, ability, ...) is never read.
+INPUT_COLUMNS = ("question", "golden_answers", "reward_model", "data_source")
+
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field("prompt", pa.list_(MESSAGE_TYPE), nullable=False),
+        pa.field("tools", pa.string(), nullable=False),
+        pa.field(
+            "reward_model",
+            pa.struct(
+                [
+                    pa.field("ground_truth", pa.struct([pa.field("target", pa.list_(pa.string()))])),
+                    pa.field("style", pa.string()),
+                ]
+            ),
+            nullable=False,
+        ),
+        pa.field("data_source", pa.string(), nullable=False),
+        pa.field(
+            "metadata",
+            pa.struct(
+                [
+                    pa.field("question", pa.string()),
+                    pa.field("split", pa.string()),
+                    pa.field("index", pa.int64()),
+                    pa.field("data_source", pa.string()),
+                ]
+            ),
+            nullable=False,
+        ),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("golden_answers", pa.list_(pa.string()), nullable=False),
+    ]
+)
+REQUIRED_COLUMNS = ("prompt", "tools", "reward_model", "data_source", "metadata")
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+
+
+class DataError(Exception):
+    """A problem the user must fix (missing input, bad arguments); the CLI prints it and exits non-zero."""
+
+
+class RowRejected(Exception):
+    """One input row cannot become a training sample; the reason is counted and shown, never swallowed."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Answer normalisation
+
+
+def em_normalise(text: str) -> str:
+    """The Search-R1 exact-match key (lowercase, no punctuation, no articles, single spaces).
+
+    Kept here only to drop targets whose key is empty: such a target would give full reward to an empty answer.
+    """
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+_PUNCTUATION = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def _flatten(value: Any) -> Iterator[Any]:
+    if value is None:
+        return
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _flatten(item)
+    else:
+        yield value
+
+
+def _answer_text(value: Any) -> str | None:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (str, int, float, bool)):
+        return str(value).strip()
+    return None
+
+
+def normalise_targets(value: Any) -> list[str]:
+    """Accepted answers as the reward expects them: a flat list of distinct, stripped, non-empty strings.
+
+    Accepts what parquet readers hand back (numpy arrays, tuples, nested lists, scalars, numbers). Case is kept: the
+    reward lowercases at comparison time. Targets whose exact-match key is empty ("the", "!") are dropped because an
+    empty answer would match them.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in _flatten(value):
+        text = _answer_text(item)
+        if not text or text in seen or not em_normalise(text):
+            continue
+        seen.add(text)
+        out.append(text)
+    return out
+
+
+def _reward_model_targets(reward_model: Any) -> Any:
+    if isinstance(reward_model, str):
+        try:
+            reward_model = json.loads(reward_model)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(reward_model, dict):
+        return None
+    ground_truth = reward_model.get("ground_truth")
+    if isinstance(ground_truth, dict):
+        return ground_truth.get("target")
+    return ground_truth
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Row conversion
+
+
+@dataclass(frozen=True)
+class ConvertedRow:
+    """One output row plus where its targets came from (for the summary)."""
+
+    row: dict[str, Any]
+    target_origin: str
+
+
+def convert_row(row: dict[str, Any], *, split: str, index: int, system_prompt: str = SYSTEM_PROMPT) -> ConvertedRow:
+    """Turn one upstream row into the output row; raise :class:`RowRejected` when it cannot train anything."""
+    question = row.get("question")
+    if question is None:
+        raise RowRejected("missing question")
+    if not isinstance(question, str):
+        raise RowRejected(f"question is {type(question).__name__}, not text")
+    question = question.strip()
+    if not question:
+        raise RowRejected("empty question")
+
+    targets = normalise_targets(_reward_model_targets(row.get("reward_model")))
+    origin = "reward_model"
+    if not targets:
+        targets = normalise_targets(row.get("golden_answers"))
+        origin = "golden_answers"
+    if not targets:
+        raise RowRejected("no answers in reward_model or golden_answers")
+
+    source = row.get("data_source")
+    source = source.strip() if isinstance(source, str) and source.strip() else UNKNOWN_SOURCE
+    out = {
+        "prompt": build_messages(question, system_prompt),
+        "tools": tools_json(),
+        "reward_model": {"ground_truth": {"target": targets}, "style": "rule"},
+        "data_source": source,
+        "metadata": {"question": question, "split": split, "index": index, "data_source": source},
+        "question": question,
+        "golden_answers": targets,
+    }
+    return ConvertedRow(out, origin)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Streaming conversion of one split
+
+
+@dataclass
+class SplitSummary:
+    """What happened to one split: enough to see at a glance that nothing was lost."""
+
+    split: str
+    input_path: Path
+    output_path: Path
+    rows_in: int = 0
+    rows_out: int = 0
+    per_source: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    rejected_examples: list[tuple[int, str, str]] = field(default_factory=list)
+    target_origin: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def format(self) -> str:
+        """A human-readable multi-line report."""
+        lines = [
+            f"[{self.split}] {self.input_path} -> {self.output_path}",
+            f"  rows in: {self.rows_in}  rows out: {self.rows_out}  rejected: {self.rows_rejected}",
+        ]
+        for source, count in sorted(self.per_source.items()):
+            lines.append(f"  data_source {source}: {count}")
+        if self.target_origin.get("golden_answers"):
+            lines.append(
+                f"  targets taken from golden_answers (reward_model had none): {self.target_origin['golden_answers']}"
+            )
+        for reason, count in self.rejected.most_common():
+            lines.append(f"  rejected ({reason}): {count}")
+        if self.rejected_examples:
+            lines.append(f"  first rejected rows (of {self.rows_rejected}):")
+            lines.extend(f"    row {index}: {reason}: {snippet}" for index, reason, snippet in self.rejected_examples)
+        return "\n".join(lines)
+
+
+def _snippet(row: dict[str, Any], limit: int = 160) -> str:
+    shown = {key: row.get(key) for key in INPUT_COLUMNS if key in row}
+    text = json.dumps(shown, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _iter_rows(path: Path, *, batch_size: int, max_rows: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    parquet = pq.ParquetFile(path)
+    columns = [name for name in INPUT_COLUMNS if name in parquet.schema_arrow.names]
+    if "question" not in columns:
+        raise DataError(f"{path} has no 'question' column (columns: {parquet.schema_arrow.names})")
+    index = 0
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+        for row in batch.to_pylist():
+            if max_rows is not None and index >= max_rows:
+                return
+            yield index, row
+            index += 1
+
+
+def convert_file(
+    input_path: Path,
+    output_path: Path,
+    *,
+    split: str,
+    system_prompt: str = SYSTEM_PROMPT,
+    max_rows: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+) -> SplitSummary:
+    """Stream ``input_path`` into ``output_path`` batch by batch, so memory stays flat however large the input.
+
+    The output is written to a temporary name and renamed at the end: an interrupted run never leaves a partial file
+    that looks complete.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if max_rows is not None and max_rows < 0:
+        raise DataError(f"max_samples must be >= 0, got {max_rows}")
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.is_file():
+        raise DataError(f"input file not found: {input_path}")
+    summary = SplitSummary(split=split, input_path=input_path, output_path=output_path)
+    total = pq.ParquetFile(input_path).metadata.num_rows
+    if max_rows is not None:
+        total = min(total, max_rows)
+
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = output_path.with_name(output_path.name + ".tmp")
+    buffer: list[dict[str, Any]] = []
+    try:
+        with (
+            pq.ParquetWriter(tmp_path, OUTPUT_SCHEMA) as writer,
+            tqdm(total=total, desc=f"{split}", unit="rows", disable=not progress) as bar,
+        ):
+            for index, row in _iter_rows(input_path, batch_size=batch_size, max_rows=max_rows):
+                summary.rows_in += 1
+                bar.update(1)
+                try:
+                    converted = convert_row(row, split=split, index=index, system_prompt=system_prompt)
+                except RowRejected as exc:
+                    reason = str(exc)
+                    summary.rejected[reason] += 1
+                    if len(summary.rejected_examples) < MAX_EXAMPLES:
+                        summary.rejected_examples.append((index, reason, _snippet(row)))
+                    continue
+                summary.per_source[converted.row["data_source"]] += 1
+                summary.target_origin[converted.target_origin] += 1
+                buffer.append(converted.row)
+                if len(buffer) >= batch_size:
+                    _write(writer, buffer)
+                    summary.rows_out += len(buffer)
+                    buffer.clear()
+            if buffer:
+                _write(writer, buffer)
+                summary.rows_out += len(buffer)
+        os.replace(tmp_path, output_path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    logger.info("%s: %d rows in, %d out, %d rejected", split, summary.rows_in, summary.rows_out, summary.rows_rejected)
+    return summary
+
+
+def _write(writer: pq.ParquetWriter, rows: list[dict[str, Any]]) -> None:
+    writer.write_table(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input resolution
+
+
+def resolve_input(split: str, *, input_dir: Path | None, hf_repo_id: str) -> Path:
+    """The local path of ``<split>.parquet``: from ``input_dir`` when given, else downloaded from the Hub."""
+    filename = f"{split}.parquet"
+    if input_dir is not None:
+        path = Path(input_dir) / filename
+        if not path.is_file():
+            raise DataError(f"{path} not found (--input_dir must hold <split>.parquet for every split)")
+        return path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id=hf_repo_id, filename=filename, repo_type="dataset"))
+    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+        raise DataError(f"could not download {filename} from dataset {hf_repo_id}: {exc}") from exc
+
+
+def parse_splits(text: str) -> list[str]:
+    """``"train,test"`` -> ``["train", "test"]``, rejecting empty or repeated names."""
+    splits = [part.strip() for part in text.split(",")]
+    if not all(splits):
+        raise DataError(f"--splits has an empty name: {text!r}")
+    if len(set(splits)) != len(splits):
+        raise DataError(f"--splits repeats a name: {text!r}")
+    bad = [name for name in splits if "/" in name or name.startswith(".")]
+    if bad:
+        raise DataError(f"--splits names must be plain file stems, got {bad}")
+    return splits
+
+
+def read_system_prompt(path: Path | None) -> str:
+    """The system prompt text: the shared default, or the stripped contents of ``path``."""
+    if path is None:
+        return SYSTEM_PROMPT
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise DataError(f"cannot read --system_prompt_file {path}: {exc}") from exc
+    if not text:
+        raise DataError(f"--system_prompt_file {path} is empty")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checking a file the way slime reads it
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing slime (or the reward) would trip over: ``row`` is None for file-level problems."""
+
+    row: int | None
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        where = "file" if self.row is None else f"row {self.row}"
+        return f"{where}: {self.column}: {self.message}"
+
+
+def _null_paths(value: Any, path: str = "") -> Iterator[str]:
+    if value is None:
+        yield path or "<value>"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _null_paths(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _null_paths(item, f"{path}[{i}]")
+
+
+def _check_prompt(value: Any) -> Iterator[str]:
+    if not isinstance(value, list):
+        yield f"must be a list of messages, got {type(value).__name__}"
+        return
+    if not value:
+        yield "is an empty list of messages"
+        return
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            yield f"message {i} is {type(message).__name__}, not a dict"
+            continue
+        role, content = message.get("role"), message.get("content")
+        if role not in MESSAGE_ROLES:
+            yield f"message {i} has role {role!r}, expected one of {list(MESSAGE_ROLES)}"
+        if not isinstance(content, str) or not content.strip():
+            yield f"message {i} has no text content ({content!r})"
+    if not any(isinstance(m, dict) and m.get("role") == "user" for m in value):
+        yield "has no user message"
+
+
+def _check_tools(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            yield f"is not valid JSON ({exc})"
+            return
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, list):
+        yield f"must decode to a list of tool schemas, got {type(value).__name__} (slime asserts a list)"
+        return
+    if not value:
+        yield "is an empty list: the model would have no search tool"
+        return
+    for i, tool in enumerate(value):
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+            yield f"tool {i} is not a {{'type': 'function', 'function': {{...}}}} schema"
+            continue
+        function = tool["function"]
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            yield f"tool {i} has no function name"
+        if not isinstance(function.get("parameters"), dict):
+            yield f"tool {i} has no parameters object"
+    for path in _null_paths(value):
+        yield f"holds a null at {path} (chat templates render it as a real property)"
+
+
+def _check_reward_model(value: Any) -> Iterator[str]:
+    if not isinstance(value, dict):
+        yield f"must be a dict (parquet struct), got {type(value).__name__}"
+        return
+    ground_truth = value.get("ground_truth")
+    if not isinstance(ground_truth, dict):
+        yield f"ground_truth must be a dict, got {type(ground_truth).__name__}"
+        return
+    target = ground_truth.get("target")
+    if not isinstance(target, list) or not target:
+        yield f"ground_truth.target must be a non-empty list of strings, got {target!r}"
+    else:
+        for i, item in enumerate(target):
+            if not isinstance(item, str) or not item.strip():
+                yield f"ground_truth.target[{i}] is {item!r}, not a non-empty string"
+            elif not em_normalise(item):
+                yield f"ground_truth.target[{i}] {item!r} normalises to an empty answer"
+    if not isinstance(value.get("style"), str):
+        yield f"style must be a string, got {value.get('style')!r}"
+
+
+def _check_metadata(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield "is a string (JSON?), slime needs a dict: it does metadata['tools'] = tools"
+        return
+    if not isinstance(value, dict):
+        yield f"must be a dict (parquet struct), got {type(value).__name__}"
+        return
+    for path in _null_paths(value):
+        yield f"holds a null at {path}"
+
+
+_ROW_CHECKS = {
+    "prompt": _check_prompt,
+    "tools": _check_tools,
+    "reward_model": _check_reward_model,
+    "metadata": _check_metadata,
+}
+
+
+def check_rows(rows: Iterable[dict[str, Any]], *, start: int = 0) -> Iterator[Problem]:
+    """Problems of rows as slime's loader sees them (``to_pylist()`` dicts), numbered from ``start``."""
+    for index, row in enumerate(rows, start):
+        for column in REQUIRED_COLUMNS:
+            if column not in row:
+                continue
+            value = row[column]
+            if value is None:
+                yield Problem(index, column, "is null")
+                continue
+            check = _ROW_CHECKS.get(column)
+            if check is not None:
+                for message in check(value):
+                    yield Problem(index, column, message)
+            elif not isinstance(value, str) or not value.strip():
+                yield Problem(index, column, f"must be a non-empty string, got {value!r}")
+        for column, value in row.items():
+            if column not in REQUIRED_COLUMNS and value is None:
+                yield Problem(index, column, "is null")
+
+
+def _check_schema(schema: pa.Schema) -> Iterator[Problem]:
+    for column in REQUIRED_COLUMNS:
+        if column not in schema.names:
+            yield Problem(None, column, f"column is missing (columns: {schema.names})")
+    if "tools" in schema.names and not pa.types.is_string(schema.field("tools").type):
+        yield Problem(
+            None,
+            "tools",
+            f"column type is {schema.field('tools').type}; store a JSON string "
+            "(a list<struct> column is schema-unified across rows and grows null properties)",
+        )
+    if "metadata" in schema.names and not pa.types.is_struct(schema.field("metadata").type):
+        yield Problem(None, "metadata", f"column type is {schema.field('metadata').type}; slime needs a struct/dict")
+
+
+def check_file(path: Path, *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Problem]:
+    """Every problem in ``path``, read exactly as slime reads it (``iter_batches()`` then ``to_pylist()``).
+
+    slime uses pyarrow's default batch size; the rows ``to_pylist()`` yields do not depend on it, so a smaller one
+    only bounds memory (the default 65,536-row batches of chat prompts take about 1 GB as Python objects).
+    """
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        return [Problem(None, "<file>", f"cannot be read as parquet: {exc}")]
+    problems = list(_check_schema(parquet.schema_arrow))
+    start = 0
+    for batch in parquet.iter_batches(batch_size=batch_size):
+        rows = batch.to_pylist()
+        problems.extend(check_rows(rows, start=start))
+        start += len(rows)
+    if start == 0:
+        problems.append(Problem(None, "<file>", "has no rows"))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Whole run
+
+
+def preprocess(
+    splits: list[str],
+    local_dir: Path,
+    *,
+    input_dir: Path | None = None,
+    hf_repo_id: str = DEFAULT_HF_REPO_ID,
+    system_prompt: str = SYSTEM_PROMPT,
+    max_rows: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+) -> list[SplitSummary]:
+    """Convert every split into ``local_dir/<split>.parquet``; inputs are all resolved first so a typo fails fast."""
+    inputs = {split: resolve_input(split, input_dir=input_dir, hf_repo_id=hf_repo_id) for split in splits}
+    return [
+        convert_file(
+            path,
+            Path(local_dir) / f"{split}.parquet",
+            split=split,
+            system_prompt=system_prompt,
+            max_rows=max_rows,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        for split, path in inputs.items()
+    ]

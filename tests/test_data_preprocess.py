@@ -1,0 +1,349 @@
+"""data_preprocess.py / search_r1_oai.data: upstream-shaped parquet in, slime-readable parquet out, --check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import data_preprocess
+from search_r1_oai import data
+from search_r1_oai.prompts import SEARCH_TOOL, SYSTEM_PROMPT
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def upstream_row(i: int, question: str, answers: Any, *, target: Any = "same", source: str = "nq") -> dict[str, Any]:
+    """One row shaped like PeterJinGo/nq_hotpotqa_train (Search-R1's qa_search_train_merge.py output)."""
+    target = answers if isinstance(target, str) and target == "same" else target
+    return {
+        "id": f"train_{i}",
+        "question": question,
+        "golden_answers": answers,
+        "data_source": source,
+        "prompt": [{"role": "user", "content": f"Answer the given question. ... Question: {question}\n"}],
+        "ability": "fact-reasoning",
+        "reward_model": {"ground_truth": {"target": target}, "style": "rule"},
+        "extra_info": {"index": i, "split": "train"},
+    }
+
+
+def write_upstream(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Written through pandas so list cells are numpy arrays, as in the upstream files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    return path
+
+
+def slime_read(path: Path) -> list[dict[str, Any]]:
+    """What slime's Dataset does with each row (slime/utils/data.py, without --apply-chat-template)."""
+    samples = []
+    for batch in pq.ParquetFile(path).iter_batches():
+        for row in batch.to_pylist():
+            metadata = row.get("metadata") or {}
+            tools = row["tools"]
+            if isinstance(tools, str):
+                tools = json.loads(tools)
+            assert isinstance(tools, list)
+            metadata["tools"] = tools
+            samples.append({"prompt": row["prompt"], "label": row["reward_model"], "metadata": metadata, "row": row})
+    return samples
+
+
+@pytest.fixture
+def upstream_dir(tmp_path: Path) -> Path:
+    rows = [
+        upstream_row(0, "who wrote the origin of species", np.array(["Charles Darwin", " Darwin ", "Charles Darwin"])),
+        # reward_model has no target: the golden_answers must be used
+        upstream_row(1, "when did apollo 11 land on the moon", np.array(["1969", "July 20, 1969"]), target=None),
+        # nothing to score against: rejected, and reported
+        upstream_row(2, "what is the colour of the sky", np.array([], dtype=object), target=np.array([], dtype=object)),
+        upstream_row(3, "   ", np.array(["x"])),
+        upstream_row(4, "Which band released Abbey Road?", np.array(["The Beatles", "the", "!"]), source="hotpotqa"),
+    ]
+    directory = tmp_path / "upstream"
+    write_upstream(directory / "train.parquet", rows)
+    write_upstream(directory / "test.parquet", rows[:2])
+    return directory
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "data_preprocess.py"), "--no_progress", *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_slime_ready(sample: dict[str, Any], question: str, targets: list[str], split: str, index: int) -> None:
+    prompt = sample["prompt"]
+    assert isinstance(prompt, list) and len(prompt) == 2
+    assert [m["role"] for m in prompt] == ["system", "user"]
+    assert prompt[0]["content"] == SYSTEM_PROMPT
+    assert question in prompt[1]["content"]
+    assert sample["metadata"]["tools"] == [SEARCH_TOOL]
+    assert sample["label"] == {"ground_truth": {"target": targets}, "style": "rule"}
+    assert {k: sample["metadata"][k] for k in ("question", "split", "index")} == {
+        "question": question,
+        "split": split,
+        "index": index,
+    }
+    assert not list(data._null_paths(sample["row"]))
+
+
+def test_cli_converts_upstream_rows_as_slime_reads_them(upstream_dir: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    result = run_cli("--input_dir", upstream_dir, "--local_dir", out_dir)
+    assert result.returncode == 0, result.stderr
+
+    train = slime_read(out_dir / "train.parquet")
+    assert len(train) == 3
+    assert_slime_ready(train[0], "who wrote the origin of species", ["Charles Darwin", "Darwin"], "train", 0)
+    assert_slime_ready(train[1], "when did apollo 11 land on the moon", ["1969", "July 20, 1969"], "train", 1)
+    assert_slime_ready(train[2], "Which band released Abbey Road?", ["The Beatles"], "train", 4)
+    assert [s["row"]["data_source"] for s in train] == ["nq", "nq", "hotpotqa"]
+    assert train[0]["prompt"][1]["content"].endswith("who wrote the origin of species?")
+    assert len(slime_read(out_dir / "test.parquet")) == 2
+
+    out = result.stdout
+    assert "rows in: 5  rows out: 3  rejected: 2" in out
+    assert "rows in: 2  rows out: 2  rejected: 0" in out
+    assert "data_source hotpotqa: 1" in out and "data_source nq: 2" in out
+    assert "rejected (no answers in reward_model or golden_answers): 1" in out
+    assert "rejected (empty question): 1" in out
+    assert "row 2: no answers" in out and "what is the colour of the sky" in out
+    assert "targets taken from golden_answers (reward_model had none): 1" in out
+    assert f"{out_dir / 'train.parquet'}: OK" in out
+
+    checked = run_cli("--check", out_dir / "train.parquet", out_dir / "test.parquet")
+    assert checked.returncode == 0, checked.stdout
+    assert checked.stdout.count(": OK") == 2
+
+
+def test_in_process_run_uses_system_prompt_file_and_limits_rows(upstream_dir: Path, tmp_path: Path) -> None:
+    prompt_file = tmp_path / "system.txt"
+    prompt_file.write_text("  Answer briefly; use search.\n")
+    out_dir = tmp_path / "out"
+    argv = ["--input_dir", str(upstream_dir), "--local_dir", str(out_dir), "--splits", "train"]
+    code = data_preprocess.main(
+        [*argv, "--system_prompt_file", str(prompt_file), "--max_samples", "2", "--no_progress"]
+    )
+    assert code == 0
+    assert not (out_dir / "test.parquet").exists()
+    samples = slime_read(out_dir / "train.parquet")
+    assert [s["metadata"]["index"] for s in samples] == [0, 1]
+    assert all(s["prompt"][0]["content"] == "Answer briefly; use search." for s in samples)
+
+
+def test_small_batches_stream_every_row_in_order(tmp_path: Path) -> None:
+    rows = [upstream_row(i, f"question number {i}", np.array([f"answer {i}"])) for i in range(53)]
+    rows[17] = upstream_row(17, "", np.array(["lost"]))
+    source = write_upstream(tmp_path / "train.parquet", rows)
+
+    summary = data.convert_file(source, tmp_path / "out.parquet", split="train", batch_size=5, progress=False)
+
+    assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (53, 52, 1)
+    assert summary.rejected_examples[0][:2] == (17, "empty question")
+    out = pq.ParquetFile(tmp_path / "out.parquet")
+    assert out.metadata.num_row_groups > 1
+    samples = slime_read(tmp_path / "out.parquet")
+    expected = [i for i in range(53) if i != 17]
+    assert [s["metadata"]["index"] for s in samples] == expected
+    assert [s["label"]["ground_truth"]["target"] for s in samples] == [[f"answer {i}"] for i in expected]
+    assert data.check_file(tmp_path / "out.parquet") == []
+
+
+def test_interrupted_run_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = write_upstream(tmp_path / "train.parquet", [upstream_row(i, f"q{i}", np.array(["ans"])) for i in range(9)])
+
+    def fail(writer: pq.ParquetWriter, rows: list[dict[str, Any]]) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(data, "_write", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        data.convert_file(source, tmp_path / "out" / "train.parquet", split="train", batch_size=4, progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (np.array(["Paris", " Paris ", "paris"]), ["Paris", "paris"]),
+        (("a dog", "the cat"), ["a dog", "the cat"]),
+        ("  Lisbon ", ["Lisbon"]),
+        (1969, ["1969"]),
+        (np.int64(7), ["7"]),
+        (3.0, ["3"]),
+        (2.5, ["2.5"]),
+        ([["x", ["y"]], np.array(["x"])], ["x", "y"]),
+        ([None, "", "   ", "the", "!!", "An"], []),
+        (None, []),
+    ],
+)
+def test_normalise_targets(value: Any, expected: list[str]) -> None:
+    assert data.normalise_targets(value) == expected
+
+
+def test_convert_row_rejects_with_reason() -> None:
+    with pytest.raises(data.RowRejected, match="missing question"):
+        data.convert_row({"golden_answers": ["a"]}, split="train", index=0)
+    with pytest.raises(data.RowRejected, match="not text"):
+        data.convert_row({"question": 12, "golden_answers": ["a"]}, split="train", index=0)
+    with pytest.raises(data.RowRejected, match="no answers"):
+        data.convert_row({"question": "q", "golden_answers": ["the"]}, split="train", index=0)
+    row = data.convert_row({"question": "q", "golden_answers": ["a b"]}, split="dev", index=3).row
+    assert row["data_source"] == data.UNKNOWN_SOURCE
+    assert row["metadata"] == {"question": "q", "split": "dev", "index": 3, "data_source": data.UNKNOWN_SOURCE}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# --check
+
+
+@pytest.fixture
+def good_table(tmp_path: Path) -> pa.Table:
+    rows = [upstream_row(i, f"question {i}", np.array([f"answer {i}"])) for i in range(4)]
+    source = write_upstream(tmp_path / "in.parquet", rows)
+    data.convert_file(source, tmp_path / "good.parquet", split="train", progress=False)
+    return pq.read_table(tmp_path / "good.parquet")
+
+
+def test_check_flags_null_tools_cell(good_table: pa.Table, tmp_path: Path) -> None:
+    tools = good_table.column("tools").to_pylist()
+    tools[2] = None
+    bad = tmp_path / "null_tools.parquet"
+    pq.write_table(good_table.set_column(1, "tools", pa.array(tools, pa.string())), bad)
+
+    assert [str(p) for p in data.check_file(bad, batch_size=1)] == ["row 2: tools: is null"]
+    result = run_cli("--check", bad)
+    assert result.returncode == 1
+    assert f"{bad}: row 2: tools: is null" in result.stdout
+    assert "1 problem(s)" in result.stdout
+
+
+def test_check_flags_list_of_struct_tools_column(good_table: pa.Table, tmp_path: Path) -> None:
+    other_tool = {"type": "function", "function": {"name": "lookup", "strict": True, "parameters": {"type": "object"}}}
+    tools = [[SEARCH_TOOL] if i % 2 else [other_tool] for i in range(good_table.num_rows)]
+    bad = tmp_path / "struct_tools.parquet"
+    pq.write_table(good_table.set_column(1, "tools", pa.array(tools)), bad)
+
+    problems = data.check_file(bad)
+    assert any(p.row is None and p.column == "tools" and "JSON string" in p.message for p in problems)
+    # schema unification gave every row the other row's properties as nulls: each row is reported
+    assert {p.row for p in problems if p.row is not None and "null" in p.message} == {0, 1, 2, 3}
+    result = run_cli("--check", bad)
+    assert result.returncode == 1
+    assert "row 0: tools: holds a null at" in result.stdout
+
+
+def test_check_flags_json_string_metadata(good_table: pa.Table, tmp_path: Path) -> None:
+    index = good_table.schema.get_field_index("metadata")
+    as_json = [json.dumps(m) for m in good_table.column("metadata").to_pylist()]
+    bad = tmp_path / "json_metadata.parquet"
+    pq.write_table(good_table.set_column(index, "metadata", pa.array(as_json)), bad)
+
+    problems = data.check_file(bad)
+    assert [p.row for p in problems if p.column == "metadata" and "is a string" in p.message] == [0, 1, 2, 3]
+    assert any(p.row is None and p.column == "metadata" for p in problems)
+    assert run_cli("--check", bad).returncode == 1
+
+
+def test_check_reports_every_problem_with_row_and_column(good_table: pa.Table, tmp_path: Path) -> None:
+    rows = good_table.to_pylist()
+    rows[0]["prompt"] = [{"role": "user", "content": ""}]
+    rows[1]["reward_model"]["ground_truth"]["target"] = []
+    rows[3]["tools"] = "[]"
+    rows[3]["data_source"] = ""
+    bad = tmp_path / "many.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=good_table.schema), bad)
+
+    found = {(p.row, p.column) for p in data.check_file(bad)}
+    assert found == {(0, "prompt"), (1, "reward_model"), (3, "tools"), (3, "data_source")}
+
+
+def test_check_missing_columns_and_unreadable_file(tmp_path: Path) -> None:
+    partial = tmp_path / "partial.parquet"
+    pq.write_table(pa.table({"prompt": [[{"role": "user", "content": "hi"}]]}), partial)
+    missing = {p.column for p in data.check_file(partial) if p.row is None}
+    assert missing == {"tools", "reward_model", "data_source", "metadata"}
+
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_text("not parquet")
+    [problem] = data.check_file(garbage)
+    assert problem.column == "<file>" and "cannot be read" in problem.message
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# inputs and flags
+
+
+def test_missing_split_is_a_clear_error(upstream_dir: Path, tmp_path: Path) -> None:
+    result = run_cli("--input_dir", upstream_dir, "--local_dir", tmp_path / "out", "--splits", "train,dev")
+    assert result.returncode == 2
+    assert "dev.parquet not found" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_flags_are_clear_errors(upstream_dir: Path, tmp_path: Path) -> None:
+    common = ["--input_dir", str(upstream_dir), "--local_dir", str(tmp_path / "o"), "--no_progress"]
+    assert data_preprocess.main([*common, "--splits", "train,,test"]) == 2
+    assert data_preprocess.main([*common, "--batch_size", "0"]) == 2
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n")
+    assert data_preprocess.main([*common, "--system_prompt_file", str(empty)]) == 2
+
+
+def test_download_uses_hub_dataset_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upstream_dir: Path) -> None:
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(*, repo_id: str, filename: str, repo_type: str) -> str:
+        calls.append((repo_id, filename, repo_type))
+        return str(upstream_dir / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    summaries = data.preprocess(["test"], tmp_path / "out", hf_repo_id="someone/qa", progress=False)
+    assert calls == [("someone/qa", "test.parquet", "dataset")]
+    assert summaries[0].rows_out == 2
+
+
+def test_download_failure_is_a_clear_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "data_preprocess.py", "--hf_repo_id", "nobody/not-a-dataset-xyz", "--local_dir", tmp_path],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 2
+    assert "could not download train.parquet from dataset nobody/not-a-dataset-xyz" in result.stderr
+
+
+def test_help_explains_every_flag() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag in (
+        "--local_dir",
+        "--hf_repo_id",
+        "--input_dir",
+        "--splits",
+        "--max_samples",
+        "--system_prompt_file",
+        "--batch_size",
+        "--no_progress",
+        "--check",
+    ):
+        assert flag in result.stdout
