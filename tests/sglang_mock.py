@@ -11,7 +11,13 @@ Behaviour follows SGLang 0.5.15 (``python/sglang/srt/entrypoints/openai/serving_
 * ``"0.5.12"``: old server, ignores ``input_ids`` / ``return_*`` (always renders ``messages``), returns no ids.
 * ``"0.5.15"``: ``input_ids``, ``return_prompt_token_ids`` -> ``prompt_token_ids``, ``return_meta_info`` ->
   ``meta_info`` (``output_token_logprobs`` triples ``[logprob, token_id, text]`` when ``logprobs``).
-* ``"0.5.17"``: also ``return_token_ids`` -> ``choices[i].token_ids``; ``"0.5.18"``: -> ``response_token_ids``.
+* ``"0.5.17"``: also ``return_token_ids`` -> ``choices[i].token_ids`` (all sampled ids, stop token included) and
+  ``prompt_token_ids``; ``"0.5.18"``: the output ids are named ``response_token_ids``.
+
+Sampling is scripted: ``MockSGLang.script(question, replies)`` queues raw assistant texts (special tokens included)
+per conversation; a request is matched by the question string in its prompt and pops the next reply. Generation
+stops like SGLang's ``Req.check_finished``: ``max_tokens`` first, then stop ids (``<|im_end|>``, ``<|endoftext|>``,
+request ``stop_token_ids``), then request ``stop`` strings. Logprobs are :func:`mock_logprob` of id and position.
 """
 
 from __future__ import annotations
@@ -129,6 +135,7 @@ class MockSGLang:
         version: str = "0.5.15",
         context_length: int = 32768,
         model: str = "qwen2.5-3b",
+        legacy_malformed_tool_calls: bool = False,
     ) -> None:
         if version not in SUPPORTED_VERSIONS:
             raise ValueError(f"version must be one of {SUPPORTED_VERSIONS}, got {version!r}")
@@ -136,6 +143,9 @@ class MockSGLang:
         self.version = version
         self.context_length = context_length
         self.model = model
+        # Before 0.5.16 a "<tool_call>" with no parsable call gave `tool_calls: []` + finish_reason "tool_calls";
+        # 0.5.16+ (and this mock by default) give `tool_calls: null` + the original finish_reason.
+        self.legacy_malformed_tool_calls = legacy_malformed_tool_calls
         self.requests: list[RecordedRequest] = []
         self.stop_token_ids: list[int] = [self.tokenizer.convert_tokens_to_ids(tok) for tok in DEFAULT_STOP_TOKENS]
         self._scripts: dict[str, list[Reply]] = {}
@@ -213,6 +223,8 @@ class MockSGLang:
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise MockRequestError(f"messages[{i}] must be an object with a string 'role'.")
+        if body.get("n", 1) != 1:
+            raise MockRequestError("MockSGLang supports n=1 only.")
         max_out = _max_new_tokens(body)
         if max_out is not None and (not isinstance(max_out, int) or isinstance(max_out, bool) or max_out < 0):
             raise MockRequestError(f"max_tokens must be a non-negative integer, got {max_out!r}")
@@ -264,23 +276,42 @@ class MockSGLang:
             raise MockRequestError(f"MockSGLang: the script for question {question!r} is exhausted.")
         return queue.pop(0)
 
-    def _sample(self, reply: Reply, prompt_len: int, max_new: int | None) -> tuple[list[int], str, int | None]:
-        """Output ids, finish_reason type and matched stop id for a scripted text."""
-        ids = list(self.tokenizer.encode(reply.text, add_special_tokens=False))
-        matched: int | None = None
-        for pos, tok in enumerate(ids):
-            if tok in self.stop_token_ids:  # the model stops at its first stop token
-                ids, matched = ids[: pos + 1], tok
-                break
+    def _sample(
+        self, reply: Reply, body: dict[str, Any], prompt_len: int, max_new: int | None
+    ) -> tuple[list[int], str, int | str | None]:
+        """Output ids, finish_reason type and matched stop (id or string) for a scripted text.
+
+        Mirrors SGLang's per-token ``Req.check_finished`` order: the length limit first (so a stop token that is
+        exactly the ``max_tokens``-th token still reports ``length``), then stop token ids, then stop strings.
+        """
+        scripted = list(self.tokenizer.encode(reply.text, add_special_tokens=False))
+        stop_ids = set(body.get("stop_token_ids") or [])
+        if not body.get("ignore_eos"):
+            stop_ids.update(self.stop_token_ids)
+        stop = body.get("stop") or []
+        stop_strs = [stop] if isinstance(stop, str) else [s for s in stop if s]
         budget = self.context_length - prompt_len - 1 if max_new is None else max_new
-        cut = len(ids) > budget
-        if cut:
-            ids, matched = ids[:budget], None
+        out: list[int] = []
+        finish: str = "length"
+        matched: int | str | None = None
+        for tok in scripted:
+            if len(out) >= budget:
+                break
+            out.append(tok)
+            if len(out) >= budget:
+                break
+            if tok in stop_ids:
+                finish, matched = "stop", tok
+                break
+            if stop_strs:
+                tail = self.tokenizer.decode(out)
+                hit = next((s for s in stop_strs if s in tail), None)
+                if hit is not None:
+                    finish, matched = "stop", hit
+                    break
         if reply.finish_reason == "abort":
-            return ids, "abort", None
-        if matched is not None:
-            return ids, "stop", matched
-        return ids, "length", None
+            return out, "abort", None
+        return out, finish, matched
 
     def handle(self, body: Any) -> tuple[int, dict[str, Any], float]:
         """Process one request body synchronously: ``(status, json_body, delay_s)``; records it."""
@@ -289,11 +320,11 @@ class MockSGLang:
             self._validate(body)
             prompt_ids, used_input_ids = self._prompt_ids(body)
             max_new = _max_new_tokens(body)
-            try:
-                self._check_context(len(prompt_ids), max_new)
-            finally:  # the real server rejects before sampling; still attribute the record when possible
-                question = self._match_question(body, prompt_ids, used_input_ids, strict=False)
-            question = self._match_question(body, prompt_ids, used_input_ids)
+            # Match leniently first so a context-length rejection (which comes before sampling) is still attributed.
+            question = self._match_question(body, prompt_ids, used_input_ids, strict=False)
+            self._check_context(len(prompt_ids), max_new)
+            if not question:
+                self._match_question(body, prompt_ids, used_input_ids)  # raises with the explanation
             with self._lock:
                 reply = self._pop_reply(question)
         except MockRequestError as err:
@@ -303,7 +334,7 @@ class MockSGLang:
             message = reply.text or f"MockSGLang scripted error {reply.status}"
             self._record(question, body, prompt_ids, [], [], None, reply.status, None)
             return reply.status, error_body(message, reply.status), reply.delay_s
-        output_ids, finish, matched = self._sample(reply, len(prompt_ids), max_new)
+        output_ids, finish, matched = self._sample(reply, body, len(prompt_ids), max_new)
         logprobs = [mock_logprob(tok, len(prompt_ids) + i) for i, tok in enumerate(output_ids)]
         response = self._build_response(body, prompt_ids, output_ids, logprobs, finish, matched)
         finish_out = response["choices"][0]["finish_reason"]
@@ -332,14 +363,17 @@ class MockSGLang:
         output_ids: list[int],
         logprobs: list[float],
         finish: str,
-        matched: int | None,
+        matched: int | str | None,
     ) -> dict[str, Any]:
         tools = body.get("tools") or []
         parse_tools = bool(tools) and body.get("tool_choice", "auto") != "none"
         # SGLang forces skip_special_tokens=False when tools are active; the matched stop token is trimmed.
         skip_special = False if parse_tools else bool(body.get("skip_special_tokens", True))
-        text_ids = output_ids[:-1] if (finish == "stop" and not body.get("no_stop_trim")) else output_ids
+        trim = finish == "stop" and not body.get("no_stop_trim")
+        text_ids = output_ids[:-1] if trim and isinstance(matched, int) else output_ids
         text = self.tokenizer.decode(text_ids, skip_special_tokens=skip_special)
+        if trim and isinstance(matched, str) and matched in text:
+            text = text[: text.index(matched)]
 
         finish_reason: dict[str, Any] = {"type": finish}
         if finish == "stop":
@@ -352,7 +386,9 @@ class MockSGLang:
         tool_calls = None
         if parse_tools and TOOL_CALL_START in text:
             text, tool_calls = parse_qwen25_tool_calls(text, tools)
-            if tool_calls and finish_reason["type"] == "stop":
+            if tool_calls is None and self.legacy_malformed_tool_calls:
+                tool_calls = []
+            if tool_calls is not None and finish_reason["type"] == "stop":
                 finish_reason = {"type": "tool_calls", "matched": None}
 
         piece_texts = [self.tokenizer.decode([tok]) for tok in output_ids]
@@ -384,9 +420,10 @@ class MockSGLang:
             "finish_reason": finish_reason["type"],
             "matched_stop": finish_reason.get("matched"),
         }
-        if new_api and body.get("return_prompt_token_ids"):
+        token_ids_api = _version_tuple(self.version) >= (0, 5, 17) and bool(body.get("return_token_ids"))
+        if new_api and (body.get("return_prompt_token_ids") or token_ids_api):
             choice["prompt_token_ids"] = list(prompt_ids)
-        if _version_tuple(self.version) >= (0, 5, 17) and body.get("return_token_ids"):
+        if token_ids_api:
             key = "response_token_ids" if _version_tuple(self.version) >= (0, 5, 18) else "token_ids"
             choice[key] = list(output_ids)
         if new_api and body.get("return_meta_info"):

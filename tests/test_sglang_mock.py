@@ -434,3 +434,55 @@ def test_health_models_and_shutdown(qwen_tokenizer):
 def test_rejects_unknown_version(qwen_tokenizer):
     with pytest.raises(ValueError, match="version"):
         MockSGLang(qwen_tokenizer, version="0.4.0")
+
+
+def test_stop_token_as_last_allowed_token_reports_length(mock, client, qwen_tokenizer):
+    """SGLang checks the length limit before stop tokens: an <|im_end|> sampled as the last allowed token."""
+    text = "Four tokens here<|im_end|>"
+    full = qwen_tokenizer.encode(text, add_special_tokens=False)
+    mock.script(Q, [text])
+    choice = _post(client, _body(max_tokens=len(full))).json()["choices"][0]
+    assert [t[1] for t in choice["meta_info"]["output_token_logprobs"]] == full
+    assert choice["finish_reason"] == "length"
+    assert choice["matched_stop"] is None
+
+
+def test_request_stop_strings_and_stop_token_ids(mock, client, qwen_tokenizer):
+    mock.script(Q, ["<answer>Mira</answer> and then more text<|im_end|>", "alpha beta gamma<|im_end|>"])
+    choice = _post(client, _body(stop=["</answer>"])).json()["choices"][0]
+    ids = [t[1] for t in choice["meta_info"]["output_token_logprobs"]]
+    assert qwen_tokenizer.decode(ids).endswith("</answer>")
+    assert "then" not in qwen_tokenizer.decode(ids)
+    assert choice["finish_reason"] == "stop" and choice["matched_stop"] == "</answer>"
+    assert choice["message"]["content"] == "<answer>Mira"
+    beta = qwen_tokenizer.encode(" beta", add_special_tokens=False)
+    assert len(beta) == 1
+    choice = _post(client, _body(stop_token_ids=beta)).json()["choices"][0]
+    assert [t[1] for t in choice["meta_info"]["output_token_logprobs"]] == qwen_tokenizer.encode("alpha beta")
+    assert choice["matched_stop"] == beta[0] and choice["message"]["content"] == "alpha"
+
+
+def test_legacy_malformed_shape(qwen_tokenizer):
+    mock = MockSGLang(qwen_tokenizer, legacy_malformed_tool_calls=True)
+    mock.script(Q, ['Hm.\n<tool_call>\n{"name": "browse", "arguments": {}}\n</tool_call><|im_end|>'])
+    with serve_mock_sglang(mock) as url, httpx.Client(base_url=url) as http:
+        choice = _post(http, _body()).json()["choices"][0]
+    assert choice["message"]["tool_calls"] == []
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == "Hm."
+
+
+def test_return_token_ids_alone_also_returns_prompt_ids(qwen_tokenizer):
+    mock = MockSGLang(qwen_tokenizer, version="0.5.17")
+    mock.script(Q, ["hi<|im_end|>"])
+    body = _body(return_token_ids=True)
+    del body["return_prompt_token_ids"]
+    with serve_mock_sglang(mock) as url, httpx.Client(base_url=url) as http:
+        choice = _post(http, body).json()["choices"][0]
+    assert choice["prompt_token_ids"] == mock.requests[0].prompt_ids
+
+
+def test_n_above_one_is_400(mock, client):
+    mock.script(Q, ["hi<|im_end|>"])
+    resp = _post(client, _body(n=2))
+    assert resp.status_code == 400 and "n=1" in resp.json()["message"]
