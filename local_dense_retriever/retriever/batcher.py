@@ -1,0 +1,258 @@
+"""Cross-request micro-batching in front of a single worker thread.
+
+Encoding one query at a time wastes the encoder and re-reads the whole flat index per query (memory bound);
+a batch of 256 queries costs little more than one. So every request's queries go into one queue, and a
+batch loop on the event loop takes up to ``max_batch_size`` of them (waiting at most ``max_wait_ms`` after
+the oldest arrived), searches each distinct query once in the worker thread and resolves the callers'
+futures. Identical in-flight (query, topk) pairs share one future; finished ones are kept in an LRU cache,
+which GRPO groups (n samples of the same prompt) hit constantly. A failing batch fails only its own callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .cache import LRUCache
+
+logger = logging.getLogger(__name__)
+
+Hits = list[Any]
+SearchFn = Callable[[list[str], int], list[Hits]]
+T = TypeVar("T")
+
+
+class BatchFailedError(RuntimeError):
+    """The batch holding this request failed inside the worker; other batches are unaffected."""
+
+
+class OverloadedError(RuntimeError):
+    """Too many queries are already waiting; the caller should back off and retry."""
+
+
+@dataclass
+class _Item:
+    query: str
+    topk: int
+    future: asyncio.Future
+    enqueued: float
+
+
+@dataclass
+class BatcherStats:
+    """Counters shown by /health, so batching, dedup and caching are observable from outside."""
+
+    requests: int = 0
+    queries: int = 0
+    cache_hits: int = 0
+    coalesced: int = 0  # joined an identical query already waiting or running
+    batch_duplicates: int = 0  # same text, different topk, in one batch: searched once
+    batches: int = 0
+    searched: int = 0  # distinct queries actually encoded and searched
+    failed_batches: int = 0
+    largest_batch: int = 0
+    busy_s: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "started"}
+        data["busy_s"] = round(self.busy_s, 3)
+        data["mean_batch"] = round(self.searched / self.batches, 2) if self.batches else 0.0
+        return data
+
+
+class Batcher:
+    """Owns the worker thread; ``retrieve`` is the only entry point requests use.
+
+    With ``batching=False`` each request is searched alone on the same worker, no cache, no sharing: the
+    common per-request design, kept as a mode so benchmarks compare like with like.
+    """
+
+    def __init__(
+        self,
+        max_batch_size: int = 256,
+        max_wait_ms: float = 5.0,
+        cache_size: int = 10000,
+        batching: bool = True,
+        max_pending: int = 65536,
+    ):
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.batching = batching
+        self.max_pending = max_pending
+        self.stats = BatcherStats()
+        self._cache: LRUCache[Hits] = LRUCache(cache_size)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retriever-worker")
+        self._search: SearchFn | None = None
+        self._queue: deque[_Item] = deque()
+        self._inflight: dict[tuple[str, int], asyncio.Future] = {}
+        self._running = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="retriever-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(BatchFailedError("server is shutting down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run_in_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the worker thread (used to load the engine, so that thread owns it)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def set_search(self, search: SearchFn) -> None:
+        """Install the search function once the engine is loaded; it is only ever called on the worker."""
+        self._search = search
+
+    @property
+    def queue_depth(self) -> int:
+        """Queries waiting for a batch plus those being searched right now."""
+        return len(self._queue) + self._running
+
+    @property
+    def cache_entries(self) -> int:
+        return len(self._cache)
+
+    # -- requests --------------------------------------------------------------------------------------
+    async def retrieve(self, queries: list[str], topk: int) -> list[Hits]:
+        """Hits for each query, in order. Raises BatchFailedError / OverloadedError."""
+        if self._search is None:
+            raise RuntimeError("retriever is not loaded yet")
+        if self.queue_depth + len(queries) > self.max_pending:
+            raise OverloadedError(f"{self.queue_depth} queries already waiting (limit {self.max_pending}); retry later")
+        self.stats.requests += 1
+        self.stats.queries += len(queries)
+        if not self.batching:
+            return await self._retrieve_alone(queries, topk)
+
+        loop = asyncio.get_running_loop()
+        results: list[Hits | None] = [None] * len(queries)
+        waits: list[tuple[int, asyncio.Future]] = []
+        for position, query in enumerate(queries):
+            key = (query, topk)
+            cached = self._cache.get(key)
+            if cached is not None:
+                self.stats.cache_hits += 1
+                results[position] = cached
+                continue
+            future = self._inflight.get(key)
+            if future is not None:
+                self.stats.coalesced += 1
+            else:
+                future = loop.create_future()
+                self._inflight[key] = future
+                self._queue.append(_Item(query, topk, future, loop.time()))
+            waits.append((position, future))
+        if waits:
+            assert self._wakeup is not None
+            self._wakeup.set()
+            # shield: a caller that goes away must not cancel a future other callers share.
+            done = await asyncio.gather(*(asyncio.shield(future) for _, future in waits))
+            for (position, _), hits in zip(waits, done, strict=True):
+                results[position] = hits
+        return results  # type: ignore[return-value]
+
+    async def _retrieve_alone(self, queries: list[str], topk: int) -> list[Hits]:
+        self._running += len(queries)
+        try:
+            return await self._run_search(queries, topk)
+        finally:
+            self._running -= len(queries)
+
+    async def _run_search(self, queries: list[str], topk: int) -> list[Hits]:
+        search = self._search
+        assert search is not None
+
+        def timed() -> tuple[list[Hits], float]:
+            start = time.perf_counter()
+            out = search(queries, topk)
+            return out, time.perf_counter() - start
+
+        self.stats.batches += 1
+        self.stats.searched += len(queries)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(queries))
+        try:
+            hits, elapsed = await self.run_in_worker(timed)
+        except Exception as exc:
+            self.stats.failed_batches += 1
+            logger.exception("search failed for a batch of %d queries", len(queries))
+            raise BatchFailedError(f"retrieval failed for this batch: {type(exc).__name__}: {exc}") from exc
+        self.stats.busy_s += elapsed
+        if len(hits) != len(queries):
+            self.stats.failed_batches += 1
+            raise BatchFailedError(f"search returned {len(hits)} results for {len(queries)} queries")
+        return hits
+
+    # -- batch loop ------------------------------------------------------------------------------------
+    async def _next_batch(self) -> list[_Item]:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        # Under load the oldest item has waited long enough already and this returns at once.
+        deadline = self._queue[0].enqueued + self.max_wait_s
+        while len(self._queue) < self.max_batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        return [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch_size))]
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            self._running = len(batch)
+            try:
+                await self._execute(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the loop die: it is the only consumer of the queue
+                logger.exception("unexpected error in the batch loop")
+            finally:
+                self._running = 0
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        distinct = list(dict.fromkeys(item.query for item in batch))
+        self.stats.batch_duplicates += len(batch) - len(distinct)
+        k = max(item.topk for item in batch)
+        try:
+            hits = await self._run_search(distinct, k)
+        except BaseException as exc:
+            message = str(exc) if isinstance(exc, BatchFailedError) else f"batch aborted: {exc!r}"
+            for item in batch:
+                self._inflight.pop((item.query, item.topk), None)
+                if not item.future.done():
+                    item.future.set_exception(BatchFailedError(message))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        by_query = dict(zip(distinct, hits, strict=True))
+        for item in batch:
+            key = (item.query, item.topk)
+            result = by_query[item.query][: item.topk]
+            self._cache.put(key, result)
+            self._inflight.pop(key, None)
+            if not item.future.done():
+                item.future.set_result(result)

@@ -1,0 +1,87 @@
+"""Encoder + index + corpus: queries in, ranked documents out. Owned by one worker thread."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .corpus import Corpus
+from .encoder import Encoder
+from .index import SearchIndex
+
+logger = logging.getLogger(__name__)
+
+Hit = tuple[dict[str, Any], float]
+
+
+class RetrievalEngine:
+    """The whole retrieval path, synchronous and single-threaded (GPU FAISS and torch are not shared)."""
+
+    def __init__(self, encoder: Encoder, index: SearchIndex, corpus: Corpus, model_name: str = ""):
+        if index.ntotal > len(corpus):
+            raise ValueError(
+                f"index has {index.ntotal} vectors but the corpus only {len(corpus)} lines: "
+                "they do not belong together (vector i must be corpus line i)"
+            )
+        if index.ntotal < len(corpus):
+            logger.warning("corpus has %d lines but the index only %d vectors", len(corpus), index.ntotal)
+        if encoder.dim != index.dim:
+            raise ValueError(f"encoder dim {encoder.dim} != index dim {index.dim}: wrong --retriever_model?")
+        self.encoder = encoder
+        self.index = index
+        self.corpus = corpus
+        self.model_name = model_name
+
+    @classmethod
+    def load(
+        cls,
+        index_path: str | Path,
+        corpus_path: str | Path,
+        retriever_model: str,
+        retriever_name: str = "e5",
+        faiss_gpu: bool = False,
+        fp16: bool = False,
+        query_max_length: int = 256,
+        encode_batch_size: int = 256,
+        cache_dir: str | Path | None = None,
+        mmap: bool = True,
+    ) -> RetrievalEngine:
+        """Open every part; the index is memory-mapped and the corpus offsets sidecar reused when fresh."""
+        index = SearchIndex(index_path, use_gpu=faiss_gpu, mmap=mmap)
+        logger.info("index %s: %s, %d x %d", index_path, index.kind, index.ntotal, index.dim)
+        corpus = Corpus(corpus_path, cache_dir=cache_dir)
+        logger.info("corpus %s: %d passages", corpus_path, len(corpus))
+        encoder = Encoder(
+            retriever_model, retriever_name, fp16=fp16, max_length=query_max_length, batch_size=encode_batch_size
+        )
+        logger.info("encoder %s (%s) on %s", retriever_model, retriever_name, encoder.device)
+        engine = cls(encoder, index, corpus, model_name=retriever_model)
+        engine.search(["warm up"], 1)
+        return engine
+
+    @property
+    def size(self) -> int:
+        return self.index.ntotal
+
+    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
+        """Top-``k`` ``(doc, score)`` per query, best first."""
+        if not queries:
+            return []
+        vectors = self.encoder.encode_queries(queries)
+        scores, ids = self.index.search(vectors, k)
+        docs: dict[int, dict[str, Any]] = {}
+        results: list[list[Hit]] = []
+        for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True):
+            hits: list[Hit] = []
+            for score, doc_id in zip(row_scores, row_ids, strict=True):
+                if doc_id < 0:
+                    continue
+                if doc_id not in docs:
+                    docs[doc_id] = self.corpus.doc(doc_id)
+                hits.append((docs[doc_id], score))
+            results.append(hits)
+        return results
+
+    def close(self) -> None:
+        self.corpus.close()
