@@ -1,0 +1,132 @@
+"""Crash-safe file primitives: atomic JSON, chunked append from a known offset, streaming gunzip.
+
+Every function here leaves either the old or the new state on disk (never a half-written manifest) and
+fsyncs before the caller records progress, so a state file never claims bytes the disk may not hold.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import json
+import logging
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 64 * 1024 * 1024
+
+# Called with the number of bytes just written; lets callers observe (or interrupt) long copies.
+OnChunk = Callable[[int], None]
+
+
+class DownloadError(RuntimeError):
+    """A problem the user must act on; the message says what is wrong and what to do."""
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename/unlink in ``directory`` durable before anything is recorded about it."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON so that a reader sees the old or the new version, never a mix."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or None when the file does not exist."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise DownloadError(f"{path} is not valid JSON ({exc}); delete it and rerun") from exc
+
+
+def append_file(
+    src: Path, dst: Path, offset: int, *, desc: str, chunk_bytes: int = CHUNK_BYTES, on_chunk: OnChunk | None = None
+) -> int:
+    """Copy ``src`` into ``dst`` starting at byte ``offset`` and fsync; return the new length of ``dst``.
+
+    ``dst`` is truncated to ``offset`` first: bytes an interrupted earlier attempt wrote past the committed
+    length are dropped, so re-running an append can never duplicate data.
+    """
+    have = dst.stat().st_size if dst.exists() else 0
+    if have < offset:
+        raise DownloadError(f"{dst} holds {have} bytes but {offset} were recorded as merged; delete it and rerun")
+    total = src.stat().st_size
+    with open(src, "rb") as fin, open(dst, "r+b" if dst.exists() else "wb") as fout:
+        fout.truncate(offset)
+        fout.seek(offset)
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc) as bar:
+            while chunk := fin.read(chunk_bytes):
+                fout.write(chunk)
+                bar.update(len(chunk))
+                if on_chunk is not None:
+                    on_chunk(len(chunk))
+        fout.flush()
+        os.fsync(fout.fileno())
+        return fout.tell()
+
+
+def gunzip_file(
+    src: Path, dst: Path, *, desc: str, chunk_bytes: int = CHUNK_BYTES, on_chunk: OnChunk | None = None
+) -> int:
+    """Decompress ``src`` into ``dst`` in chunks (constant memory), fsync, and return the decompressed size.
+
+    gzip checks the CRC and length stored in the trailer, so a truncated or corrupt archive raises here.
+    """
+    total = src.stat().st_size
+    try:
+        with (
+            open(src, "rb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="rb") as fin,
+            open(dst, "wb") as fout,
+            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc) as bar,
+        ):
+            while chunk := fin.read(chunk_bytes):
+                fout.write(chunk)
+                bar.update(raw.tell() - bar.n)
+                if on_chunk is not None:
+                    on_chunk(len(chunk))
+            fout.flush()
+            os.fsync(fout.fileno())
+            return fout.tell()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        dst.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{src} is truncated or corrupt ({exc}); delete it and rerun download.py to fetch it again"
+        ) from exc
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` so two downloads never work on the same folder at once."""
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise DownloadError(f"another download is running in {path.parent} (lock {path} is held)") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
