@@ -1,0 +1,154 @@
+"""Client of SGLang's ``/v1/chat/completions`` that asks for, and reads back, the exact token ids.
+
+Version notes (see docs/contracts.md): 0.5.13+ accepts ``return_prompt_token_ids``, ``return_meta_info`` and
+``input_ids`` and returns ``choices[0].prompt_token_ids`` and ``choices[0].meta_info.output_token_logprobs``
+(``[logprob, id, text]``); 0.5.17 adds ``token_ids`` and 0.5.18 renames it ``response_token_ids``. Older servers
+return only text logprobs, which carry no ids: :class:`TurnOutput` then has ``output_ids=None`` and the caller
+decides whether a re-encoding fallback is allowed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from search_r1_oai.config import Settings
+from search_r1_oai.httpclients import call_with_retries, describe_error, shared_client
+
+MIN_TOKEN_ID_VERSION = "0.5.13"
+
+# slime's SGLang-native sampling keys that exist on the chat endpoint under the same name.
+_SAME_NAME_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "stop", "stop_token_ids")
+
+
+class PolicyError(RuntimeError):
+    """The policy call failed for good (non-retryable 4xx, or retries exhausted, or a malformed reply)."""
+
+
+def chat_sampling_fields(sampling_params: dict[str, Any]) -> dict[str, Any]:
+    """Translate slime's SGLang-native ``sampling_params`` to chat-completions fields.
+
+    ``max_new_tokens`` becomes the per-turn ``max_tokens`` (set by the caller), ``sampling_seed`` becomes ``seed``.
+    Detokenisation switches (``skip_special_tokens``, ``no_stop_trim``, ``spaces_between_special_tokens``) are
+    dropped: they only shape the text, and the server's tool parser needs its normal text; ids are unaffected.
+    """
+    fields = {key: sampling_params[key] for key in _SAME_NAME_FIELDS if sampling_params.get(key) is not None}
+    if sampling_params.get("sampling_seed") is not None:
+        fields["seed"] = sampling_params["sampling_seed"]
+    if sampling_params.get("custom_params"):
+        fields["custom_params"] = sampling_params["custom_params"]
+    return fields
+
+
+@dataclass
+class TurnOutput:
+    """What one policy call returned; id fields are ``None`` when the server did not send them."""
+
+    prompt_ids: list[int] | None
+    output_ids: list[int] | None
+    output_logprobs: list[float] | None
+    finish_reason: str
+    content: str | None
+    tool_calls: list[dict] | None
+    logprob_content: list[dict] | None
+    latency_s: float
+
+    @property
+    def has_token_ids(self) -> bool:
+        return self.prompt_ids is not None and self.output_ids is not None and self.output_logprobs is not None
+
+
+def parse_chat_response(body: Any, latency_s: float = 0.0) -> TurnOutput:
+    """Read one non-streaming chat completion, whichever SGLang release produced it."""
+    try:
+        choice = body["choices"][0]
+        message = choice.get("message") or {}
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise PolicyError(f"policy reply has no choices[0]: {body!s:.200}") from None
+    meta = choice.get("meta_info") or {}
+    finish = choice.get("finish_reason")
+    if finish is None and isinstance(meta.get("finish_reason"), dict):
+        finish = meta["finish_reason"].get("type")
+    logprob_content = (choice.get("logprobs") or {}).get("content")
+    output_ids, output_logprobs = _sampled_ids(choice, meta, logprob_content)
+    prompt_ids = choice.get("prompt_token_ids")
+    return TurnOutput(
+        prompt_ids=list(prompt_ids) if prompt_ids is not None else None,
+        output_ids=output_ids,
+        output_logprobs=output_logprobs,
+        finish_reason=str(finish or "stop"),
+        content=message.get("content"),
+        tool_calls=message.get("tool_calls") or None,
+        logprob_content=logprob_content,
+        latency_s=latency_s,
+    )
+
+
+def _sampled_ids(
+    choice: dict, meta: dict, logprob_content: list[dict] | None
+) -> tuple[list[int] | None, list[float] | None]:
+    triples = meta.get("output_token_logprobs")
+    if triples is not None:
+        try:
+            return [int(t[1]) for t in triples], [float(t[0]) for t in triples]
+        except (TypeError, ValueError, IndexError):
+            raise PolicyError("meta_info.output_token_logprobs is not a list of [logprob, id, text]") from None
+    ids = choice.get("response_token_ids", choice.get("token_ids"))
+    if ids is not None and logprob_content is not None and len(ids) == len(logprob_content):
+        return [int(i) for i in ids], [float(entry["logprob"]) for entry in logprob_content]
+    return None, None
+
+
+class ChatClient:
+    """One policy endpoint; the pooled connection is shared by every rollout on the event loop."""
+
+    def __init__(self, base_url: str, settings: Settings) -> None:
+        self.url = base_url.rstrip("/") + "/v1/chat/completions"
+        self._settings = settings
+
+    def build_request(
+        self,
+        messages: list[dict],
+        tools: list[dict] | None,
+        sampling_fields: dict[str, Any],
+        max_tokens: int,
+        input_ids: list[int] | None = None,
+    ) -> dict[str, Any]:
+        """The request body: from the second turn on, ``input_ids`` stops the server re-rendering history."""
+        body: dict[str, Any] = {
+            "model": self._settings.policy_model,
+            "messages": messages,
+            **sampling_fields,
+            "max_tokens": max_tokens,
+            "logprobs": True,
+            "return_prompt_token_ids": True,
+            "return_meta_info": True,
+            "stream": False,
+        }
+        if tools:
+            body["tools"] = tools
+        if input_ids is not None:
+            body["input_ids"] = input_ids
+        return body
+
+    async def complete(self, body: dict[str, Any]) -> TurnOutput:
+        """POST one turn; retry transport errors/5xx/429 with backoff, fail at once on other 4xx."""
+        client = shared_client("policy", self._settings, self._settings.policy_timeout_s)
+        attempts = 0
+
+        async def attempt() -> Any:
+            nonlocal attempts
+            attempts += 1
+            response = await client.post(self.url, json=body)
+            response.raise_for_status()
+            return response.json()
+
+        started = time.perf_counter()
+        try:
+            reply = await call_with_retries(attempt, self._settings.policy_retries, self._settings)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise PolicyError(f"policy call failed after {attempts} attempt(s): {describe_error(exc)}") from exc
+        return parse_chat_response(reply, time.perf_counter() - started)

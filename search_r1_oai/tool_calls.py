@@ -1,0 +1,101 @@
+"""Tool calls of one assistant turn, from the server's parsed ``tool_calls`` or, when its parser rejected them,
+from the raw output text; and the ``search`` arguments they carry.
+
+A call the server's parser rejects (bad JSON, unknown function) disappears from the response, yet its tokens
+were generated. Finding it in the raw text lets the policy be told what was wrong instead of the turn silently
+counting as a final answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from search_r1_oai.prompts import SEARCH_TOOL_NAME
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One requested call; ``error`` is set when the call could not even be read."""
+
+    id: str
+    name: str | None
+    arguments: Any
+    error: str | None = None
+
+
+def calls_from_server(tool_calls: Any) -> list[ToolCall]:
+    """The OpenAI ``message.tool_calls`` list as :class:`ToolCall` objects (arguments left as sent)."""
+    calls = []
+    for index, raw in enumerate(tool_calls or []):
+        function = raw.get("function") if isinstance(raw, dict) else None
+        call_id = (raw.get("id") if isinstance(raw, dict) else None) or f"call_{index}"
+        if not isinstance(function, dict):
+            calls.append(ToolCall(id=call_id, name=None, arguments=None, error="tool call without a function"))
+            continue
+        calls.append(ToolCall(id=call_id, name=function.get("name"), arguments=function.get("arguments")))
+    return calls
+
+
+def has_tool_call_marker(text: str, markers: tuple[str, str]) -> bool:
+    """Whether the raw output text opens a tool call at all."""
+    return markers[0] in text
+
+
+def calls_from_text(text: str, markers: tuple[str, str]) -> list[ToolCall]:
+    """Every ``START {json} END`` block in ``text``; a block cut off before END runs to the end of the text."""
+    start, end = markers
+    calls = []
+    position = text.find(start)
+    while position != -1:
+        body_start = position + len(start)
+        body_end = text.find(end, body_start)
+        body = text[body_start:] if body_end == -1 else text[body_start:body_end]
+        call_id = f"call_{len(calls)}"
+        calls.append(_call_from_block(call_id, body.strip(), closed=body_end != -1))
+        if body_end == -1:
+            break
+        position = text.find(start, body_end + len(end))
+    return calls
+
+
+def _call_from_block(call_id: str, body: str, closed: bool) -> ToolCall:
+    try:
+        parsed = json.loads(body)
+    except json.JSONDecodeError as exc:
+        reason = "is not closed" if not closed else f"is not valid JSON ({exc.msg} at char {exc.pos})"
+        return ToolCall(id=call_id, name=None, arguments=None, error=f"the tool call {reason}")
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("name"), str):
+        return ToolCall(
+            id=call_id,
+            name=None,
+            arguments=None,
+            error='the tool call must be a JSON object {"name": ..., "arguments": {...}}',
+        )
+    return ToolCall(id=call_id, name=parsed["name"], arguments=parsed.get("arguments"))
+
+
+def search_queries(call: ToolCall) -> tuple[list[str], str | None]:
+    """The queries of a ``search`` call (``queries`` list or a plain ``query`` string), or an error to report."""
+    if call.error is not None:
+        return [], call.error
+    if call.name != SEARCH_TOOL_NAME:
+        return [], f"unknown tool {call.name!r}; the only available tool is {SEARCH_TOOL_NAME!r}"
+    arguments = call.arguments
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as exc:
+            return [], f"the arguments of {SEARCH_TOOL_NAME!r} are not valid JSON ({exc.msg})"
+    if not isinstance(arguments, dict):
+        return [], f'the arguments of {SEARCH_TOOL_NAME!r} must be an object like {{"queries": ["..."]}}'
+    raw = arguments.get("queries", arguments.get("query"))
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(q, str) for q in raw):
+        return [], f'{SEARCH_TOOL_NAME!r} needs "queries": a list of strings'
+    queries = [q.strip() for q in raw if q.strip()]
+    if not queries:
+        return [], f'{SEARCH_TOOL_NAME!r} got no non-empty query; pass "queries": ["..."]'
+    return queries, None

@@ -1,0 +1,94 @@
+"""A FastAPI stand-in of the retriever's ``POST /retrieve`` + ``GET /health`` with scriptable failures.
+
+``FakeRetriever`` answers every query with ``topk`` deterministic passages (or, given a corpus, the passages
+whose text shares the most words with the query). Set ``fail_next``/``fail_status`` for "5xx then ok",
+``delay_s`` for a slow server; "down" is simply a port nobody serves (start the server later for "then up").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import uvicorn
+from conftest import free_port
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+
+class RetrieveRequest(BaseModel):
+    queries: list[str] = Field(min_length=1)
+    topk: int = Field(default=3, ge=1, le=100)
+    return_scores: bool = False
+
+
+@dataclass
+class FakeRetriever:
+    """Scriptable retriever; ``corpus`` is a list of ``{"id", "contents"}`` wiki-18 rows (optional)."""
+
+    corpus: list[dict] | None = None
+    fail_next: int = 0
+    fail_status: int = 503
+    delay_s: float = 0.0
+    requests: list[dict] = field(default_factory=list)
+
+    def passages(self, query: str, topk: int) -> list[dict]:
+        if not self.corpus:
+            return [_row(f"{query}-{i}", f"Title {i} of {query}", f"Passage {i} about {query}.") for i in range(topk)]
+        words = set(re.findall(r"\w+", query.lower()))
+        scored = sorted(self.corpus, key=lambda row: -len(words & set(re.findall(r"\w+", row["contents"].lower()))))
+        return [_split(row) for row in scored[:topk]]
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/health")
+        async def health() -> dict:
+            return {"status": "ok"}
+
+        @app.post("/retrieve")
+        async def retrieve(request: RetrieveRequest) -> JSONResponse:
+            self.requests.append(request.model_dump())
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return JSONResponse({"detail": "scripted failure"}, status_code=self.fail_status)
+            result = [self.passages(q, request.topk) for q in request.queries]
+            return JSONResponse({"result": result})
+
+        return app
+
+
+def _row(doc_id: str, title: str, text: str) -> dict:
+    return {"id": doc_id, "contents": f'"{title}"\n{text}', "title": title, "text": text}
+
+
+def _split(row: dict) -> dict:
+    title, _, text = row["contents"].partition("\n")
+    return {"id": row["id"], "contents": row["contents"], "title": title.strip('"'), "text": text}
+
+
+@contextmanager
+def serve_fake_retriever(fake: FakeRetriever, port: int | None = None) -> Iterator[str]:
+    """Serve ``fake`` on 127.0.0.1 (a free port unless given) in a thread; yields the base URL, stops on exit."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"fake retriever did not start on port {port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,156 @@
+"""Token bookkeeping and the template delta, with the real offline Qwen2.5 tokenizer and other templates."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from slime_stub import Sample
+
+from search_r1_oai.prompts import SEARCH_TOOL, build_messages
+from search_r1_oai.trajectory import (
+    TemplateError,
+    ToolTurnTemplate,
+    Trajectory,
+    TrajectoryError,
+    encode_text,
+    render_chat,
+    tool_turn_template,
+)
+
+IM_END = 151645
+ENDOFTEXT = 151643
+
+
+def _assistant_call(content: str, queries: list[str]) -> dict:
+    call = {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": {"queries": queries}}}
+    return {"role": "assistant", "content": content, "tool_calls": [call]}
+
+
+def _tool(content: str, call_id: str = "call_1") -> dict:
+    return {"role": "tool", "tool_call_id": call_id, "name": "search", "content": content}
+
+
+TOOL_SETS = [
+    [_tool("Doc 1 (Title: Paris) Paris is the capital of France.")],
+    [_tool("Doc 1 (Title: A) alpha"), _tool("Doc 1 (Title: B) beta", "call_2")],
+    [_tool("Doc 1 (Title: Zürich) Zürich liegt am Zürichsee. 東京は日本の首都です。")],
+    [_tool("Error: unknown tool 'lookup'; the only available tool is 'search'")],
+]
+
+
+@pytest.mark.parametrize("tool_messages", TOOL_SETS)
+def test_delta_ids_continue_a_full_render_exactly(qwen_tokenizer, tool_messages) -> None:
+    """prompt + sampled turn + delta == the template's own full render, id for id (for canonical model output)."""
+    template = ToolTurnTemplate(qwen_tokenizer, [SEARCH_TOOL])
+    conversation = [*build_messages("Who founded Rome?"), _assistant_call("Let me look.", ["Rome founder"])]
+    base = render_chat(qwen_tokenizer, conversation, [SEARCH_TOOL], add_generation_prompt=False)
+    full = render_chat(qwen_tokenizer, conversation + tool_messages, [SEARCH_TOOL], add_generation_prompt=True)
+    assert base.endswith(template.eos_text + template.glue)
+    up_to_sampled_eos = encode_text(qwen_tokenizer, base[: len(base) - len(template.glue)])
+    assert up_to_sampled_eos[-1] == IM_END
+
+    delta = template.delta_ids(tool_messages, last_sampled_id=IM_END)
+
+    assert up_to_sampled_eos + delta == encode_text(qwen_tokenizer, full)
+    assert delta[0] not in (IM_END,), "the sampled end-of-turn token must not be repeated"
+
+
+def test_glue_is_found_from_the_template_not_hard_coded(qwen_tokenizer) -> None:
+    qwen = ToolTurnTemplate(qwen_tokenizer, [SEARCH_TOOL])
+    assert qwen.eos_text == "<|im_end|>" and qwen.glue == "\n" and qwen.eos_id == IM_END
+
+    other = copy.deepcopy(qwen_tokenizer)
+    other.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    template = ToolTurnTemplate(other, None)
+    assert template.glue == "\n\n"
+    text = template.delta_text([_tool("R")], sampled_eos=True)
+    assert text == "\n\n<|im_start|>tool\nR<|im_end|>\n\n<|im_start|>assistant\n"
+
+
+def test_turn_ended_without_eos_gets_it_as_glue(qwen_tokenizer) -> None:
+    template = ToolTurnTemplate(qwen_tokenizer, [SEARCH_TOOL])
+    delta = template.delta_ids([_tool("x")], last_sampled_id=ENDOFTEXT)
+    assert delta[:2] == [IM_END, encode_text(qwen_tokenizer, "\n")[0]]
+    assert template.delta_ids([_tool("x")], last_sampled_id=IM_END) == delta[1:]
+
+
+def test_template_that_rewrites_history_is_refused(qwen_tokenizer) -> None:
+    counting = copy.deepcopy(qwen_tokenizer)
+    counting.chat_template = (
+        "{{ messages|length }} messages\n{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(TemplateError, match="re-renders earlier turns"):
+        ToolTurnTemplate(counting, None).delta_text([_tool("x")], sampled_eos=True)
+
+
+def test_template_without_eos_is_refused(qwen_tokenizer) -> None:
+    no_eos = copy.deepcopy(qwen_tokenizer)
+    no_eos.chat_template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    with pytest.raises(TemplateError, match="does not end an assistant turn"):
+        ToolTurnTemplate(no_eos, None)
+
+
+def test_only_text_rendering_is_used(qwen_tokenizer) -> None:
+    """transformers 4.x returns a list and 5.x a BatchEncoding for tokenize=True; we must never depend on either."""
+
+    class TokenizeTrueExplodes:
+        eos_token = qwen_tokenizer.eos_token
+
+        def apply_chat_template(self, messages, tools=None, tokenize=True, add_generation_prompt=False):
+            assert tokenize is False, "tokenize=True's return type differs across transformers versions"
+            return qwen_tokenizer.apply_chat_template(
+                messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+
+        def convert_tokens_to_ids(self, token):
+            return qwen_tokenizer.convert_tokens_to_ids(token)
+
+        def encode(self, text, add_special_tokens=True):
+            return qwen_tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    stub = ToolTurnTemplate(TokenizeTrueExplodes(), [SEARCH_TOOL])
+    real = ToolTurnTemplate(qwen_tokenizer, [SEARCH_TOOL])
+    assert stub.delta_ids(TOOL_SETS[1], IM_END) == real.delta_ids(TOOL_SETS[1], IM_END)
+
+
+def test_template_cache_is_per_tokenizer_and_tools(qwen_tokenizer) -> None:
+    assert tool_turn_template(qwen_tokenizer, [SEARCH_TOOL]) is tool_turn_template(qwen_tokenizer, [SEARCH_TOOL])
+    assert tool_turn_template(qwen_tokenizer, [SEARCH_TOOL]) is not tool_turn_template(qwen_tokenizer, None)
+
+
+def test_trajectory_masks_logprobs_and_lengths() -> None:
+    trajectory = Trajectory.from_prompt([1, 2, 3])
+    trajectory.add_sampled([10, 11], [-0.5, -0.25])
+    trajectory.add_observation([20, 21, 22])
+    trajectory.add_sampled([12], [-1.0])
+    assert trajectory.tokens == [1, 2, 3, 10, 11, 20, 21, 22, 12]
+    assert trajectory.response_length == 6
+    assert trajectory.loss_mask == [1, 1, 0, 0, 0, 1]
+    assert trajectory.log_probs == [-0.5, -0.25, 0.0, 0.0, 0.0, -1.0]
+
+    sample = Sample()
+    trajectory.write_to(sample)
+    assert sample.tokens == trajectory.tokens and sample.response_length == 6
+    assert sample.loss_mask == trajectory.loss_mask and sample.rollout_log_probs == trajectory.log_probs
+    assert Trajectory.from_sample(sample, prompt_length=3) == trajectory
+
+
+def test_trajectory_refuses_inconsistent_state() -> None:
+    trajectory = Trajectory.from_prompt([1, 2, 3])
+    with pytest.raises(TrajectoryError, match="2 sampled ids but 1 logprobs"):
+        trajectory.add_sampled([4, 5], [-1.0])
+    trajectory.check_conditioning([1, 2, 3])
+    with pytest.raises(TrajectoryError, match="at position 1"):
+        trajectory.check_conditioning([1, 9, 3])
+    with pytest.raises(TrajectoryError, match="differ"):
+        trajectory.check_conditioning([1, 2])
+    with pytest.raises(TrajectoryError, match="empty prompt"):
+        Trajectory.from_prompt([])
+    sample = Sample(tokens=[1, 2, 3, 4], response_length=2, loss_mask=[1], rollout_log_probs=[0.0])
+    with pytest.raises(TrajectoryError):
+        Trajectory.from_sample(sample, prompt_length=3)
