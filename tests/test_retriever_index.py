@@ -1,0 +1,145 @@
+"""Encoder conventions, memory-mapped FAISS loading, the GPU guard and build_index.py (resume, index types)."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import build_index
+import faiss
+import numpy as np
+import pytest
+
+from retriever.encoder import Encoder, spec_for
+from retriever.index import SearchIndex, faiss_gpu_count, load_index
+
+
+def _rss_anon_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+@pytest.fixture(scope="module")
+def minilm_e5(minilm_dir: Path) -> Encoder:
+    return Encoder(str(minilm_dir), "e5", device="cpu")
+
+
+def test_family_names_resolve_and_unknown_names_are_refused():
+    assert spec_for("e5").query_prefix == "query: " and spec_for("e5-base-v2").pooling == "mean"
+    assert spec_for("bge-large-en-v1.5").pooling == "cls"
+    with pytest.raises(ValueError, match="unknown retriever_name 'colbert'"):
+        spec_for("colbert")
+
+
+def test_e5_prefixes_queries_and_passages_and_normalises(minilm_dir: Path, minilm_e5: Encoder):
+    plain = Encoder(str(minilm_dir), "minilm", device="cpu")
+    texts = ["Who wrote the novel Zorvath?", "a much longer second text so that padding is involved here"]
+    queries = minilm_e5.encode_queries(texts)
+    assert queries.shape == (2, 384) and queries.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(queries, plain.encode_queries([f"query: {t}" for t in texts]), atol=1e-5)
+    np.testing.assert_allclose(
+        minilm_e5.encode_passages(texts), plain.encode_passages([f"passage: {t}" for t in texts]), atol=1e-5
+    )
+    # Sorting by length for micro-batches must not reorder the output.
+    np.testing.assert_allclose(minilm_e5.encode_queries(texts[::-1]), queries[::-1], atol=1e-5)
+
+
+def test_fp16_is_ignored_without_cuda(minilm_dir: Path):
+    encoder = Encoder(str(minilm_dir), "e5", device="cpu", fp16=True)
+    assert not encoder.fp16 and encoder.encode_queries(["x"]).dtype == np.float32
+
+
+def test_flat_index_is_memory_mapped_not_read(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((60_000, 256), dtype=np.float32)  # 61 MB
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    flat = faiss.IndexFlatIP(256)
+    flat.add(vectors)
+    path = tmp_path / "flat.index"
+    faiss.write_index(flat, str(path))
+    del flat
+    expected = vectors[[5, 123, 59_999]]
+    del vectors
+    gc.collect()
+
+    before = _rss_anon_kb()
+    index = SearchIndex(path)
+    scores, ids = index.search(expected, 1)
+    grown_mb = (_rss_anon_kb() - before) / 1024
+    assert ids[:, 0].tolist() == [5, 123, 59_999]
+    np.testing.assert_allclose(scores[:, 0], 1.0, rtol=1e-5)
+    assert grown_mb < 20, f"loading a 61 MB flat index grew anonymous memory by {grown_mb:.0f} MB"
+    assert (index.ntotal, index.dim, index.kind) == (60_000, 256, "IndexFlatIP")
+    plain = load_index(path, mmap=False)
+    assert plain.search(expected, 1)[1][:, 0].tolist() == [5, 123, 59_999]
+
+
+def test_faiss_gpu_without_gpu_support_is_a_clear_error(tmp_path: Path):
+    if faiss_gpu_count() > 0:
+        pytest.skip("this machine has FAISS GPUs")
+    path = tmp_path / "tiny.index"
+    faiss.write_index(faiss.IndexFlatIP(4), str(path))
+    with pytest.raises(RuntimeError, match=r"--faiss_gpu needs a GPU build of FAISS.*faiss-gpu"):
+        SearchIndex(path, use_gpu=True)
+
+
+def test_missing_index_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="FAISS index not found"):
+        load_index(tmp_path / "missing.index")
+
+
+def _build_argv(corpus: Path, model: Path, index: Path, *extra: str) -> list[str]:
+    return ["--corpus_path", str(corpus), "--retriever_model", str(model), "--index_path", str(index), *extra]
+
+
+def test_build_index_resumes_from_saved_shards_and_finds_facts(
+    tmp_path: Path, toy_corpus_files: tuple[Path, Path], toy_facts, minilm_dir: Path, minilm_e5: Encoder
+):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(toy_corpus_files[0].read_bytes())
+    index_path = tmp_path / "toy.index"
+    argv = _build_argv(corpus, minilm_dir, index_path, "--shard_size", "128", "--keep_shards", "--device", "cpu")
+    assert build_index.main(argv) == 0
+    shards = sorted((tmp_path / "toy.index.shards").glob("shard_*.npy"))
+    assert [s.name for s in shards] == ["shard_00000.npy", "shard_00001.npy", "shard_00002.npy"]
+    first = faiss.read_index(str(index_path))
+    assert first.ntotal == len(corpus.read_text().splitlines())
+
+    # Simulate an interrupted run: the middle shard is missing; the others must not be re-encoded.
+    kept = {s.name: s.stat().st_mtime_ns for s in shards if s.name != "shard_00001.npy"}
+    shards[1].unlink()
+    index_path.unlink()
+    assert build_index.main(argv) == 0
+    assert {s.name: s.stat().st_mtime_ns for s in shards if s.name in kept} == kept
+    assert shards[1].exists()
+    again = faiss.read_index(str(index_path))
+    np.testing.assert_allclose(again.reconstruct_n(0, again.ntotal), first.reconstruct_n(0, first.ntotal), atol=1e-5)
+
+    vectors = minilm_e5.encode_queries([fact.question for fact in toy_facts])
+    _, ids = again.search(vectors, 3)
+    found = [fact.passage_id in {str(i) for i in row} for fact, row in zip(toy_facts, ids.tolist(), strict=True)]
+    assert all(found), f"{found.count(False)} facts not in top 3"
+
+    hnsw = build_index.build_index(shards, 384, "HNSW32", train_size=1000)
+    assert type(hnsw).__name__ == "IndexHNSWFlat" and hnsw.ntotal == again.ntotal
+    assert (hnsw.search(vectors[:20], 3)[1] == ids[:20]).mean() > 0.9
+
+
+def test_build_index_refuses_shards_of_another_run(tmp_path: Path, toy_corpus_files, minilm_dir: Path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "meta.json").write_text('{"passages": 1, "shard_size": 5, "dim": 384}')
+    argv = _build_argv(toy_corpus_files[0], minilm_dir, tmp_path / "x.index", "--work_dir", str(work))
+    with pytest.raises(SystemExit, match="holds shards of another run"):
+        build_index.main(argv)
+
+
+def test_build_index_help_explains_every_flag():
+    text = build_index.build_parser().format_help()
+    for flag in ("--corpus_path", "--retriever_model", "--index_path", "--retriever_name", "--batch_size",
+                 "--index_type", "--shard_size", "--work_dir", "--train_size", "--fp16", "--keep_shards"):  # fmt: skip
+        assert flag in text
+    assert "HNSW32" in text and "IVF4096" in text and "recall" in text

@@ -1,0 +1,390 @@
+"""The retrieval server over real HTTP on 127.0.0.1.
+
+A subprocess started exactly as users start it (``python local_dense_retriever/retrieval_server.py ...``)
+serves the toy corpus indexed with MiniLM: answers, shapes, bad input, concurrency, health. Cases that need
+control over the engine (hold loading, inject a failure) run the same app in-process under uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import build_index
+import httpx
+import pytest
+import uvicorn
+from conftest import free_port
+
+from retriever.api import create_app
+from retriever.engine import RetrievalEngine
+from retriever.settings import Settings
+
+PROJECT = Path(__file__).resolve().parent.parent
+SERVER = PROJECT / "local_dense_retriever" / "retrieval_server.py"
+START_TIMEOUT_S = 90
+
+
+@pytest.fixture(scope="module")
+def toy_index(tmp_path_factory: pytest.TempPathFactory, toy_corpus_files, minilm_dir: Path) -> tuple[Path, Path]:
+    """``(index, corpus)``: the toy corpus encoded with MiniLM under the e5 conventions."""
+    out = tmp_path_factory.mktemp("retriever_toy")
+    corpus = out / "corpus.jsonl"
+    corpus.write_bytes(toy_corpus_files[0].read_bytes())
+    index = out / "minilm_Flat.index"
+    argv = ["--corpus_path", str(corpus), "--retriever_model", str(minilm_dir), "--index_path", str(index)]
+    assert build_index.main([*argv, "--device", "cpu"]) == 0
+    return index, corpus
+
+
+class ServerProcess:
+    """retrieval_server.py in a subprocess; its log goes to a file the test can read."""
+
+    def __init__(self, args: list[str], log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVER), "--port", str(self.port), *args],
+            cwd=PROJECT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.health_codes: list[int] = []
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> dict:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                response = httpx.get(f"{self.url}/health", timeout=5)
+            except httpx.TransportError:
+                time.sleep(0.1)
+                continue
+            self.health_codes.append(response.status_code)
+            if response.status_code == 200:
+                return response.json()
+            time.sleep(0.1)
+        raise AssertionError(f"server not ready after {START_TIMEOUT_S} s:\n{self.log()[-3000:]}")
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def server(toy_index, minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    index, corpus = toy_index
+    args = ["--index_path", str(index), "--corpus_path", str(corpus), "--retriever_model", str(minilm_dir)]
+    limits = ["--max_queries", "200", "--max_query_chars", "1000", "--max_body_mb", "1", "--max_wait_ms", "10"]
+    process = ServerProcess([*args, *limits], tmp_path_factory.mktemp("server_log") / "server.log")
+    try:
+        process.health = process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def _retrieve(server: ServerProcess, body: object, **kwargs) -> httpx.Response:
+    return httpx.post(f"{server.url}/retrieve", json=body, timeout=60, **kwargs)
+
+
+def test_fact_passage_is_in_top3_for_every_toy_question(server: ServerProcess, toy_facts):
+    response = _retrieve(server, {"queries": [fact.question for fact in toy_facts]})
+    assert response.status_code == 200, response.text
+    result = response.json()["result"]
+    assert len(result) == len(toy_facts)
+    missed = [
+        f.question for f, docs in zip(toy_facts, result, strict=True) if f.passage_id not in {d["id"] for d in docs}
+    ]
+    assert not missed, f"fact passage not in top 3 for {len(missed)} questions, e.g. {missed[:3]}"
+
+
+def test_health_reports_index_model_and_queue(server: ServerProcess, minilm_dir: Path, toy_corpus_files):
+    assert set(server.health_codes) <= {200, 503} and server.health_codes[-1] == 200
+    health = httpx.get(f"{server.url}/health", timeout=10).json()
+    assert health["status"] == "ok"
+    assert health["index_size"] == len(toy_corpus_files[0].read_text().splitlines())
+    assert health["model"] == str(minilm_dir)
+    assert health["queue_depth"] == 0 and health["uptime_s"] > 0
+    assert httpx.get(f"{server.url}/docs", timeout=10).status_code == 200
+    assert "/retrieve" in httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+
+
+def test_documents_have_the_wiki18_shape(server: ServerProcess, toy_facts):
+    fact = toy_facts[0]
+    response = _retrieve(server, {"queries": [fact.question, toy_facts[1].question], "topk": 2})
+    result = response.json()["result"]
+    assert [len(docs) for docs in result] == [2, 2]
+    for doc in result[0] + result[1]:
+        assert set(doc) == {"id", "contents", "title", "text"}
+        assert doc["contents"] == f'"{doc["title"]}"\n{doc["text"]}'
+        assert not doc["title"].startswith('"')
+    top = next(doc for doc in result[0] if doc["id"] == fact.passage_id)
+    assert top["title"] == fact.title and fact.answer in top["text"]
+
+
+def test_default_topk_is_3_and_topk_100_is_allowed(server: ServerProcess, toy_facts):
+    assert [len(d) for d in _retrieve(server, {"queries": [toy_facts[2].question]}).json()["result"]] == [3]
+    assert [len(d) for d in _retrieve(server, {"queries": ["x"], "topk": 100}).json()["result"]] == [100]
+
+
+def test_return_scores_wraps_documents_with_descending_scores(server: ServerProcess, toy_facts):
+    question = toy_facts[3].question
+    plain = _retrieve(server, {"queries": [question], "topk": 3, "return_scores": False}).json()["result"][0]
+    scored = _retrieve(server, {"queries": [question], "topk": 3, "return_scores": True}).json()["result"][0]
+    assert all(set(item) == {"document", "score"} and isinstance(item["score"], float) for item in scored)
+    assert [item["document"] for item in scored] == plain
+    scores = [item["score"] for item in scored]
+    assert scores == sorted(scores, reverse=True) and -1.0 <= scores[-1] <= scores[0] <= 1.0 + 1e-5
+
+
+BAD_BODIES = {
+    "empty-queries": ({"queries": []}, "queries", 422),
+    "queries-not-a-list": ({"queries": "who wrote x"}, "valid list", 422),
+    "queries-missing": ({"topk": 3}, "queries: Field required", 422),
+    "non-string-item": ({"queries": ["ok", 7]}, "queries.1: Input should be a valid string", 422),
+    "null-item": ({"queries": [None]}, "queries.0", 422),
+    "too-many-queries": ({"queries": ["q"] * 201}, "too many queries: 201 > 200", 422),
+    "topk-zero": ({"queries": ["q"], "topk": 0}, "topk", 422),
+    "topk-over-100": ({"queries": ["q"], "topk": 101}, "topk", 422),
+    "topk-string": ({"queries": ["q"], "topk": "3"}, "topk", 422),
+    "topk-bool": ({"queries": ["q"], "topk": True}, "topk", 422),
+    "return-scores-string": ({"queries": ["q"], "return_scores": "yes"}, "return_scores", 422),
+    "query-over-cap": ({"queries": ["ok", "x" * 1001]}, "queries[1] has 1001 characters; the limit is 1000", 422),
+    "body-not-an-object": ([["q"]], "valid dictionary", 422),
+    "body-over-limit": ({"queries": ["x" * 999] * 1100}, "request body too large", 413),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BODIES))
+def test_bad_input_gets_4xx_naming_the_problem_and_the_server_keeps_serving(
+    server: ServerProcess, toy_facts, name: str
+):
+    body, expected_message, expected_status = BAD_BODIES[name]
+    response = _retrieve(server, body)
+    assert response.status_code == expected_status, response.text
+    payload = response.json()
+    message = payload.get("message") or payload["detail"]
+    assert expected_message in message, payload
+    good = _retrieve(server, {"queries": [toy_facts[4].question]})
+    assert good.status_code == 200 and toy_facts[4].passage_id in {d["id"] for d in good.json()["result"][0]}
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"", b'{"queries": ["a"]', "\udcff".encode("utf-8", "surrogatepass")], ids=repr
+)
+def test_invalid_json_gets_422_and_the_server_keeps_serving(server: ServerProcess, raw: bytes):
+    response = httpx.post(
+        f"{server.url}/retrieve", content=raw, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert response.status_code == 422, response.text
+    assert "JSON" in response.json()["message"] or "body: Field required" in response.json()["message"]
+    assert _retrieve(server, {"queries": ["still alive?"]}).status_code == 200
+
+
+def test_chunked_body_over_the_limit_gets_413(server: ServerProcess):
+    def chunks() -> Iterator[bytes]:
+        yield b'{"queries": ["'
+        for _ in range(300):  # 1.2 MiB > --max_body_mb 1, sent without a Content-Length
+            yield b"y" * 4096
+        yield b'"]}'
+
+    response = httpx.post(
+        f"{server.url}/retrieve", content=chunks(), headers={"content-type": "application/json"}, timeout=30
+    )
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413 and "request body too large" in response.json()["detail"]
+    assert _retrieve(server, {"queries": ["still alive?"]}).status_code == 200
+
+
+async def test_concurrent_clients_each_get_their_own_results_in_order(server: ServerProcess, toy_facts):
+    clients = 50
+    before = httpx.get(f"{server.url}/health", timeout=10).json()["stats"]
+
+    async def client(number: int, http: httpx.AsyncClient) -> None:
+        mine = [toy_facts[(number * 3 + i) % len(toy_facts)] for i in range(3)]
+        response = await http.post("/retrieve", json={"queries": [f.question for f in mine], "topk": 3})
+        assert response.status_code == 200, response.text
+        result = response.json()["result"]
+        assert len(result) == 3
+        for fact, docs in zip(mine, result, strict=True):
+            assert fact.passage_id in {doc["id"] for doc in docs}, (number, fact.question)
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
+        await asyncio.wait_for(asyncio.gather(*(client(n, http) for n in range(clients))), timeout=120)
+
+    after = httpx.get(f"{server.url}/health", timeout=10).json()["stats"]
+    assert after["requests"] - before["requests"] == clients
+    # 150 queries, 150 distinct: every one is answered by a search or by the cache, never twice.
+    searched = after["searched"] - before["searched"]
+    answered_elsewhere = (after["cache_hits"] - before["cache_hits"]) + (after["coalesced"] - before["coalesced"])
+    assert searched + answered_elsewhere == clients * 3
+    assert after["batches"] - before["batches"] < clients  # requests were batched together
+
+
+def test_repeated_queries_are_served_from_the_cache(server: ServerProcess):
+    body = {"queries": ["a query nobody asked before", "a query nobody asked before"], "topk": 2}
+    before = httpx.get(f"{server.url}/health", timeout=10).json()["stats"]
+    first = _retrieve(server, body).json()
+    second = _retrieve(server, body).json()
+    after = httpx.get(f"{server.url}/health", timeout=10).json()["stats"]
+    assert first == second and first["result"][0] == first["result"][1]
+    assert after["searched"] - before["searched"] == 1  # the duplicate joined, the repeat hit the cache
+    assert after["coalesced"] - before["coalesced"] == 1
+    assert after["cache_hits"] - before["cache_hits"] == 2
+
+
+def test_second_start_reuses_the_offsets_sidecar(server: ServerProcess, toy_index):
+    _, corpus = toy_index
+    sidecar = corpus.with_name(corpus.name + ".offsets.npy")
+    assert sidecar.exists()  # written by build_index before the server started
+    assert "reusing line offsets" in server.log()
+
+
+def test_faiss_gpu_without_gpus_stops_the_server_with_a_clear_error(toy_index, minilm_dir: Path, tmp_path: Path):
+    index, corpus = toy_index
+    args = ["--index_path", str(index), "--corpus_path", str(corpus), "--retriever_model", str(minilm_dir)]
+    process = ServerProcess([*args, "--faiss_gpu"], tmp_path / "gpu.log")
+    try:
+        assert process.wait_exit(timeout=START_TIMEOUT_S) == 1
+    finally:
+        process.stop()
+    assert "--faiss_gpu needs a GPU build of FAISS" in process.log()
+
+
+def test_cli_rejects_missing_files_and_help_lists_every_flag(tmp_path: Path):
+    missing = subprocess.run(
+        [sys.executable, str(SERVER), "--index_path", str(tmp_path / "no.index"), "--corpus_path", "x",
+         "--retriever_model", "m"],
+        capture_output=True, text=True, timeout=60, cwd=PROJECT,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "--index_path" in missing.stderr and "is not a file" in missing.stderr
+    help_text = subprocess.run(
+        [sys.executable, str(SERVER), "--help"], capture_output=True, text=True, timeout=60, cwd=PROJECT
+    ).stdout
+    for flag in ("--index_path", "--corpus_path", "--topk", "--retriever_name", "--retriever_model", "--port",
+                 "--host", "--faiss_gpu", "--fp16", "--batching", "--max_batch_size", "--max_wait_ms",
+                 "--cache_size", "--max_queries", "--max_query_chars", "--max_pending", "--max_body_mb"):  # fmt: skip
+        assert flag in help_text
+
+
+# -- in-process: control over loading and failures -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_engine(toy_index, minilm_dir: Path) -> RetrievalEngine:
+    index, corpus = toy_index
+    return RetrievalEngine.load(index, corpus, str(minilm_dir), "e5")
+
+
+@contextmanager
+def serve_in_process(settings: Settings, load_engine: Callable) -> Iterator[str]:
+    port = free_port()
+    app = create_app(settings, load_engine=load_engine)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "in-process server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _settings(toy_index) -> Settings:
+    index, corpus = toy_index
+    return Settings(index_path=str(index), corpus_path=str(corpus), retriever_model="minilm")
+
+
+def _wait_health(url: str, status: int) -> dict:
+    deadline = time.monotonic() + 30
+    while True:
+        response = httpx.get(f"{url}/health", timeout=10)
+        if response.status_code == status or time.monotonic() > deadline:
+            assert response.status_code == status, response.text
+            return response.json()
+        time.sleep(0.02)
+
+
+def test_health_is_503_until_the_engine_is_loaded(toy_index, toy_engine: RetrievalEngine, toy_facts):
+    gate = threading.Event()
+
+    def slow_load() -> RetrievalEngine:
+        assert gate.wait(30)
+        return toy_engine
+
+    with serve_in_process(_settings(toy_index), slow_load) as url:
+        loading = httpx.get(f"{url}/health", timeout=10)
+        assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        early = httpx.post(f"{url}/retrieve", json={"queries": ["x"]}, timeout=10)
+        assert early.status_code == 503 and "not ready" in early.json()["detail"]
+        gate.set()
+        assert _wait_health(url, 200)["index_size"] == toy_engine.size
+        ok = httpx.post(f"{url}/retrieve", json={"queries": [toy_facts[0].question]}, timeout=30)
+        assert toy_facts[0].passage_id in {d["id"] for d in ok.json()["result"][0]}
+
+
+def test_failed_load_is_reported_by_health(toy_index):
+    def broken_load() -> RetrievalEngine:
+        raise OSError("disk on fire")
+
+    with serve_in_process(_settings(toy_index), broken_load) as url:
+        health = _wait_health(url, 503)
+        deadline = time.monotonic() + 10
+        while health["status"] == "loading" and time.monotonic() < deadline:
+            health = _wait_health(url, 503)
+        assert health["status"] == "failed" and "disk on fire" in health["error"]
+
+
+class FailingEngine:
+    """The real engine, except that a batch containing the trigger query raises inside the worker."""
+
+    TRIGGER = "please explode"
+
+    def __init__(self, engine: RetrievalEngine):
+        self.engine = engine
+        self.size = engine.size
+        self.model_name = engine.model_name
+
+    def search(self, queries: list[str], k: int):
+        if self.TRIGGER in queries:
+            raise RuntimeError("injected failure in the worker")
+        return self.engine.search(queries, k)
+
+
+def test_an_internal_failure_fails_only_that_batch(toy_index, toy_engine: RetrievalEngine, toy_facts):
+    with serve_in_process(_settings(toy_index), lambda: FailingEngine(toy_engine)) as url:
+        _wait_health(url, 200)
+        failed = httpx.post(f"{url}/retrieve", json={"queries": [FailingEngine.TRIGGER]}, timeout=30)
+        assert failed.status_code == 500
+        assert "injected failure in the worker" in failed.json()["detail"]
+        ok = httpx.post(f"{url}/retrieve", json={"queries": [toy_facts[5].question]}, timeout=30)
+        assert ok.status_code == 200 and toy_facts[5].passage_id in {d["id"] for d in ok.json()["result"][0]}
+        stats = _wait_health(url, 200)["stats"]
+        assert stats["failed_batches"] == 1 and stats["batches"] == 2
