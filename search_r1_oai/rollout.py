@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 STATE_KEY = "search_r1_state"
 _SAMPLE_COUNTER = itertools.count(1)
 _MAX_ERROR_MESSAGES = 8
+# The first prompt is rendered by the server, whose tools JSON differs from a client render by a few tokens between
+# releases (e.g. an added "strict" key); the first turn's budget check keeps this much slack for it.
+_FIRST_PROMPT_SLACK = 32
 
 
 @dataclass
@@ -161,7 +164,7 @@ class _Rollout:
 
     def _turn_max_tokens(self) -> int:
         if self.trajectory is None:
-            used = len(render_prompt_ids(self.tokenizer, self.messages, self.tools))
+            used = len(render_prompt_ids(self.tokenizer, self.messages, self.tools)) + _FIRST_PROMPT_SLACK
             already = 0
         else:
             used = len(self.trajectory.tokens)
@@ -242,19 +245,17 @@ class _Rollout:
         return None
 
     def _turn_calls(self, output: TurnOutput) -> tuple[list[ToolCall], str]:
-        """The turn's calls and visible content; raw text is read when the server's parser saw only part of the
-        turn (a resumed turn) or dropped calls it could not parse."""
-        markers = self.settings.tool_call_markers
-        if not self._merged_turn:
-            calls = calls_from_server(output.tool_calls)
-            content = output.content or ""
-            if calls:
-                return calls, content
-        text = self.tokenizer.decode(self._turn_ids, skip_special_tokens=False)
-        text = text.removesuffix(self.template.eos_text)
-        if markers[0] not in text:
+        """The turn's calls and visible content. The raw output text is parsed when the server's parser saw only
+        part of the turn (a resumed turn) or dropped blocks it could not parse (bad JSON, unknown tool)."""
+        start = self.settings.tool_call_markers[0]
+        text = self.tokenizer.decode(self._turn_ids, skip_special_tokens=False).removesuffix(self.template.eos_text)
+        blocks = text.count(start)
+        server_calls = [] if self._merged_turn else calls_from_server(output.tool_calls)
+        if server_calls and len(server_calls) >= blocks:
+            return server_calls, output.content or ""
+        if blocks == 0:
             return [], text.strip() if self._merged_turn else (output.content or "")
-        return calls_from_text(text, markers), text[: text.find(markers[0])].strip()
+        return calls_from_text(text, self.settings.tool_call_markers), text[: text.find(start)].strip()
 
     async def _run_tools(self, calls: list[ToolCall], log_entry: dict[str, Any]) -> list[dict]:
         """One tool message per call, in order; every search query of the turn goes in one ``/retrieve`` call."""

@@ -53,19 +53,25 @@ def calls_from_text(text: str, markers: tuple[str, str]) -> list[ToolCall]:
         body_end = text.find(end, body_start)
         body = text[body_start:] if body_end == -1 else text[body_start:body_end]
         call_id = f"call_{len(calls)}"
-        calls.append(_call_from_block(call_id, body.strip(), closed=body_end != -1))
+        calls.append(_call_from_block(call_id, body.strip(), closed=body_end != -1, end=end))
         if body_end == -1:
             break
         position = text.find(start, body_end + len(end))
     return calls
 
 
-def _call_from_block(call_id: str, body: str, closed: bool) -> ToolCall:
+def _call_from_block(call_id: str, body: str, closed: bool, end: str) -> ToolCall:
+    if not closed:
+        return ToolCall(id=call_id, name=None, arguments=None, error=f"the tool call is not closed with {end}")
     try:
         parsed = json.loads(body)
     except json.JSONDecodeError as exc:
-        reason = "is not closed" if not closed else f"is not valid JSON ({exc.msg} at char {exc.pos})"
-        return ToolCall(id=call_id, name=None, arguments=None, error=f"the tool call {reason}")
+        return ToolCall(
+            id=call_id,
+            name=None,
+            arguments=None,
+            error=f"the tool call is not valid JSON ({exc.msg} at char {exc.pos})",
+        )
     if not isinstance(parsed, dict) or not isinstance(parsed.get("name"), str):
         return ToolCall(
             id=call_id,
