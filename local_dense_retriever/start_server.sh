@@ -63,7 +63,7 @@ INDEX_PATH="${INDEX_PATH:-$SAVE_PATH/e5_Flat.index}"
 CORPUS_PATH="${CORPUS_PATH:-$SAVE_PATH/wiki-18.jsonl}"
 if [[ -z "${RETRIEVER_MODEL:-}" ]]; then
   RETRIEVER_MODEL="intfloat/e5-base-v2"
-  if [[ -d "$SAVE_PATH/e5-base-v2" ]]; then RETRIEVER_MODEL="$SAVE_PATH/e5-base-v2"; fi
+  if [[ -f "$SAVE_PATH/e5-base-v2/config.json" ]]; then RETRIEVER_MODEL="$SAVE_PATH/e5-base-v2"; fi
 fi
 
 if ! [[ "$PORT" =~ ^[0-9]{1,5}$ ]] || ((10#$PORT < 1 || 10#$PORT > 65535)); then

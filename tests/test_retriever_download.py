@@ -7,14 +7,20 @@ is the toy wiki-18 corpus. Crashes are simulated at every durable step and with 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from hashlib import sha256
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, unquote
 
 import faiss
 import numpy as np
@@ -365,3 +371,99 @@ def test_cli_check_and_help(hub: FakeHub, plan: DownloadPlan) -> None:
 
     hub.run(plan)
     assert cli(*common, "--check").returncode == 0
+
+
+class _HubHandler(BaseHTTPRequestHandler):
+    """The few Hub endpoints download.py's real defaults use: resolve (HEAD/GET) and paths-info."""
+
+    files: dict[str, bytes]  # "owner/name/filename" -> content
+    requests: list[str]
+
+    def _file(self) -> bytes | None:
+        parts = unquote(self.path).split("/")  # /datasets/owner/name/resolve/main/filename
+        if len(parts) == 7 and parts[1] == "datasets" and parts[4] == "resolve":
+            return self.files.get(f"{parts[2]}/{parts[3]}/{parts[6]}")
+        return None
+
+    def _head(self, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "a" * 40)
+        self.send_header("ETag", f'"{sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+
+    def do_HEAD(self) -> None:
+        self.requests.append(f"HEAD {self.path}")
+        data = self._file()
+        if data is None:
+            self.send_error(404)
+            return
+        self._head(data)
+
+    def do_GET(self) -> None:
+        self.requests.append(f"GET {self.path}")
+        data = self._file()
+        if data is None:
+            self.send_error(404)
+            return
+        self._head(data)
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # /api/datasets/owner/name/paths-info/main
+        self.requests.append(f"POST {self.path}")
+        parts = unquote(self.path).split("/")
+        form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        repo = f"{parts[3]}/{parts[4]}"
+        info = [
+            {"type": "file", "path": p, "size": len(self.files[f"{repo}/{p}"]), "oid": "0" * 40}
+            for p in form.get("paths", [])
+            if f"{repo}/{p}" in self.files
+        ]
+        body = json.dumps(info).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def local_hub(originals: dict[str, Path]) -> Iterator[tuple[str, list[str]]]:
+    """A fake Hub on 127.0.0.1 serving the test files; yields (endpoint, request log). Stopped afterwards."""
+    files = {f"{INDEX_REPO}/{name}": originals[name].read_bytes() for name in PARTS}
+    files[f"{CORPUS_REPO}/wiki-18.jsonl.gz"] = originals["wiki-18.jsonl.gz"].read_bytes()
+    requests: list[str] = []
+    handler = type("Handler", (_HubHandler,), {"files": files, "requests": requests})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_real_hub_client_against_a_local_hub(local_hub, plan: DownloadPlan, originals, tmp_path: Path) -> None:
+    endpoint, requests = local_hub
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf_home")}
+    args = [sys.executable, str(DOWNLOAD_PY), "--save_path", str(plan.save_path), "--index_repo", INDEX_REPO,
+            "--index_parts", *PARTS, "--corpus_repo", CORPUS_REPO, "--skip_model"]  # fmt: skip
+
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+
+    assert first.returncode == 0, first.stderr
+    assert (plan.save_path / "e5_Flat.index").read_bytes() == originals["e5_Flat.index"].read_bytes()
+    assert (plan.save_path / "wiki-18.jsonl").read_bytes() == originals["wiki-18.jsonl"].read_bytes()
+    # huggingface_hub itself may GET /api/agent-harnesses (its user-agent registry): count only file traffic.
+    file_requests = [r for r in requests if "/datasets/" in r]
+    assert any("paths-info" in r for r in file_requests), "sizes come from the Hub metadata"
+    assert sum(r.startswith("GET ") for r in file_requests) == 4, file_requests
+
+    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert [r for r in requests if "/datasets/" in r] == file_requests, "a complete folder needs no network call"

@@ -157,6 +157,7 @@ def test_environment_variables_configure_the_server(
     start, fake_python: Path, data_dir: Path, tmp_path: Path, port: int
 ) -> None:
     (data_dir / "e5-base-v2").mkdir()  # downloaded encoder: used instead of the Hub name
+    (data_dir / "e5-base-v2" / "config.json").write_text("{}")
     elsewhere = tmp_path / "elsewhere.jsonl"
     elsewhere.write_text("{}\n")
     log = tmp_path / "env.log"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
 from .files import DownloadError
@@ -25,9 +25,18 @@ _MODEL_IGNORE = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", 
 _TORCH_WEIGHTS = ["*.bin", "*.pt", "*.pth"]
 
 
+_HUB_ERRORS = (HfHubHTTPError, LocalEntryNotFoundError, httpx.HTTPError, OSError)
+
+
 def hub_fetch(repo_id: str, filename: str, local_dir: Path) -> Path:
     """Download one file of a Hub dataset repo into ``local_dir`` (a no-op when it is already there)."""
-    return Path(hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", local_dir=local_dir))
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", local_dir=local_dir))
+    except _HUB_ERRORS as exc:
+        raise DownloadError(
+            f"could not download {filename} from {repo_id} ({type(exc).__name__}: {exc}). Check the network, "
+            "HF_ENDPOINT/HF_TOKEN and free disk, then rerun: finished parts are kept."
+        ) from exc
 
 
 def hub_file_sizes(repo_id: str, filenames: list[str]) -> dict[str, int]:
@@ -54,6 +63,12 @@ def hub_file_sizes(repo_id: str, filenames: list[str]) -> dict[str, int]:
 def hub_fetch_model(model_name: str, model_dir: Path) -> None:
     """Download the encoder's PyTorch files into ``model_dir`` (safetensors only when the repo has them)."""
     ignore = list(_MODEL_IGNORE)
-    if any(name.endswith(".safetensors") for name in HfApi().list_repo_files(model_name)):
-        ignore += _TORCH_WEIGHTS
-    snapshot_download(repo_id=model_name, local_dir=model_dir, ignore_patterns=ignore)
+    try:
+        if any(name.endswith(".safetensors") for name in HfApi().list_repo_files(model_name)):
+            ignore += _TORCH_WEIGHTS
+        snapshot_download(repo_id=model_name, local_dir=model_dir, ignore_patterns=ignore)
+    except _HUB_ERRORS as exc:
+        raise DownloadError(
+            f"could not download the model {model_name} ({type(exc).__name__}: {exc}). Check the network and "
+            "--model_name, then rerun (or pass --skip_model and let the server load it by name)."
+        ) from exc
