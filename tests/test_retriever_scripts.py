@@ -16,7 +16,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import faiss
 import httpx
+import numpy as np
 import pytest
 
 from offline_assets import PROJECT_ROOT
@@ -239,6 +241,44 @@ def test_start_server_help_documents_options_and_env() -> None:
     for word in ("--port", "--host", "--log", "SAVE_PATH", "INDEX_PATH", "CORPUS_PATH", "RETRIEVER_MODEL", "TOPK",
                  "FAISS_GPU", "FP16", "RETRIEVER_PYTHON", "/health"):  # fmt: skip
         assert word in out
+
+
+@pytest.mark.skipif(not (START.parent / "retrieval_server.py").exists(), reason="retrieval_server.py not written yet")
+def test_real_server_through_start_server(start, toy_corpus_files, minilm_dir: Path, tmp_path: Path, port: int) -> None:
+    """The script's flags are the ones retrieval_server.py accepts: it becomes healthy and answers."""
+    corpus = toy_corpus_files[0]
+    rows = len(corpus.read_text().splitlines())
+    vectors = np.random.default_rng(0).standard_normal((rows, 384)).astype("float32")
+    faiss.normalize_L2(vectors)
+    index = faiss.IndexFlatIP(384)
+    index.add(vectors)
+    index_path = tmp_path / "toy.index"
+    faiss.write_index(index, str(index_path))
+    local_corpus = tmp_path / "corpus.jsonl"  # the server writes its offsets sidecar next to the corpus
+    local_corpus.write_bytes(corpus.read_bytes())
+    env = script_env(
+        INDEX_PATH=str(index_path),
+        CORPUS_PATH=str(local_corpus),
+        RETRIEVER_MODEL=str(minilm_dir),
+        RETRIEVER_NAME="minilm",
+        RETRIEVER_PYTHON=sys.executable,
+    )
+    server = start(["--port", str(port), "--log", str(tmp_path / "real.log"), "--", "--num_threads", "1"], env)
+
+    health: dict | None = None
+    deadline = time.monotonic() + 120
+    while health is None and time.monotonic() < deadline:
+        assert server.proc.poll() is None, server.stop()
+        with contextlib.suppress(httpx.TransportError):
+            reply = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
+            health = reply.json() if reply.status_code == 200 else None
+        time.sleep(0.2)
+    assert health is not None, "server not healthy within 120 s"
+    assert health["index_size"] == rows
+    answer = httpx.post(f"http://127.0.0.1:{port}/retrieve", json={"queries": ["painter"], "topk": 2}, timeout=30)
+    assert answer.status_code == 200 and len(answer.json()["result"][0]) == 2
+    server.stop()
+    assert "Started server process" in (tmp_path / "real.log").read_text()
 
 
 # ---- setup_venv.sh (dry run only: the suite never builds a real venv) ----
