@@ -58,3 +58,17 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def toy_index(tmp_path_factory: pytest.TempPathFactory, toy_corpus_files, minilm_dir: Path) -> tuple[Path, Path]:
+    """``(index, corpus)``: the toy corpus encoded with MiniLM under the e5 conventions (built once per session)."""
+    import build_index
+
+    out = tmp_path_factory.mktemp("toy_index")
+    corpus = out / "corpus.jsonl"
+    corpus.write_bytes(toy_corpus_files[0].read_bytes())
+    index = out / "minilm_Flat.index"
+    argv = ["--corpus_path", str(corpus), "--retriever_model", str(minilm_dir), "--index_path", str(index)]
+    assert build_index.main([*argv, "--device", "cpu"]) == 0
+    return index, corpus
