@@ -7,10 +7,13 @@ meaningful. Used by the tests and by ``quickstart.sh``; deterministic for a give
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from search_r1_oai.config import Settings
 
 _SYLLABLES = [
     "zor", "vath", "kel", "min", "ald", "mere", "quin", "tar", "bel", "dros", "yen", "lok", "fira", "gul",
@@ -93,15 +96,73 @@ def write_toy_corpus(out_dir: Path, num_entities: int = 150, seed: int = 0) -> t
     return corpus_path, facts_path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Write a synthetic wiki-18-style corpus and its QA facts.")
-    parser.add_argument("--out_dir", type=Path, required=True, help="folder for corpus.jsonl and facts.jsonl")
-    parser.add_argument("--num_entities", type=int, default=150, help="entities (each 1-3 passages, one fact)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same corpus")
-    args = parser.parse_args()
-    corpus_path, facts_path = write_toy_corpus(args.out_dir, args.num_entities, args.seed)
-    print(f"wrote {corpus_path} and {facts_path}")
+def write_toy_qa_parquet(facts: list[ToyFact], path: Path) -> Path:
+    """Write the facts as a QA parquet in the shape of Search-R1's ``nq_hotpotqa_train`` (input of data_preprocess)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {
+            "id": f"toy_{i}",
+            "question": fact.question,
+            "golden_answers": [fact.answer],
+            "data_source": "toy",
+            "prompt": [{"role": "user", "content": fact.question}],
+            "ability": "fact-reasoning",
+            "reward_model": {"ground_truth": {"target": [fact.answer]}, "style": "rule"},
+            "extra_info": {"split": path.stem, "index": i},
+        }
+        for i, fact in enumerate(facts)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+async def answer_recall(facts: list[ToyFact], settings: Settings) -> float:
+    """Fraction of questions whose answer appears in the passages the rollout's own search client gets back."""
+    from search_r1_oai.search_client import SearchClient
+
+    result = await SearchClient(settings).retrieve([fact.question for fact in facts])
+    found = [
+        any(fact.answer in passage.text for passage in passages)
+        for fact, passages in zip(facts, result.passages, strict=True)
+    ]
+    return sum(found) / len(facts)
+
+
+def _load_facts(path: Path) -> list[ToyFact]:
+    return [ToyFact(**json.loads(line)) for line in path.read_text().splitlines() if line]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Toy data for the quickstart and the tests.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    corpus = commands.add_parser("corpus", help="write corpus.jsonl and facts.jsonl")
+    corpus.add_argument("--out_dir", type=Path, required=True, help="folder for corpus.jsonl and facts.jsonl")
+    corpus.add_argument("--num_entities", type=int, default=150, help="entities (each 1-3 passages, one fact)")
+    corpus.add_argument("--seed", type=int, default=0, help="random seed; same seed, same corpus")
+    qa = commands.add_parser("qa", help="write train/test QA parquet in the upstream Search-R1 shape")
+    qa.add_argument("--facts", type=Path, required=True, help="facts.jsonl written by the corpus command")
+    qa.add_argument("--out_dir", type=Path, required=True, help="folder for train.parquet and test.parquet")
+    recall = commands.add_parser("recall", help="answer recall of the retriever at RETRIEVAL_SERVER_URL")
+    recall.add_argument("--facts", type=Path, required=True, help="facts.jsonl written by the corpus command")
+    args = parser.parse_args(argv)
+
+    if args.command == "corpus":
+        corpus_path, facts_path = write_toy_corpus(args.out_dir, args.num_entities, args.seed)
+        print(f"wrote {corpus_path} and {facts_path}")
+    elif args.command == "qa":
+        facts = _load_facts(args.facts)
+        split = len(facts) * 4 // 5
+        for name, part in (("train", facts[:split]), ("test", facts[split:])):
+            print(f"wrote {write_toy_qa_parquet(part, args.out_dir / f'{name}.parquet')} ({len(part)} rows)")
+    else:
+        settings = Settings.from_env()
+        recall_value = asyncio.run(answer_recall(_load_facts(args.facts), settings))
+        print(f"answer found in the top-{settings.topk} passages for {recall_value:.1%} of the toy questions")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
