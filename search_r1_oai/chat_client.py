@@ -9,6 +9,7 @@ decides whether a re-encoding fallback is allowed.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +56,12 @@ class TurnOutput:
     tool_calls: list[dict] | None
     logprob_content: list[dict] | None
     latency_s: float
+    prompt_tokens: int | None = None
 
     @property
     def has_token_ids(self) -> bool:
-        return self.prompt_ids is not None and self.output_ids is not None and self.output_logprobs is not None
+        """Whether the sampled ids and logprobs came back (all that later turns need)."""
+        return self.output_ids is not None and self.output_logprobs is not None
 
 
 def parse_chat_response(body: Any, latency_s: float = 0.0) -> TurnOutput:
@@ -84,7 +87,16 @@ def parse_chat_response(body: Any, latency_s: float = 0.0) -> TurnOutput:
         tool_calls=message.get("tool_calls") or None,
         logprob_content=logprob_content,
         latency_s=latency_s,
+        prompt_tokens=meta.get("prompt_tokens"),
     )
+
+
+def encode_request(body: dict[str, Any], input_ids_json: str | None = None) -> bytes:
+    """The request as JSON bytes, with a pre-serialised ``input_ids`` array spliced in when given."""
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    if input_ids_json is not None:
+        text = f'{text[:-1]},"input_ids":{input_ids_json}}}'
+    return text.encode("utf-8")
 
 
 def _sampled_ids(
@@ -115,34 +127,39 @@ class ChatClient:
         tools: list[dict] | None,
         sampling_fields: dict[str, Any],
         max_tokens: int,
-        input_ids: list[int] | None = None,
+        return_prompt_ids: bool = True,
     ) -> dict[str, Any]:
-        """The request body: from the second turn on, ``input_ids`` stops the server re-rendering history."""
+        """The request body (``input_ids`` goes to :meth:`complete` separately, already serialised)."""
         body: dict[str, Any] = {
             "model": self._settings.policy_model,
             "messages": messages,
             **sampling_fields,
             "max_tokens": max_tokens,
             "logprobs": True,
-            "return_prompt_token_ids": True,
             "return_meta_info": True,
             "stream": False,
         }
+        if return_prompt_ids:
+            body["return_prompt_token_ids"] = True
         if tools:
             body["tools"] = tools
-        if input_ids is not None:
-            body["input_ids"] = input_ids
         return body
 
-    async def complete(self, body: dict[str, Any]) -> TurnOutput:
-        """POST one turn; retry transport errors/5xx/429 with backoff, fail at once on other 4xx."""
+    async def complete(self, body: dict[str, Any], input_ids_json: str | None = None) -> TurnOutput:
+        """POST one turn; retry transport errors/5xx/429 with backoff, fail at once on other 4xx.
+
+        ``input_ids_json`` (from the second turn on) makes the server condition on exactly our ids instead of
+        re-rendering the history.
+        """
         client = shared_client("policy", self._settings, self._settings.policy_timeout_s)
+        content = encode_request(body, input_ids_json)
+        headers = {"content-type": "application/json"}
         attempts = 0
 
         async def attempt() -> Any:
             nonlocal attempts
             attempts += 1
-            response = await client.post(self.url, json=body)
+            response = await client.post(self.url, content=content, headers=headers)
             response.raise_for_status()
             return response.json()
 

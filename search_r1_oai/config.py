@@ -41,6 +41,10 @@ Environment variables:
     re-encoding text; the trajectory is then NOT token-exact and the drift is counted in
     ``sample.metadata["drift_tokens"]``. With ``0`` such a server fails every sample with a message naming the
     version needed.
+``SEARCH_R1_VERIFY_PROMPT_IDS`` (default ``0``)
+    ``1`` asks the server for its prompt ids on every turn and checks them id for id against ours (costs JSON
+    proportional to the conversation per turn). By default only the first turn's ids come from the server;
+    later turns send ``input_ids``, which SGLang uses verbatim, and are checked by count (``prompt_tokens``).
 ``SEARCH_R1_FORMAT_SCORE`` (default ``0.2``)
     Reward of a well-formed trajectory whose answer is wrong (Search-R1's format reward); ``0`` disables it.
 ``SEARCH_R1_TOOL_CALL_START`` / ``SEARCH_R1_TOOL_CALL_END`` (defaults ``<tool_call>`` / ``</tool_call>``)
@@ -130,6 +134,7 @@ class Settings:
     retry_max_wait_s: float = 8.0
     log_every: int = 100
     allow_reencode_fallback: bool = False
+    verify_prompt_ids: bool = False
     format_score: float = 0.2
     tool_call_markers: tuple[str, str] = field(default=("<tool_call>", "</tool_call>"))
 
@@ -154,6 +159,7 @@ class Settings:
             retry_max_wait_s=_float(env, p + "RETRY_MAX_WAIT_S", 8.0, 0.0),
             log_every=_int(env, p + "LOG_EVERY", 100, 0),
             allow_reencode_fallback=_bool(env, p + "ALLOW_REENCODE_FALLBACK", False),
+            verify_prompt_ids=_bool(env, p + "VERIFY_PROMPT_IDS", False),
             format_score=_float(env, p + "FORMAT_SCORE", 0.2, 0.0),
             tool_call_markers=(
                 env.get(p + "TOOL_CALL_START") or "<tool_call>",

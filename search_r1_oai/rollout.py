@@ -31,6 +31,7 @@ from search_r1_oai.trajectory import (
     Trajectory,
     TrajectoryError,
     encode_text,
+    render_chat,
     render_prompt_ids,
     tool_turn_template,
 )
@@ -63,14 +64,16 @@ class _Rollout:
         settings: Settings,
         is_aborted: Callable[[], bool],
         evaluation: bool,
+        chat: ChatClient | None = None,
+        search: SearchClient | None = None,
     ) -> None:
         self.sample = sample
         self.tokenizer = tokenizer
         self.settings = settings
         self.is_aborted = is_aborted
         self.evaluation = evaluation
-        self.chat = ChatClient(policy_url, settings)
-        self.search = SearchClient(settings)
+        self.chat = chat or ChatClient(policy_url, settings)
+        self.search = search or SearchClient(settings)
         self.sampling_fields = chat_sampling_fields(sampling_params)
         self.max_new_tokens = int(sampling_params.get("max_new_tokens") or settings.context_budget)
         if sample.metadata is None:
@@ -83,8 +86,10 @@ class _Rollout:
         self.pending_turn_start: int | None = None
         self.fallback = False
         self.turn_log: list[dict[str, Any]] = []
-        self._turn_ids: list[int] = []
+        self._turn_text = ""
         self._merged_turn = False
+        # Response text built turn by turn (decoding the whole response at the end costs O(length) again).
+        self.response_parts: list[str] = []
 
     # ---- state -------------------------------------------------------------------------------------------------
 
@@ -96,6 +101,7 @@ class _Rollout:
                 self.messages = [dict(m) for m in state["messages"]]
                 self.pending_turn_start = state.get("pending_turn_start")
                 self.fallback = bool(state.get("fallback", False))
+                self.response_parts = [self.sample.response or ""]
                 self.meta["resumed"] = int(self.meta.get("resumed", 0)) + 1
                 return
             except (TrajectoryError, KeyError, TypeError, ValueError) as exc:
@@ -140,15 +146,16 @@ class _Rollout:
             max_tokens = self._turn_max_tokens()
             if max_tokens <= 0:
                 return _Stop("TRUNCATED", "context_budget")
+            server_renders = self.trajectory is None or self.fallback
             body = self.chat.build_request(
                 self.messages,
                 self.tools,
                 self.sampling_fields,
                 max_tokens,
-                input_ids=None if self.trajectory is None or self.fallback else list(self.trajectory.tokens),
+                return_prompt_ids=server_renders or self.settings.verify_prompt_ids,
             )
             try:
-                output = await self.chat.complete(body)
+                output = await self.chat.complete(body, None if server_renders else self.trajectory.tokens_json())
             except PolicyError as exc:
                 return self._fail(str(exc), "policy_error")
             self.meta["policy_latency_s"] += output.latency_s
@@ -163,19 +170,29 @@ class _Rollout:
                 return stop
 
     def _turn_max_tokens(self) -> int:
+        """``max_new_tokens`` for this turn (less what an aborted turn already generated), capped by the budget."""
         if self.trajectory is None:
-            used = len(render_prompt_ids(self.tokenizer, self.messages, self.tools)) + _FIRST_PROMPT_SLACK
+            used = self._first_prompt_estimate() + _FIRST_PROMPT_SLACK
             already = 0
         else:
             used = len(self.trajectory.tokens)
             already = 0 if self.pending_turn_start is None else used - self.pending_turn_start
         return min(self.max_new_tokens - already, self.settings.context_budget - used)
 
+    def _first_prompt_estimate(self) -> int:
+        """Tokens of the prompt before the server has rendered it. A token covers at least one byte, so the UTF-8
+        length of the rendered text bounds the count; encoding is only needed when that bound could matter."""
+        text = render_chat(self.tokenizer, self.messages, self.tools, add_generation_prompt=True)
+        upper_bound = len(text.encode("utf-8"))
+        if upper_bound + _FIRST_PROMPT_SLACK + self.max_new_tokens < self.settings.context_budget:
+            return upper_bound
+        return len(encode_text(self.tokenizer, text))
+
     def _take_output(self, output: TurnOutput) -> _Stop | None:
         """Append the sampled ids after checking that the server conditioned on exactly our tokens."""
         if self.trajectory is None:
-            if output.has_token_ids:
-                self.trajectory = Trajectory.from_prompt(output.prompt_ids or [])
+            if output.has_token_ids and output.prompt_ids is not None:
+                self.trajectory = Trajectory.from_prompt(output.prompt_ids)
             elif self.settings.allow_reencode_fallback:
                 self.fallback = True
                 self.meta["token_exact"] = False
@@ -194,7 +211,7 @@ class _Rollout:
         else:
             if not output.has_token_ids:
                 return self._fail("the policy server stopped returning token ids mid-trajectory", "capability")
-            self.trajectory.check_conditioning(output.prompt_ids or [])
+            self._check_conditioning(output)
 
         if self.fallback:
             ids, log_probs, drift = ids_from_logprob_content(self.tokenizer, output.logprob_content or [])
@@ -207,13 +224,27 @@ class _Rollout:
         else:
             turn_start = self.pending_turn_start
         self.trajectory.add_sampled(ids, log_probs)
+        new_text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        self.response_parts.append(new_text)
         if output.finish_reason == "abort":
             self.pending_turn_start = turn_start
             return _Stop("ABORTED", "abort")
-        self._turn_ids = self.trajectory.tokens[turn_start:]
         self._merged_turn = self.pending_turn_start is not None
+        if self._merged_turn:
+            new_text = self.tokenizer.decode(self.trajectory.tokens[turn_start:], skip_special_tokens=False)
+        self._turn_text = new_text.removesuffix(self.template.eos_text)
         self.pending_turn_start = None
         return None
+
+    def _check_conditioning(self, output: TurnOutput) -> None:
+        """The server used our ``input_ids``: compare them id for id when it returned them, else by count."""
+        assert self.trajectory is not None
+        if output.prompt_ids is not None:
+            self.trajectory.check_conditioning(output.prompt_ids)
+        elif output.prompt_tokens is not None and output.prompt_tokens != len(self.trajectory.tokens):
+            raise TrajectoryError(
+                f"server prefilled {output.prompt_tokens} tokens but we sent {len(self.trajectory.tokens)} input_ids"
+            )
 
     async def _after_turn(self, output: TurnOutput) -> _Stop | None:
         """Record the assistant turn; stop, or run its tool calls and append the next prompt's ids."""
@@ -236,11 +267,13 @@ class _Rollout:
             return _Stop("TRUNCATED", "max_turns")
 
         tool_messages = await self._run_tools(calls, log_entry)
-        delta = self.template.delta_ids(tool_messages, self.trajectory.tokens[-1])
+        delta_text = self.template.delta_text(tool_messages, self.trajectory.tokens[-1] == self.template.eos_id)
+        delta = encode_text(self.tokenizer, delta_text)
         if len(self.trajectory.tokens) + len(delta) >= self.settings.context_budget:
             log_entry["dropped_tool_tokens"] = len(delta)
             return _Stop("TRUNCATED", "context_budget")
         self.trajectory.add_observation(delta)
+        self.response_parts.append(delta_text)
         self.messages.extend(tool_messages)
         return None
 
@@ -248,7 +281,7 @@ class _Rollout:
         """The turn's calls and visible content. The raw output text is parsed when the server's parser saw only
         part of the turn (a resumed turn) or dropped blocks it could not parse (bad JSON, unknown tool)."""
         start = self.settings.tool_call_markers[0]
-        text = self.tokenizer.decode(self._turn_ids, skip_special_tokens=False).removesuffix(self.template.eos_text)
+        text = self._turn_text
         blocks = text.count(start)
         server_calls = [] if self._merged_turn else calls_from_server(output.tool_calls)
         if server_calls and len(server_calls) >= blocks:
@@ -306,14 +339,14 @@ class _Rollout:
             _exclude_from_training(sample)
             if self.trajectory is None:
                 self.trajectory = _placeholder_trajectory(self.tokenizer, self.messages, self.tools)
+                self.response_parts = [self.template.eos_text]
         if stop.status == "ABORTED":
             self._save_state()
         else:
             self.meta.pop(STATE_KEY, None)
         if self.trajectory is not None:
             self.trajectory.write_to(sample)
-            response_ids = self.trajectory.tokens[self.trajectory.prompt_length :]
-            sample.response = self.tokenizer.decode(response_ids, skip_special_tokens=False)
+            sample.response = "".join(self.response_parts)
         self._maybe_log(stop)
 
     def _maybe_log(self, stop: _Stop) -> None:
@@ -374,15 +407,26 @@ async def run_rollout(
     settings: Settings | None = None,
     is_aborted: Callable[[], bool] = lambda: False,
     evaluation: bool = False,
+    chat: ChatClient | None = None,
+    search: SearchClient | None = None,
 ) -> Any:
     """Run one sample's multi-turn search trajectory against ``policy_url`` (``http://host:port``) in place.
 
+    ``chat``/``search`` replace the HTTP clients (the overhead benchmark replays recorded responses through them).
     Never raises: any unexpected error marks the sample FAILED with the error in ``sample.metadata["error"]``.
     """
     rollout: _Rollout | None = None
     try:
         rollout = _Rollout(
-            sample, sampling_params, tokenizer, policy_url, settings or get_settings(), is_aborted, evaluation
+            sample,
+            sampling_params,
+            tokenizer,
+            policy_url,
+            settings or get_settings(),
+            is_aborted,
+            evaluation,
+            chat=chat,
+            search=search,
         )
         stop = await rollout.run()
     except Exception as exc:  # nothing may escape into slime's rollout step

@@ -114,6 +114,13 @@ class Trajectory:
     prompt_length: int = 0
     loss_mask: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
+    # ``tokens`` as JSON text, one chunk per append: the request's growing ``input_ids`` array is not
+    # re-serialised every turn.
+    _json_chunks: list[str] = field(default_factory=list, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tokens and not self._json_chunks:
+            self._json_chunks.append(",".join(map(str, self.tokens)))
 
     @classmethod
     def from_prompt(cls, prompt_ids: list[int]) -> Trajectory:
@@ -125,6 +132,15 @@ class Trajectory:
     @property
     def response_length(self) -> int:
         return len(self.tokens) - self.prompt_length
+
+    def tokens_json(self) -> str:
+        """``json.dumps(self.tokens)`` in compact form, built from cached chunks."""
+        return "[" + ",".join(self._json_chunks) + "]"
+
+    def _extend(self, ids: list[int]) -> None:
+        self.tokens.extend(ids)
+        if ids:
+            self._json_chunks.append(",".join(map(str, ids)))
 
     def check_conditioning(self, server_prompt_ids: list[int]) -> None:
         """The ids the server says it prefilled must be exactly our tokens so far."""
@@ -142,13 +158,13 @@ class Trajectory:
         """Ids the policy sampled: trained on (mask 1) with the logprobs the server reported."""
         if len(ids) != len(log_probs):
             raise TrajectoryError(f"{len(ids)} sampled ids but {len(log_probs)} logprobs")
-        self.tokens.extend(ids)
+        self._extend(ids)
         self.loss_mask.extend([1] * len(ids))
-        self.log_probs.extend(float(lp) for lp in log_probs)
+        self.log_probs.extend(log_probs)
 
     def add_observation(self, ids: list[int]) -> None:
         """Ids we wrote ourselves (template glue, tool results, generation prompt): not trained on."""
-        self.tokens.extend(ids)
+        self._extend(ids)
         self.loss_mask.extend([0] * len(ids))
         self.log_probs.extend([0.0] * len(ids))
 

@@ -19,6 +19,7 @@ from fake_retriever import FakeRetriever, serve_fake_retriever
 from sglang_mock import MockSGLang, RecordedRequest, Reply, mock_logprob, serve_mock_sglang
 from slime_stub import Sample
 
+from search_r1_oai.chat_client import ChatClient, TurnOutput
 from search_r1_oai.config import Settings
 from search_r1_oai.httpclients import aclose_clients
 from search_r1_oai.prompts import build_messages, tools_json
@@ -214,6 +215,10 @@ async def test_one_and_two_searches(mock, retriever, settings, qwen_tokenizer, s
     assert len(records) == searches + 1
     assert_token_exact(sample, records)
     assert sample.metadata["turns"] == searches + 1 and sample.metadata["searches"] == searches
+    response_ids = sample.tokens[len(sample.tokens) - sample.response_length :]
+    assert sample.response == qwen_tokenizer.decode(response_ids, skip_special_tokens=False)
+    assert all(r.body.get("return_prompt_token_ids") is None for r in records[1:]), "later turns: count check only"
+    assert all(r.response["choices"][0]["meta_info"]["prompt_tokens"] == len(r.prompt_ids) for r in records)
     observations = observation_texts(sample, qwen_tokenizer)
     assert len(observations) == searches
     for i, text in enumerate(observations):
@@ -452,6 +457,8 @@ async def test_abort_mid_trajectory_then_resume(mock, retriever, settings, qwen_
     assert sample.status == Sample.Status.COMPLETED and sample.metadata["resumed"] == 1
     assert sample.metadata["turns"] == 3 and sample.metadata["searches"] == 2
     assert "Passage 0 about Ambergate founders." in observation_texts(sample, qwen_tokenizer)[1]
+    response_ids = sample.tokens[len(sample.tokens) - sample.response_length :]
+    assert sample.response == qwen_tokenizer.decode(response_ids, skip_special_tokens=False)
     assert STATE_KEY not in sample.metadata
     assert await reward_func(None, sample, settings=settings) == 1.0
 
@@ -483,6 +490,17 @@ async def test_abort_flag_between_turns_stops_at_once_and_resumes(mock, retrieve
     tail = len(records[1].output_ids)
     assert sample.loss_mask[-tail:] == [1] * tail
     assert sample.tokens[-tail:] == records[1].output_ids
+
+
+async def test_full_prompt_id_verification_on_every_turn(mock, retriever, settings, qwen_tokenizer) -> None:
+    q = "Who carved the Wendle stone?"
+    mock.script(q, [call(["Wendle stone"]) + IM_END, call(["Wendle carver"]) + IM_END, answer("Gold")])
+    sample = await rollout(mock, qwen_tokenizer, dataclasses.replace(settings, verify_prompt_ids=True), new_sample(q))
+    records = mock.requests_for(q)
+    assert all(r.body["return_prompt_token_ids"] is True for r in records)
+    assert all("prompt_token_ids" in r.response["choices"][0] for r in records)
+    assert_token_exact(sample, records)
+    assert sample.status == Sample.Status.COMPLETED
 
 
 @pytest.mark.parametrize("version", ["0.5.17", "0.5.18"])
@@ -557,3 +575,43 @@ async def test_trajectory_log_every_nth(mock, retriever, settings, qwen_tokenize
     messages = [r.getMessage() for r in caplog.records if r.name == "search_r1_oai.rollout"]
     assert any("status=COMPLETED" in m for m in messages)
     assert any("Corvel cliffs bird" in m and "turn 1" in m for m in messages)
+
+
+async def test_server_prefilling_something_else_is_caught(retriever, settings, qwen_tokenizer) -> None:
+    """A server that did not condition on our input_ids (count differs) must not yield a trainable sample."""
+
+    class MiscountingChat(ChatClient):
+        def __init__(self) -> None:
+            super().__init__("http://unused", settings)
+            self.sent: list[list[int]] = []
+
+        async def complete(self, body: dict, input_ids_json: str | None = None) -> TurnOutput:
+            turn_text = call(["Gorse keep"]) + IM_END
+            ids = qwen_tokenizer.encode(turn_text, add_special_tokens=False)
+            sent = json.loads(input_ids_json) if input_ids_json else [1, 2, 3]
+            self.sent.append(sent)
+            function = {"name": "search", "arguments": '{"queries": ["g"]}'}
+            return TurnOutput(
+                prompt_ids=sent if input_ids_json is None else None,
+                output_ids=ids,
+                output_logprobs=[-0.5] * len(ids),
+                finish_reason="tool_calls",
+                content="",
+                tool_calls=[{"id": "call_1", "type": "function", "function": function}],
+                logprob_content=None,
+                latency_s=0.0,
+                prompt_tokens=len(sent) + (7 if input_ids_json else 0),
+            )
+
+    chat = MiscountingChat()
+    sample = await run_rollout(
+        new_sample("Who holds Gorse keep?"),
+        dict(SAMPLING),
+        tokenizer=qwen_tokenizer,
+        policy_url="",
+        settings=settings,
+        chat=chat,
+    )
+    assert len(chat.sent) == 2
+    assert sample.status == Sample.Status.FAILED and sample.metadata["stop_reason"] == "invariant"
+    assert "prefilled" in sample.metadata["error"] and sample.remove_sample is True

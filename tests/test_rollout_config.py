@@ -35,6 +35,7 @@ def test_every_variable_is_read() -> None:
         "SEARCH_R1_RETRY_MAX_WAIT_S": "1",
         "SEARCH_R1_LOG_EVERY": "0",
         "SEARCH_R1_ALLOW_REENCODE_FALLBACK": "true",
+        "SEARCH_R1_VERIFY_PROMPT_IDS": "1",
         "SEARCH_R1_FORMAT_SCORE": "0.1",
         "SEARCH_R1_TOOL_CALL_START": "<call>",
         "SEARCH_R1_TOOL_CALL_END": "</call>",
@@ -56,6 +57,7 @@ def test_every_variable_is_read() -> None:
         retry_max_wait_s=1.0,
         log_every=0,
         allow_reencode_fallback=True,
+        verify_prompt_ids=True,
         format_score=0.1,
         tool_call_markers=("<call>", "</call>"),
     )
@@ -80,13 +82,14 @@ def test_every_variable_is_documented() -> None:
             "RETRY_MAX_WAIT_S",
             "LOG_EVERY",
             "ALLOW_REENCODE_FALLBACK",
+            "VERIFY_PROMPT_IDS",
             "FORMAT_SCORE",
             "TOOL_CALL_START",
             "TOOL_CALL_END",
         ]
     ]
     assert [name for name in names if f"``{name}``" not in doc] == []
-    assert len(dataclasses.fields(Settings)) == 17
+    assert len(dataclasses.fields(Settings)) == 18
 
 
 @pytest.mark.parametrize(
