@@ -143,9 +143,12 @@ class _Rollout:
         while True:
             if self.is_aborted():
                 return _Stop("ABORTED", "aborted")
-            max_tokens = self._turn_max_tokens()
-            if max_tokens <= 0:
+            turn_left, budget_left = self._tokens_left()
+            if budget_left <= 0:
                 return _Stop("TRUNCATED", "context_budget")
+            if turn_left <= 0:
+                return _Stop("TRUNCATED", "length")
+            max_tokens = min(turn_left, budget_left)
             server_renders = self.trajectory is None or self.fallback
             body = self.chat.build_request(
                 self.messages,
@@ -169,15 +172,15 @@ class _Rollout:
             if stop is not None:
                 return stop
 
-    def _turn_max_tokens(self) -> int:
-        """``max_new_tokens`` for this turn (less what an aborted turn already generated), capped by the budget."""
+    def _tokens_left(self) -> tuple[int, int]:
+        """``(max_new_tokens less what an aborted turn already generated, what is left of the context budget)``."""
         if self.trajectory is None:
             used = self._first_prompt_estimate() + _FIRST_PROMPT_SLACK
             already = 0
         else:
             used = len(self.trajectory.tokens)
             already = 0 if self.pending_turn_start is None else used - self.pending_turn_start
-        return min(self.max_new_tokens - already, self.settings.context_budget - used)
+        return self.max_new_tokens - already, self.settings.context_budget - used
 
     def _first_prompt_estimate(self) -> int:
         """Tokens of the prompt before the server has rendered it. A token covers at least one byte, so the UTF-8
@@ -335,11 +338,11 @@ class _Rollout:
         sample = self.sample
         sample.status = getattr(sample.Status, stop.status)
         self.meta["stop_reason"] = stop.reason
-        if stop.status == "FAILED":
+        if stop.status == "FAILED" or (stop.status == "TRUNCATED" and self.trajectory is None):
             _exclude_from_training(sample)
-            if self.trajectory is None:
-                self.trajectory = _placeholder_trajectory(self.tokenizer, self.messages, self.tools)
-                self.response_parts = [self.template.eos_text]
+        if self.trajectory is None and stop.status in ("FAILED", "TRUNCATED"):
+            self.trajectory = _placeholder_trajectory(self.tokenizer, self.messages, self.tools)
+            self.response_parts = [self.template.eos_text]
         if stop.status == "ABORTED":
             self._save_state()
         else:

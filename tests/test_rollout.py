@@ -346,6 +346,15 @@ async def test_tool_result_over_budget_stops_before_appending(mock, qwen_tokeniz
     assert records[0].body["max_tokens"] <= 1200 - len(records[0].prompt_ids)
 
 
+async def test_prompt_larger_than_the_budget_never_reaches_the_server(mock, retriever, settings, qwen_tokenizer):
+    q = "Which saint is Pellow abbey named after?"
+    mock.script(q, [answer("x")])
+    sample = await rollout(mock, qwen_tokenizer, dataclasses.replace(settings, context_budget=100), new_sample(q))
+    assert mock.requests_for(q) == []
+    assert sample.status == Sample.Status.TRUNCATED and sample.metadata["stop_reason"] == "context_budget"
+    assert sample.remove_sample is True and sample.loss_mask == [0] and sample.response_length == 1
+
+
 async def test_max_turns_truncates_a_trajectory_that_keeps_searching(mock, retriever, settings, qwen_tokenizer):
     q = "What lies beyond the Ostmark gate?"
     mock.script(q, [call([f"Ostmark gate {i}"]) + IM_END for i in range(3)])
