@@ -4,8 +4,9 @@ No network. A 10-turn, ~8k-token search conversation is recorded once through an
 answers like SGLang 0.5.15 (``prompt_token_ids``, ``meta_info.output_token_logprobs``). Then:
 
 * ours: the real ``run_rollout`` loop replays the recorded responses (request JSON encode and reply JSON decode
-  included) with canned search results; per turn it appends the sampled ids, checks the prefilled count and
-  tokenizes only the tool-turn delta, taken from a short dummy render.
+  included) with canned search results; per turn it sends ``input_ids`` (kept serialised) with the prompt
+  messages, appends the sampled ids, checks the prefilled count and tokenizes only the tool-turn delta, taken
+  from a short dummy render.
 * naive: per turn, the whole conversation so far is re-rendered with the chat template and re-tokenized (the
   usual way to get ids when the server gives none), plus the same request/response JSON work.
 

@@ -90,6 +90,7 @@ class _Rollout:
         self._merged_turn = False
         # Response text built turn by turn (decoding the whole response at the end costs O(length) again).
         self.response_parts: list[str] = []
+        self.n_prompt_messages = 0
 
     # ---- state -------------------------------------------------------------------------------------------------
 
@@ -99,6 +100,7 @@ class _Rollout:
             try:
                 self.trajectory = Trajectory.from_sample(self.sample, int(state["prompt_length"]))
                 self.messages = [dict(m) for m in state["messages"]]
+                self.n_prompt_messages = int(state["prompt_messages"])
                 self.pending_turn_start = state.get("pending_turn_start")
                 self.fallback = bool(state.get("fallback", False))
                 self.response_parts = [self.sample.response or ""]
@@ -109,6 +111,7 @@ class _Rollout:
                 self.meta["resume_discarded"] = str(exc)
         self.trajectory = None
         self.messages = _prompt_messages(self.sample.prompt)
+        self.n_prompt_messages = len(self.messages)
         self.meta.update(
             turns=0,
             searches=0,
@@ -132,6 +135,7 @@ class _Rollout:
         self.meta[STATE_KEY] = {
             "prompt_length": self.trajectory.prompt_length,
             "messages": self.messages,
+            "prompt_messages": self.n_prompt_messages,
             "pending_turn_start": self.pending_turn_start,
             "fallback": self.fallback,
         }
@@ -150,8 +154,10 @@ class _Rollout:
                 return _Stop("TRUNCATED", "length")
             max_tokens = min(turn_left, budget_left)
             server_renders = self.trajectory is None or self.fallback
+            # With input_ids the server does not render messages (it reads them only for template stop tokens and
+            # tool-choice constraints), so the prompt messages suffice and the request stays small.
             body = self.chat.build_request(
-                self.messages,
+                self.messages if server_renders else self.messages[: self.n_prompt_messages],
                 self.tools,
                 self.sampling_fields,
                 max_tokens,

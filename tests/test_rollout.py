@@ -218,6 +218,7 @@ async def test_one_and_two_searches(mock, retriever, settings, qwen_tokenizer, s
     response_ids = sample.tokens[len(sample.tokens) - sample.response_length :]
     assert sample.response == qwen_tokenizer.decode(response_ids, skip_special_tokens=False)
     assert all(r.body.get("return_prompt_token_ids") is None for r in records[1:]), "later turns: count check only"
+    assert all(r.body["messages"] == build_messages(q) for r in records), "with input_ids the prompt messages suffice"
     assert all(r.response["choices"][0]["meta_info"]["prompt_tokens"] == len(r.prompt_ids) for r in records)
     observations = observation_texts(sample, qwen_tokenizer)
     assert len(observations) == searches
@@ -296,6 +297,30 @@ async def test_bad_calls_become_error_messages(mock, retriever, settings, qwen_t
     wrong = new_sample(q, gold="other")
     wrong.metadata, wrong.status = sample.metadata, sample.status
     assert await reward_func(None, wrong, settings=settings) == 0.0, "a tool error forfeits the format score"
+
+
+async def test_legacy_malformed_call_shape_is_reported(qwen_tokenizer, settings) -> None:
+    """Before SGLang 0.5.16 a rejected call came back as ``tool_calls: []`` with finish_reason ``tool_calls``."""
+    mock = MockSGLang(qwen_tokenizer, legacy_malformed_tool_calls=True)
+    q = "Where is the Harlow ford?"
+    mock.script(q, ['<tool_call>\n{"name": "search", "arguments": {"queries": [}\n</tool_call>' + IM_END, answer("x")])
+    with serve_mock_sglang(mock) as url:
+        mock.url = url
+        sample = await rollout(mock, qwen_tokenizer, settings, new_sample(q))
+    records = mock.requests_for(q)
+    assert records[0].finish_reason == "tool_calls"
+    assert_token_exact(sample, records)
+    assert "is not valid JSON" in observation_texts(sample, qwen_tokenizer)[0]
+
+
+async def test_turn_ended_by_another_stop_token_gets_the_end_of_turn_added(mock, retriever, settings, qwen_tokenizer):
+    q = "What grows in the Ferrow marsh?"
+    mock.script(q, [call(["Ferrow marsh plants"]) + "<|endoftext|>", answer("x")])
+    sample = await rollout(mock, qwen_tokenizer, settings, new_sample(q))
+    records = mock.requests_for(q)
+    assert records[0].output_ids[-1] == qwen_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert_token_exact(sample, records)
+    assert observation_texts(sample, qwen_tokenizer)[0].startswith("<|im_end|>\n<|im_start|>user\n<tool_response>")
 
 
 async def test_one_bad_block_beside_a_good_one_is_reported(mock, retriever, settings, qwen_tokenizer) -> None:
