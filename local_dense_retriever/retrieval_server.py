@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -146,6 +147,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # torch and FAISS each bring their own OpenMP runtime; with the default busy-wait policy the idle pool
+    # spins on the cores the other one needs (a 1-query encode measured 485 ms instead of 24 ms on 2 cores).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     for flag in ("index_path", "corpus_path"):
         if not Path(getattr(args, flag)).is_file():
             parser.error(f"--{flag} {getattr(args, flag)} is not a file")

@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
+from retriever import index as index_module
 from retriever.encoder import Encoder, spec_for
 from retriever.index import SearchIndex, faiss_gpu_count, load_index
 
@@ -75,6 +76,23 @@ def test_flat_index_is_memory_mapped_not_read(tmp_path: Path):
     assert (index.ntotal, index.dim, index.kind) == (60_000, 256, "IndexFlatIP")
     plain = load_index(path, mmap=False)
     assert plain.search(expected, 1)[1][:, 0].tolist() == [5, 123, 59_999]
+
+
+@pytest.mark.parametrize("nq", [1, 7, 8, 33])
+@pytest.mark.parametrize("k", [1, 5, 1200])
+def test_blas_flat_search_equals_faiss_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nq: int, k: int):
+    rng = np.random.default_rng(nq * 1000 + k)
+    vectors = rng.standard_normal((1000, 48), dtype=np.float32)
+    flat = faiss.IndexFlatIP(48)
+    flat.add(vectors)
+    path = tmp_path / "flat.index"
+    faiss.write_index(flat, str(path))
+    monkeypatch.setattr(index_module, "_CHUNK_BYTES", 48 * 4 * 300)  # 300-row chunks: 4 chunks, last one short
+    queries = rng.standard_normal((nq, 48), dtype=np.float32)
+    scores, ids = SearchIndex(path).search(queries, k)
+    expected_scores, expected_ids = flat.search(queries, k)
+    np.testing.assert_array_equal(ids, expected_ids)  # k > ntotal pads with -1 like FAISS does
+    np.testing.assert_allclose(scores[ids >= 0], expected_scores[expected_ids >= 0], rtol=1e-4, atol=1e-4)
 
 
 def test_faiss_gpu_without_gpu_support_is_a_clear_error(tmp_path: Path):

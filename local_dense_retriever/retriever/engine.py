@@ -56,9 +56,10 @@ class RetrievalEngine:
             retriever_model, retriever_name, fp16=fp16, max_length=query_max_length, batch_size=encode_batch_size
         )
         logger.info("encoder %s (%s) on %s", retriever_model, retriever_name, encoder.device)
-        engine = cls(encoder, index, corpus, model_name=retriever_model)
-        engine.search(["warm up"], 1)
-        return engine
+        # Warm the encoder only: a warm-up search would scan the whole memory-mapped index (61 GB for
+        # wiki-18) before the server reports ready; the first real query pays that page-in instead.
+        encoder.encode_queries(["warm up"])
+        return cls(encoder, index, corpus, model_name=retriever_model)
 
     @property
     def size(self) -> int:
