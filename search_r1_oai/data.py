@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import string
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from search_r1_oai.prompts import SYSTEM_PROMPT, build_messages, tools_json
+from search_r1_oai.reward import normalize_answer
 
 logger = logging.getLogger(__name__)
 
@@ -84,21 +83,6 @@ class RowRejected(Exception):
 # Answer normalisation
 
 
-def em_normalise(text: str) -> str:
-    """The Search-R1 exact-match key (lowercase, no punctuation, no articles, single spaces).
-
-    Kept here only to drop targets whose key is empty: such a target would give full reward to an empty answer.
-    """
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-_PUNCTUATION = frozenset(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
 def _flatten(value: Any) -> Iterator[Any]:
     if value is None:
         return
@@ -134,7 +118,7 @@ def normalise_targets(value: Any) -> list[str]:
     seen: set[str] = set()
     for item in _flatten(value):
         text = _answer_text(item)
-        if not text or text in seen or not em_normalise(text):
+        if not text or text in seen or not normalize_answer(text):
             continue
         seen.add(text)
         out.append(text)
@@ -467,7 +451,7 @@ def _check_reward_model(value: Any) -> Iterator[str]:
         for i, item in enumerate(target):
             if not isinstance(item, str) or not item.strip():
                 yield f"ground_truth.target[{i}] is {item!r}, not a non-empty string"
-            elif not em_normalise(item):
+            elif not normalize_answer(item):
                 yield f"ground_truth.target[{i}] {item!r} normalises to an empty answer"
     if not isinstance(value.get("style"), str):
         yield f"style must be a string, got {value.get('style')!r}"

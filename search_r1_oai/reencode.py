@@ -14,7 +14,7 @@ from typing import Any
 _VOCABS: dict[int, tuple[Any, dict[str, int], dict[str, int]]] = {}
 
 
-def _byte_to_unicode() -> dict[int, str]:
+def byte_level_alphabet() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (the alphabet of byte-level BPE vocabularies)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
     mapping = {b: chr(b) for b in printable}
@@ -26,7 +26,7 @@ def _byte_to_unicode() -> dict[int, str]:
     return mapping
 
 
-_BYTE_TO_UNICODE = _byte_to_unicode()
+_BYTE_TO_UNICODE = byte_level_alphabet()
 
 
 def _vocabs(tokenizer: Any) -> tuple[dict[str, int], dict[str, int]]:

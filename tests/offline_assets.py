@@ -11,6 +11,8 @@ import importlib.resources
 import shutil
 from pathlib import Path
 
+from search_r1_oai.reencode import byte_level_alphabet
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ASSET_DIR = PROJECT_ROOT / "build" / "test-assets"
 
@@ -66,18 +68,6 @@ def _load_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
-def _byte_level_alphabet() -> dict[int, str]:
-    """GPT-2's reversible byte → printable-character map used by byte-level BPE vocabularies."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
 def _vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Recover BPE merges from tiktoken ranks.
 
@@ -85,7 +75,7 @@ def _vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tup
     among several candidate splits the one the BPE would have produced first wins, so ordering merges by
     the rank of their result reproduces tiktoken's encoding.
     """
-    alphabet = _byte_level_alphabet()
+    alphabet = byte_level_alphabet()
 
     def as_str(token: bytes) -> str:
         return "".join(alphabet[b] for b in token)
