@@ -8,6 +8,7 @@ reused under distinct titles. Files are written in chunks with numpy, and cached
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import struct
@@ -239,4 +240,6 @@ class RawHTTPConnection:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            await self._writer.wait_closed()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+            self._writer = None

@@ -62,9 +62,12 @@ async def run_clients(port: int, clients: int, warmup: float, duration: float, q
         try:
             while (now := time.monotonic()) < end:
                 try:
-                    status, _ = await connection.post_json("/retrieve", {"queries": [next(queries)], "topk": 3})
-                except (OSError, asyncio.IncompleteReadError):
+                    body = {"queries": [next(queries)], "topk": 3}
+                    status, _ = await asyncio.wait_for(connection.post_json("/retrieve", body), timeout=120)
+                except (OSError, asyncio.IncompleteReadError, TimeoutError):
                     status = 0
+                    await connection.close()
+                    connection = RawHTTPConnection("127.0.0.1", port)
                 done = time.monotonic()
                 if start <= done <= end:
                     if status == 200:
