@@ -5,13 +5,15 @@ interrupted run (wiki-18 takes hours even on a GPU) resumes where it stopped. Th
 shards at the end. Vector i is corpus line i, which is what retrieval_server.py assumes.
 
 Index types (--index_type, any FAISS factory string; all use inner product on L2-normalised vectors):
-  Flat          exact search. Memory = 4*dim bytes per passage (wiki-18 x 768: 64.6 GB), memory-mapped by the
-                server so it costs page cache, not RAM. Recall 100%. Best on GPU (--faiss_gpu shards it).
-  HNSW32        graph search: ~dim*4 + 32*2*4 bytes per passage (+~4%), much faster on CPU, recall ~95-99%;
-                building is slow (hours for 21M on CPU) and the graph is held in memory while building.
-  IVF4096,Flat  clustered search: same memory as Flat, probes nprobe of 4096 lists (set at query time;
-                faiss default 1, so recall is low unless raised); needs training on a sample.
-  IVF4096,PQ64  compressed: 64 bytes per passage (wiki-18: ~1.4 GB), recall drops noticeably (~70-85% @ top-3).
+  Flat          exact search, recall 100%. 4*dim bytes per passage (wiki-18 x 768: 64.6 GB); the server
+                memory-maps it, so it costs page cache, not RAM. Best on GPU (--faiss_gpu shards it).
+  HNSW32        graph search: 4*dim + ~260 bytes of links per passage (wiki-18: ~70 GB, and the links are
+                held in RAM); far fewer vectors touched per query on CPU, recall below 100% and rising with
+                --ef_search (saved in the index); building 21M passages on CPU takes many hours.
+  IVF4096,Flat  clustered: same memory as Flat plus 8-byte ids; a query scans --nprobe of 4096 lists (saved in
+                the index), so recall and cost both grow with nprobe; trained on --train_size vectors.
+  IVF4096,PQ64  compressed: ~72 bytes per passage (wiki-18: ~1.5 GB); lossy codes lower recall noticeably.
+Recall figures depend on the data: check them on your own questions before switching from Flat.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--train_size", type=int, default=500_000, help="vectors sampled to train IVF/PQ indexes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--nprobe", type=int, default=64, help="IVF lists scanned per query, stored in the index (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--ef_search", type=int, default=128, help="HNSW search breadth, stored in the index (default: %(default)s)"
     )
     parser.add_argument("--fp16", action="store_true", help="encode in fp16 (CUDA only)")
     parser.add_argument("--device", default="auto", help="torch device; auto = cuda if available (default: auto)")
@@ -121,6 +129,16 @@ def build_index(shards: list[Path], dim: int, index_type: str, train_size: int):
     return index
 
 
+def set_search_params(index, nprobe: int, ef_search: int) -> None:
+    """Store query-time breadth in the index file itself, so the server needs no per-type knobs."""
+    import faiss
+
+    with contextlib.suppress(RuntimeError):  # not an IVF index
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    if hasattr(index, "hnsw"):
+        index.hnsw.efSearch = ef_search
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # torch and FAISS each bring their own OpenMP runtime; with the default busy-wait policy the idle pool
@@ -144,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     shards = encode_shards(corpus, encoder, work_dir, args.shard_size)
     index = build_index(shards, encoder.dim, args.index_type, args.train_size)
+    set_search_params(index, nprobe=args.nprobe, ef_search=args.ef_search)
     args.index_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.index_path.with_name(args.index_path.name + ".tmp")
     faiss.write_index(index, str(tmp))

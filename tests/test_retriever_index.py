@@ -143,6 +143,11 @@ def test_build_index_resumes_from_saved_shards_and_finds_facts(
 
     hnsw = build_index.build_index(shards, 384, "HNSW32", train_size=1000)
     assert type(hnsw).__name__ == "IndexHNSWFlat" and hnsw.ntotal == again.ntotal
+    build_index.set_search_params(hnsw, nprobe=5, ef_search=77)
+    assert faiss.deserialize_index(faiss.serialize_index(hnsw)).hnsw.efSearch == 77
+    ivf = build_index.build_index(shards, 384, "IVF8,Flat", train_size=1000)
+    build_index.set_search_params(ivf, nprobe=5, ef_search=77)
+    assert faiss.deserialize_index(faiss.serialize_index(ivf)).nprobe == 5 and ivf.ntotal == again.ntotal
     assert (hnsw.search(vectors[:20], 3)[1] == ids[:20]).mean() > 0.9
 
 
@@ -158,6 +163,7 @@ def test_build_index_refuses_shards_of_another_run(tmp_path: Path, toy_corpus_fi
 def test_build_index_help_explains_every_flag():
     text = build_index.build_parser().format_help()
     for flag in ("--corpus_path", "--retriever_model", "--index_path", "--retriever_name", "--batch_size",
-                 "--index_type", "--shard_size", "--work_dir", "--train_size", "--fp16", "--keep_shards"):  # fmt: skip
+                 "--index_type", "--shard_size", "--work_dir", "--train_size", "--nprobe", "--ef_search", "--fp16",
+                 "--keep_shards"):  # fmt: skip
         assert flag in text
     assert "HNSW32" in text and "IVF4096" in text and "recall" in text
