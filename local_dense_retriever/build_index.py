@@ -7,9 +7,9 @@ shards at the end. Vector i is corpus line i, which is what retrieval_server.py 
 Index types (--index_type, any FAISS factory string; all use inner product on L2-normalised vectors):
   Flat          exact search, recall 100%. 4*dim bytes per passage (wiki-18 x 768: 64.6 GB); the server
                 memory-maps it, so it costs page cache, not RAM. Best on GPU (--faiss_gpu shards it).
-  HNSW32        graph search: 4*dim + ~260 bytes of links per passage (wiki-18: ~70 GB, and the links are
-                held in RAM); far fewer vectors touched per query on CPU, recall below 100% and rising with
-                --ef_search (saved in the index); building 21M passages on CPU takes many hours.
+  HNSW32        graph search: 4*dim + ~260 bytes of links per passage (wiki-18: ~70 GB); far fewer vectors
+                touched per query on CPU, recall below 100% and rising with --ef_search (saved in the
+                index); building needs the whole index in RAM and, for 21M passages on CPU, many hours.
   IVF4096,Flat  clustered: same memory as Flat plus 8-byte ids; a query scans --nprobe of 4096 lists (saved in
                 the index), so recall and cost both grow with nprobe; trained on --train_size vectors.
   IVF4096,PQ64  compressed: ~72 bytes per passage (wiki-18: ~1.5 GB); lossy codes lower recall noticeably.
