@@ -243,7 +243,6 @@ def test_start_server_help_documents_options_and_env() -> None:
         assert word in out
 
 
-@pytest.mark.skipif(not (START.parent / "retrieval_server.py").exists(), reason="retrieval_server.py not written yet")
 def test_real_server_through_start_server(start, toy_corpus_files, minilm_dir: Path, tmp_path: Path, port: int) -> None:
     """The script's flags are the ones retrieval_server.py accepts: it becomes healthy and answers."""
     corpus = toy_corpus_files[0]

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import build_index
 import httpx
 import pytest
 import uvicorn
@@ -29,18 +28,6 @@ from retriever.settings import Settings
 PROJECT = Path(__file__).resolve().parent.parent
 SERVER = PROJECT / "local_dense_retriever" / "retrieval_server.py"
 START_TIMEOUT_S = 90
-
-
-@pytest.fixture(scope="module")
-def toy_index(tmp_path_factory: pytest.TempPathFactory, toy_corpus_files, minilm_dir: Path) -> tuple[Path, Path]:
-    """``(index, corpus)``: the toy corpus encoded with MiniLM under the e5 conventions."""
-    out = tmp_path_factory.mktemp("retriever_toy")
-    corpus = out / "corpus.jsonl"
-    corpus.write_bytes(toy_corpus_files[0].read_bytes())
-    index = out / "minilm_Flat.index"
-    argv = ["--corpus_path", str(corpus), "--retriever_model", str(minilm_dir), "--index_path", str(index)]
-    assert build_index.main([*argv, "--device", "cpu"]) == 0
-    return index, corpus
 
 
 class ServerProcess:
