@@ -5,11 +5,11 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-import build_index
 import faiss
 import numpy as np
 import pytest
 
+import build_index
 from retriever import index as index_module
 from retriever.encoder import Encoder, spec_for
 from retriever.index import SearchIndex, faiss_gpu_count, load_index
