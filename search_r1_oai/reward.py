@@ -2,7 +2,9 @@
 
 Score 1.0 when the normalised answer equals any normalised gold answer; ``format_score`` (default 0.2) when the
 answer is wrong but the trajectory is well formed (final turn has exactly one ``<answer>`` and no tool calls,
-every earlier turn made well-formed search calls, nothing was cut by length or budget); 0.0 otherwise. EM and
+every earlier turn made well-formed search calls, nothing was cut by length or budget); 0.0 otherwise. A search
+the retriever failed to answer does not cost the format score: the call was well formed, the outage is not the
+policy's doing (``metadata["bad_tool_calls"]`` counts only malformed calls; ``tool_errors`` counts both). EM and
 token F1 are recorded in ``sample.metadata`` for evaluation.
 """
 
@@ -93,7 +95,7 @@ def is_well_formed(sample: Any) -> bool:
     status = getattr(getattr(sample, "status", None), "name", "")
     if status not in ("COMPLETED", "PENDING"):
         return False
-    if metadata.get("stop_reason", "answer") != "answer" or metadata.get("tool_errors", 0):
+    if metadata.get("stop_reason", "answer") != "answer" or metadata.get("bad_tool_calls", 0):
         return False
     return len(extract_answers(_final_text(sample))) == 1
 

@@ -117,6 +117,7 @@ class _Rollout:
             searches=0,
             search_queries=0,
             tool_errors=0,
+            bad_tool_calls=0,
             tool_error_messages=[],
             has_final_answer=False,
             final_content="",
@@ -302,9 +303,9 @@ class _Rollout:
     async def _run_tools(self, calls: list[ToolCall], log_entry: dict[str, Any]) -> list[dict]:
         """One tool message per call, in order; every search query of the turn goes in one ``/retrieve`` call."""
         parsed = [(call, *search_queries(call)) for call in calls]
-        errors: dict[int, str] = {i: error for i, (_, _, error) in enumerate(parsed) if error is not None}
         all_queries = list(dict.fromkeys(q for _, queries, error in parsed if error is None for q in queries))
         found: dict[str, Any] = {}
+        search_error: str | None = None
         if all_queries:
             try:
                 result = await self.search.retrieve(all_queries)
@@ -313,14 +314,17 @@ class _Rollout:
                 self.meta["search_queries"] += len(all_queries)
                 self.meta["retrieval_latency_s"] += result.latency_s
             except SearchError as exc:
-                for i, (_, _, error) in enumerate(parsed):
-                    if error is None:
-                        errors[i] = f"search failed: {exc}"
+                search_error = f"search failed: {exc}"
         messages = []
-        for i, (call, queries, _) in enumerate(parsed):
-            if i in errors:
-                content = f"Error: {errors[i]}"
-                self._record_tool_error(errors[i])
+        for call, queries, error in parsed:
+            # A malformed call is the policy's mistake (it forfeits the format score); a failed search is not.
+            if error is not None:
+                self.meta["bad_tool_calls"] += 1
+            else:
+                error = search_error
+            if error is not None:
+                content = f"Error: {error}"
+                self._record_tool_error(error)
             else:
                 content = format_search_results(queries, [found[q] for q in queries])
             messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name or "", "content": content})
@@ -362,7 +366,10 @@ class _Rollout:
         every = self.settings.log_every
         if every <= 0 or next(_SAMPLE_COUNTER) % every != 0:
             return
-        summary = {k: self.meta.get(k) for k in ("turns", "searches", "tool_errors", "has_final_answer", "error")}
+        summary = {
+            k: self.meta.get(k)
+            for k in ("turns", "searches", "tool_errors", "bad_tool_calls", "has_final_answer", "error")
+        }
         logger.info(
             "trajectory sample=%s eval=%s status=%s reason=%s %s",
             self.sample.index,

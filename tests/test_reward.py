@@ -63,7 +63,7 @@ def test_f1_partial_overlap() -> None:
 
 
 def _sample(final: str, status: str = "COMPLETED", label=LABEL, **metadata) -> Sample:
-    meta = {"final_content": final, "stop_reason": "answer", "tool_errors": 0, **metadata}
+    meta = {"final_content": final, "stop_reason": "answer", "tool_errors": 0, "bad_tool_calls": 0, **metadata}
     return Sample(label=label, status=Sample.Status[status], metadata=meta, response="ignored")
 
 
@@ -79,7 +79,9 @@ FORMAT = 0.2
         (_sample("no tags, Beatles"), 0.0),
         (_sample("<answer>Stones</answer> or <answer>Beatles</answer>"), 1.0),
         (_sample("<answer>Stones</answer> or <answer>Kinks</answer>"), 0.0),
-        (_sample("<answer>Stones</answer>", tool_errors=1), 0.0),
+        (_sample("<answer>Stones</answer>", tool_errors=1, bad_tool_calls=1), 0.0),
+        # The retriever failing is not the policy's fault: a well-formed call keeps the format score.
+        (_sample("<answer>Stones</answer>", tool_errors=1, bad_tool_calls=0), FORMAT),
         (_sample("<answer>Stones</answer>", status="TRUNCATED", stop_reason="length"), 0.0),
         (_sample("<answer>Stones</answer>", status="TRUNCATED", stop_reason="max_turns"), 0.0),
         (_sample("<answer>Stones</answer>", status="FAILED", stop_reason="policy_error"), 0.0),

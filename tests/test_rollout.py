@@ -293,6 +293,7 @@ async def test_bad_calls_become_error_messages(mock, retriever, settings, qwen_t
     (observation,) = observation_texts(sample, qwen_tokenizer)
     assert "<tool_response>\nError: " in observation and error in observation
     assert sample.metadata["tool_errors"] == 1 and error in sample.metadata["tool_error_messages"][0]
+    assert sample.metadata["bad_tool_calls"] == 1
     assert len(retriever.requests) == before
     wrong = new_sample(q, gold="other")
     wrong.metadata, wrong.status = sample.metadata, sample.status
@@ -417,8 +418,11 @@ async def test_retriever_down_then_up(mock, qwen_tokenizer) -> None:
     assert "Error: search failed: retriever failed after 2 attempt(s): cannot reach the server" in first
     assert "Passage 0 about Calder ruler now." in second
     assert sample.metadata["tool_errors"] == 1 and sample.metadata["searches"] == 1
+    assert sample.metadata["bad_tool_calls"] == 0, "the calls were well formed; the retriever was down"
     assert fake.requests == [{"queries": ["Calder ruler now"], "topk": 3, "return_scores": False}]
     assert sample.status == Sample.Status.COMPLETED
+    sample.label = {"ground_truth": {"target": ["someone else"]}}
+    assert await reward_func(None, sample, settings=settings) == settings.format_score, "outage is not a format error"
 
 
 async def test_retriever_5xx_beyond_retries_is_a_tool_error(mock, qwen_tokenizer) -> None:
