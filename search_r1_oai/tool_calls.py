@@ -38,11 +38,6 @@ def calls_from_server(tool_calls: Any) -> list[ToolCall]:
     return calls
 
 
-def has_tool_call_marker(text: str, markers: tuple[str, str]) -> bool:
-    """Whether the raw output text opens a tool call at all."""
-    return markers[0] in text
-
-
 def calls_from_text(text: str, markers: tuple[str, str]) -> list[ToolCall]:
     """Every ``START {json} END`` block in ``text``; a block cut off before END runs to the end of the text."""
     start, end = markers
