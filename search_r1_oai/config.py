@@ -56,8 +56,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 DEFAULT_RETRIEVAL_URL = "http://127.0.0.1:8000"
 ENV_PREFIX = "SEARCH_R1_"
@@ -67,27 +68,19 @@ class ConfigError(ValueError):
     """A setting in the environment has a value that cannot be used."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+_Number = TypeVar("_Number", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, default: _Number, minimum: _Number) -> _Number:
+    """An int or float setting, parsed as the type of ``default``."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
+    kind = type(default)
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
     if value < minimum:
         raise ConfigError(f"{name}={value} must be >= {minimum}")
     return value
@@ -117,7 +110,8 @@ def _urls(raw: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every rollout/reward knob; build it with :meth:`from_env` (or directly in tests)."""
+    """Every rollout/reward knob; build it with :meth:`from_env` (or directly in tests). The defaults here are the
+    only ones: :meth:`from_env` falls back to them."""
 
     retrieval_urls: tuple[str, ...] = (DEFAULT_RETRIEVAL_URL,)
     topk: int = 3
@@ -136,34 +130,34 @@ class Settings:
     allow_reencode_fallback: bool = False
     verify_prompt_ids: bool = False
     format_score: float = 0.2
-    tool_call_markers: tuple[str, str] = field(default=("<tool_call>", "</tool_call>"))
+    tool_call_markers: tuple[str, str] = ("<tool_call>", "</tool_call>")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read the variables documented in this module; a bad value raises :class:`ConfigError` naming it."""
         env = os.environ if env is None else env
-        p = ENV_PREFIX
+        d, p = cls(), ENV_PREFIX
         return cls(
             retrieval_urls=_urls(env.get("RETRIEVAL_SERVER_URL") or DEFAULT_RETRIEVAL_URL),
-            topk=_int(env, p + "TOPK", 3, 1),
-            max_turns=_int(env, p + "MAX_TURNS", 4, 1),
-            context_budget=_int(env, p + "CONTEXT_BUDGET", 16384, 16),
-            policy_model=env.get(p + "POLICY_MODEL") or "default",
-            policy_timeout_s=_float(env, p + "POLICY_TIMEOUT_S", 600.0, 0.001),
-            retrieval_timeout_s=_float(env, p + "RETRIEVAL_TIMEOUT_S", 30.0, 0.001),
-            connect_timeout_s=_float(env, p + "CONNECT_TIMEOUT_S", 10.0, 0.001),
-            concurrency=_int(env, p + "CONCURRENCY", 256, 1),
-            policy_retries=_int(env, p + "POLICY_RETRIES", 3, 0),
-            retrieval_retries=_int(env, p + "RETRIEVAL_RETRIES", 3, 0),
-            retry_initial_wait_s=_float(env, p + "RETRY_INITIAL_WAIT_S", 0.5, 0.0),
-            retry_max_wait_s=_float(env, p + "RETRY_MAX_WAIT_S", 8.0, 0.0),
-            log_every=_int(env, p + "LOG_EVERY", 100, 0),
-            allow_reencode_fallback=_bool(env, p + "ALLOW_REENCODE_FALLBACK", False),
-            verify_prompt_ids=_bool(env, p + "VERIFY_PROMPT_IDS", False),
-            format_score=_float(env, p + "FORMAT_SCORE", 0.2, 0.0),
+            topk=_number(env, p + "TOPK", d.topk, 1),
+            max_turns=_number(env, p + "MAX_TURNS", d.max_turns, 1),
+            context_budget=_number(env, p + "CONTEXT_BUDGET", d.context_budget, 16),
+            policy_model=env.get(p + "POLICY_MODEL") or d.policy_model,
+            policy_timeout_s=_number(env, p + "POLICY_TIMEOUT_S", d.policy_timeout_s, 0.001),
+            retrieval_timeout_s=_number(env, p + "RETRIEVAL_TIMEOUT_S", d.retrieval_timeout_s, 0.001),
+            connect_timeout_s=_number(env, p + "CONNECT_TIMEOUT_S", d.connect_timeout_s, 0.001),
+            concurrency=_number(env, p + "CONCURRENCY", d.concurrency, 1),
+            policy_retries=_number(env, p + "POLICY_RETRIES", d.policy_retries, 0),
+            retrieval_retries=_number(env, p + "RETRIEVAL_RETRIES", d.retrieval_retries, 0),
+            retry_initial_wait_s=_number(env, p + "RETRY_INITIAL_WAIT_S", d.retry_initial_wait_s, 0.0),
+            retry_max_wait_s=_number(env, p + "RETRY_MAX_WAIT_S", d.retry_max_wait_s, 0.0),
+            log_every=_number(env, p + "LOG_EVERY", d.log_every, 0),
+            allow_reencode_fallback=_bool(env, p + "ALLOW_REENCODE_FALLBACK", d.allow_reencode_fallback),
+            verify_prompt_ids=_bool(env, p + "VERIFY_PROMPT_IDS", d.verify_prompt_ids),
+            format_score=_number(env, p + "FORMAT_SCORE", d.format_score, 0.0),
             tool_call_markers=(
-                env.get(p + "TOOL_CALL_START") or "<tool_call>",
-                env.get(p + "TOOL_CALL_END") or "</tool_call>",
+                env.get(p + "TOOL_CALL_START") or d.tool_call_markers[0],
+                env.get(p + "TOOL_CALL_END") or d.tool_call_markers[1],
             ),
         )
 
