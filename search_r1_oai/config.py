@@ -25,7 +25,8 @@ Environment variables:
 ``SEARCH_R1_CONNECT_TIMEOUT_S`` (default ``10``)
     TCP connect timeout for both servers, seconds.
 ``SEARCH_R1_CONCURRENCY`` (default ``256``)
-    Connection-pool size of each HTTP client (policy and retriever); match slime's rollout concurrency.
+    Most concurrent requests expected per server (policy, retriever); match slime's rollout concurrency. Requests
+    are spread over ``ceil(N / 8)`` pooled clients, each allowed N connections (why: ``httpclients``).
 ``SEARCH_R1_POLICY_RETRIES`` (default ``3``)
     Extra attempts after a policy call fails with a connection error, timeout, 5xx or 429. Other 4xx are never
     retried: the sample fails at once with the server's message.

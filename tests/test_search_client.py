@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 
@@ -10,7 +11,7 @@ from conftest import free_port
 from fake_retriever import FakeRetriever, serve_fake_retriever
 
 from search_r1_oai.config import Settings
-from search_r1_oai.httpclients import aclose_clients
+from search_r1_oai.httpclients import aclose_clients, shared_client
 from search_r1_oai.search_client import (
     Passage,
     SearchClient,
@@ -112,6 +113,21 @@ async def test_replicas_are_balanced_and_a_down_one_is_skipped() -> None:
             result = await client.retrieve([f"r{i}"])
             assert result.passages[0][0].text == f"Passage 0 about r{i}."
         assert len(first.requests) == 3 + 4
+
+
+async def test_many_concurrent_requests_are_spread_over_small_pools() -> None:
+    """httpcore's pool rescans every connection for each idle or queued one on every request start and end
+    (encode/httpx#3215): one client holding hundreds of connections burns a CPU core. Requests must be spread over
+    clients that each see only a few of them, and still all succeed."""
+    fake = FakeRetriever(delay_s=0.2)
+    with serve_fake_retriever(fake) as url:
+        settings = settings_for(url, concurrency=64)
+        clients = {id(shared_client("retriever", settings, settings.retrieval_timeout_s)) for _ in range(64)}
+        assert len(clients) == 8
+        results = await asyncio.gather(*(SearchClient(settings).retrieve([f"q{i}"]) for i in range(64)))
+    assert [r.passages[0][0].text for r in results] == [f"Passage 0 about q{i}." for i in range(64)]
+    small = dataclasses.replace(FAST, concurrency=8)
+    assert shared_client("retriever", small, 5.0) is shared_client("retriever", small, 5.0), "a small pool: one client"
 
 
 async def test_empty_query_list_is_refused_locally() -> None:
