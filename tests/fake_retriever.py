@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-import uvicorn
-from conftest import free_port
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sglang_mock import serve_app
 
 
 class RetrieveRequest(BaseModel):
@@ -75,20 +71,6 @@ def _split(row: dict) -> dict:
     return {"id": row["id"], "contents": row["contents"], "title": title.strip('"'), "text": text}
 
 
-@contextmanager
-def serve_fake_retriever(fake: FakeRetriever, port: int | None = None) -> Iterator[str]:
-    """Serve ``fake`` on 127.0.0.1 (a free port unless given) in a thread; yields the base URL, stops on exit."""
-    port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"fake retriever did not start on port {port}")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+def serve_fake_retriever(fake: FakeRetriever, port: int | None = None) -> AbstractContextManager[str]:
+    """Serve ``fake`` on 127.0.0.1 (a free port unless given) in a thread; the context yields the base URL."""
+    return serve_app(fake.app(), port=port or 0, name="fake-retriever")

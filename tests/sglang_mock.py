@@ -23,6 +23,7 @@ request ``stop_token_ids``), then request ``stop`` strings. Logprobs are :func:`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import logging
@@ -32,13 +33,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 import fastapi
-import httpx
 import uvicorn
 from fastapi.responses import JSONResponse
 
@@ -575,39 +574,38 @@ def _normalise_tool(tool: dict[str, Any]) -> dict[str, Any]:
     return {"type": tool.get("type", "function"), "function": dumped}
 
 
-@contextmanager
-def serve_mock_sglang(mock: MockSGLang, *, startup_timeout_s: float = 20.0) -> Iterator[str]:
-    """Run ``mock.app`` with uvicorn in a background thread on a free 127.0.0.1 port; yield its base URL.
+@contextlib.contextmanager
+def serve_app(app: Any, *, port: int = 0, name: str = "test-server", startup_timeout_s: float = 20.0) -> Iterator[str]:
+    """Run an ASGI ``app`` with uvicorn in a background thread on 127.0.0.1; yield its base URL, stop on exit.
 
-    The socket is bound here (port 0) and handed to uvicorn, so there is no race for the port. On exit the server
-    is told to stop and the thread is joined.
+    The socket is bound here (port 0: a free one) and handed to uvicorn, so there is no race for the port; a fixed
+    ``port`` serves "down, then up" scenarios. On exit the server is told to stop and the thread is joined.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(mock.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"mock-sglang-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"{name}-{port}", daemon=True)
     thread.start()
-    base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_timeout_s
-        while True:
+        while not server.started:
             if not thread.is_alive():
-                raise RuntimeError("MockSGLang server thread exited during startup")
-            try:
-                if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
+                raise RuntimeError(f"{name} server thread exited during startup")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"MockSGLang did not answer on {base_url} within {startup_timeout_s}s")
-            time.sleep(0.02)
-        yield base_url
+                raise RuntimeError(f"{name} did not start on port {port} within {startup_timeout_s}s")
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10.0)
         sock.close()
         if thread.is_alive():
-            logger.error("MockSGLang server thread on port %d did not stop within 10s", port)
+            logger.error("%s server thread on port %d did not stop within 10s", name, port)
+
+
+def serve_mock_sglang(mock: MockSGLang, *, startup_timeout_s: float = 20.0) -> contextlib.AbstractContextManager[str]:
+    """Serve ``mock.app`` on a free 127.0.0.1 port (see :func:`serve_app`); the context yields its base URL."""
+    return serve_app(mock.app, name="mock-sglang", startup_timeout_s=startup_timeout_s)
