@@ -348,9 +348,11 @@ class _Rollout:
         sample = self.sample
         sample.status = getattr(sample.Status, stop.status)
         self.meta["stop_reason"] = stop.reason
-        if stop.status == "FAILED" or (stop.status == "TRUNCATED" and self.trajectory is None):
+        # Nothing generated (prompt over budget, or failed before a turn): slime still needs well-formed tensors.
+        placeholder = self.trajectory is None and stop.status in ("FAILED", "TRUNCATED")
+        if stop.status == "FAILED" or placeholder:
             _exclude_from_training(sample)
-        if self.trajectory is None and stop.status in ("FAILED", "TRUNCATED"):
+        if placeholder:
             self.trajectory = _placeholder_trajectory(self.tokenizer, self.messages, self.tools)
             self.response_parts = [self.template.eos_text]
         if stop.status == "ABORTED":
