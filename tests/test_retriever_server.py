@@ -93,6 +93,11 @@ def server(toy_index, minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def _retrieve(server: ServerProcess, body: object, **kwargs) -> httpx.Response:
+    """POST ``body`` as JSON; ``bytes`` are sent as they are (JSON that httpx itself could not encode)."""
+    if isinstance(body, bytes):
+        return httpx.post(
+            f"{server.url}/retrieve", content=body, headers={"content-type": "application/json"}, timeout=60, **kwargs
+        )
     return httpx.post(f"{server.url}/retrieve", json=body, timeout=60, **kwargs)
 
 
@@ -159,6 +164,8 @@ BAD_BODIES = {
     "topk-bool": ({"queries": ["q"], "topk": True}, "topk", 422),
     "return-scores-string": ({"queries": ["q"], "return_scores": "yes"}, "return_scores", 422),
     "query-over-cap": ({"queries": ["ok", "x" * 1001]}, "queries[1] has 1001 characters; the limit is 1000", 422),
+    # Valid JSON, but the escape decodes to a lone surrogate that no tokenizer can take: it must not reach the worker.
+    "lone-surrogate": (b'{"queries": ["ok", "a \\ud800 b"]}', "queries[1] is not valid Unicode", 422),
     "body-not-an-object": ([["q"]], "valid dictionary", 422),
     "body-over-limit": ({"queries": ["x" * 999] * 1100}, "request body too large", 413),
 }

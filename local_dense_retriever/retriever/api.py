@@ -220,6 +220,14 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
                     detail=f"queries[{position}] has {len(query)} characters; the limit is "
                     f"{settings.max_query_chars} (--max_query_chars)",
                 )
+            # A JSON escape like "\ud800" decodes to a lone surrogate; the tokenizer would raise on it inside
+            # the worker and fail every request batched with this one.
+            try:
+                query.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise HTTPException(
+                    422, detail=f"queries[{position}] is not valid Unicode: {exc.reason} at character {exc.start}"
+                ) from exc
         topk = request.topk if request.topk is not None else settings.topk
         try:
             hits = await batcher.retrieve(request.queries, topk)
