@@ -338,6 +338,9 @@ def test_health_is_503_until_the_engine_is_loaded(toy_index, toy_engine: Retriev
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
         early = httpx.post(f"{url}/retrieve", json={"queries": ["x"]}, timeout=10)
         assert early.status_code == 503 and "not ready" in early.json()["detail"]
+        # A bad request is refused as such even while loading: retrying it after a 503 would be pointless.
+        bad = httpx.post(f"{url}/retrieve", json={"queries": ["x"] * 513}, timeout=10)
+        assert bad.status_code == 422 and "too many queries" in bad.json()["detail"]
         gate.set()
         assert _wait_health(url, 200)["index_size"] == toy_engine.size
         ok = httpx.post(f"{url}/retrieve", json={"queries": [toy_facts[0].question]}, timeout=30)

@@ -108,6 +108,25 @@ def _summarise(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else "")
 
 
+def _limits_problem(request: RetrieveRequest, settings: Settings) -> str | None:
+    """What makes a well-typed request unacceptable under the server's limits (None: nothing)."""
+    if len(request.queries) > settings.max_queries:
+        return f"too many queries: {len(request.queries)} > {settings.max_queries} (--max_queries)"
+    for position, query in enumerate(request.queries):
+        if len(query) > settings.max_query_chars:
+            return (
+                f"queries[{position}] has {len(query)} characters; the limit is {settings.max_query_chars} "
+                "(--max_query_chars)"
+            )
+        # A JSON escape like "\ud800" decodes to a lone surrogate; the tokenizer would raise on it inside the
+        # worker and fail every request batched with this one.
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"queries[{position}] is not valid Unicode: {exc.reason} at character {exc.start}"
+    return None
+
+
 def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None = None,
                on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:  # fmt: skip
     """Build the app. ``load_engine`` runs on the worker thread at start-up (default: RetrievalEngine.load).
@@ -207,27 +226,11 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
 
     @app.post("/retrieve", response_model=RetrieveResponse, summary="Top-k passages for each query")
     async def retrieve(request: RetrieveRequest) -> JSONResponse:
+        problem = _limits_problem(request, settings)
+        if problem is not None:
+            raise HTTPException(422, detail=problem)
         if state["engine"] is None:
             raise HTTPException(503, detail=f"retriever not ready: {state['error'] or 'still loading'}")
-        if len(request.queries) > settings.max_queries:
-            raise HTTPException(
-                422, detail=f"too many queries: {len(request.queries)} > {settings.max_queries} (--max_queries)"
-            )
-        for position, query in enumerate(request.queries):
-            if len(query) > settings.max_query_chars:
-                raise HTTPException(
-                    422,
-                    detail=f"queries[{position}] has {len(query)} characters; the limit is "
-                    f"{settings.max_query_chars} (--max_query_chars)",
-                )
-            # A JSON escape like "\ud800" decodes to a lone surrogate; the tokenizer would raise on it inside
-            # the worker and fail every request batched with this one.
-            try:
-                query.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise HTTPException(
-                    422, detail=f"queries[{position}] is not valid Unicode: {exc.reason} at character {exc.start}"
-                ) from exc
         topk = request.topk if request.topk is not None else settings.topk
         try:
             hits = await batcher.retrieve(request.queries, topk)
