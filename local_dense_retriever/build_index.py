@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +82,23 @@ def encode_shards(corpus: Corpus, encoder: Encoder, work_dir: Path, shard_size: 
     """Encode every shard that is not on disk yet; return all shard paths in order."""
     work_dir.mkdir(parents=True, exist_ok=True)
     meta_path = work_dir / "meta.json"
-    meta = {"passages": len(corpus), "shard_size": shard_size, "dim": encoder.dim}
-    if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
-        raise SystemExit(f"{work_dir} holds shards of another run ({meta_path.read_text()}); use another --work_dir")
+    # Everything that changes a vector: shards of another encoder or prefix would mix silently into the index.
+    meta = {
+        "passages": len(corpus),
+        "shard_size": shard_size,
+        "dim": encoder.dim,
+        "model": encoder.model_name,
+        "encoder": asdict(encoder.spec),
+        "max_length": encoder.max_length,
+    }
+    if meta_path.exists():
+        saved = json.loads(meta_path.read_text())
+        differs = sorted(key for key in meta.keys() | saved.keys() if saved.get(key) != meta.get(key))
+        if differs:
+            raise SystemExit(
+                f"{work_dir} holds shards of another run (different {', '.join(differs)}): "
+                "use another --work_dir, or delete it to start over"
+            )
     meta_path.write_text(json.dumps(meta))
 
     shards = [work_dir / f"shard_{i:05d}.npy" for i in range((len(corpus) + shard_size - 1) // shard_size)]

@@ -150,6 +150,11 @@ def test_build_index_resumes_from_saved_shards_and_finds_facts(
     assert faiss.deserialize_index(faiss.serialize_index(ivf)).nprobe == 5 and ivf.ntotal == again.ntotal
     assert (hnsw.search(vectors[:20], 3)[1] == ids[:20]).mean() > 0.9
 
+    # The kept shards hold e5-style vectors ("passage: " prefix); another encoding must not resume from them.
+    other = _build_argv(corpus, minilm_dir, index_path, "--shard_size", "128", "--device", "cpu")
+    with pytest.raises(SystemExit, match=r"holds shards of another run \(different encoder\)"):
+        build_index.main([*other, "--retriever_name", "minilm"])
+
 
 def test_build_index_refuses_shards_of_another_run(tmp_path: Path, toy_corpus_files, minilm_dir: Path):
     work = tmp_path / "work"

@@ -72,6 +72,7 @@ class Encoder:
         max_length: int = 256,
         batch_size: int = 256,
     ):
+        self.model_name = model_name_or_path
         self.spec = spec_for(retriever_name)
         self.device = pick_device(device)
         self.max_length = max_length
