@@ -72,12 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _passage_text(record: dict) -> str:
-    if "contents" in record:
-        return str(record["contents"])
-    return f"{record.get('title', '')}\n{record.get('text', '')}".strip()
-
-
 def encode_shards(corpus: Corpus, encoder: Encoder, work_dir: Path, shard_size: int) -> list[Path]:
     """Encode every shard that is not on disk yet; return all shard paths in order."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -113,8 +107,9 @@ def encode_shards(corpus: Corpus, encoder: Encoder, work_dir: Path, shard_size: 
             vectors = np.empty((len(rows), encoder.dim), dtype=np.float32)
             for start in range(0, len(rows), encoder.batch_size):
                 batch = rows[start : start + encoder.batch_size]
+                # The same wiki-18 ``"Title"\ntext`` form the server returns as ``contents``, for any corpus shape.
                 vectors[start : start + len(batch)] = encoder.encode_passages(
-                    [_passage_text(corpus.record(row)) for row in batch]
+                    [corpus.doc(row)["contents"] for row in batch]
                 )
                 bar.update(len(batch))
             tmp = shard.with_name(shard.name + ".tmp")

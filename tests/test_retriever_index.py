@@ -156,6 +156,14 @@ def test_build_index_resumes_from_saved_shards_and_finds_facts(
         build_index.main([*other, "--retriever_name", "minilm"])
 
 
+def test_build_index_encodes_split_records_in_the_wiki18_form(tmp_path: Path, minilm_dir: Path, minilm_e5: Encoder):
+    corpus = tmp_path / "split.jsonl"
+    corpus.write_text('{"id": "a", "title": "Zorvath", "text": "A novel."}\n{"id": "b", "contents": "\\"T\\"\\nx"}\n')
+    assert build_index.main(_build_argv(corpus, minilm_dir, tmp_path / "s.index", "--device", "cpu")) == 0
+    stored = faiss.read_index(str(tmp_path / "s.index")).reconstruct_n(0, 2)
+    np.testing.assert_allclose(stored, minilm_e5.encode_passages(['"Zorvath"\nA novel.', '"T"\nx']), atol=1e-5)
+
+
 def test_build_index_refuses_shards_of_another_run(tmp_path: Path, toy_corpus_files, minilm_dir: Path):
     work = tmp_path / "work"
     work.mkdir()
