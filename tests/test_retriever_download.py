@@ -202,6 +202,14 @@ def test_corrupt_index_is_caught_offline_by_its_header(hub: FakeHub, plan: Downl
     assert not (plan.save_path / "e5_Flat.index").exists()
 
 
+def test_corpus_size_is_checked_when_it_shares_the_index_repo(hub: FakeHub, plan: DownloadPlan, originals) -> None:
+    hub.files[(INDEX_REPO, "wiki-18.jsonl.gz")] = originals["wiki-18.jsonl.gz"]
+    plan = DownloadPlan(**{**plan.__dict__, "corpus_repo": INDEX_REPO})
+    hub.truncate["wiki-18.jsonl.gz"] = 100
+    with pytest.raises(DownloadError, match=r"wiki-18.jsonl.gz is 100 bytes but the Hub lists \d+"):
+        hub.run(plan)
+
+
 def test_truncated_gzip_is_caught_without_hub_sizes(hub: FakeHub, plan: DownloadPlan, originals) -> None:
     hub.offline = True
     hub.truncate["wiki-18.jsonl.gz"] = originals["wiki-18.jsonl.gz"].stat().st_size // 2

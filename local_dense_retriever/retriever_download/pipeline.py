@@ -61,16 +61,18 @@ class DownloadPlan:
 
 
 class _HubSizes:
-    """Asks the Hub for a repo's file sizes once, and only when a step actually has work to do."""
+    """Asks the Hub for a step's file sizes once, and only when that step actually has work to do."""
 
     def __init__(self, lookup: FileSizes) -> None:
         self._lookup = lookup
-        self._cache: dict[str, dict[str, int]] = {}
+        # Keyed by the files asked for too: the index and the corpus may live in one repo.
+        self._cache: dict[tuple[str, tuple[str, ...]], dict[str, int]] = {}
 
     def get(self, repo_id: str, filenames: list[str], name: str) -> int | None:
-        if repo_id not in self._cache:
-            self._cache[repo_id] = self._lookup(repo_id, filenames)
-        return self._cache[repo_id].get(name)
+        key = (repo_id, tuple(filenames))
+        if key not in self._cache:
+            self._cache[key] = self._lookup(repo_id, filenames)
+        return self._cache[key].get(name)
 
 
 def run_download(
