@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from retriever.corpus import Corpus
 from retriever.encoder import ENCODER_SPECS, Encoder, set_cpu_threads
+from retriever.settings import in_range
 
 logger = logging.getLogger("build_index")
 
@@ -44,27 +45,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--retriever_name", default="e5", help=f"encoder family: {', '.join(ENCODER_SPECS)} (default: %(default)s)"
     )
-    parser.add_argument("--batch_size", type=int, default=64, help="passages per forward pass (default: %(default)s)")
     parser.add_argument(
-        "--max_length", type=int, default=256, help="passage tokens kept by the encoder (default: %(default)s)"
+        "--batch_size", type=in_range(int, 1), default=64, help="passages per forward pass (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max_length",
+        type=in_range(int, 1),
+        default=256,
+        help="passage tokens kept by the encoder (default: %(default)s)",
     )
     parser.add_argument(
         "--index_type", default="Flat", help="FAISS factory string, see the table above (default: %(default)s)"
     )
     parser.add_argument(
-        "--shard_size", type=int, default=100_000, help="passages per saved .npy shard (default: %(default)s)"
+        "--shard_size",
+        type=in_range(int, 1),
+        default=100_000,
+        help="passages per saved .npy shard (default: %(default)s)",
     )
     parser.add_argument(
         "--work_dir", type=Path, default=None, help="where shards go (default: INDEX_PATH + '.shards/')"
     )
     parser.add_argument(
-        "--train_size", type=int, default=500_000, help="vectors sampled to train IVF/PQ indexes (default: %(default)s)"
+        "--train_size",
+        type=in_range(int, 1),
+        default=500_000,
+        help="vectors sampled to train IVF/PQ indexes (default: %(default)s)",
     )
     parser.add_argument(
-        "--nprobe", type=int, default=64, help="IVF lists scanned per query, stored in the index (default: %(default)s)"
+        "--nprobe",
+        type=in_range(int, 1),
+        default=64,
+        help="IVF lists scanned per query, stored in the index (default: %(default)s)",
     )
     parser.add_argument(
-        "--ef_search", type=int, default=128, help="HNSW search breadth, stored in the index (default: %(default)s)"
+        "--ef_search",
+        type=in_range(int, 1),
+        default=128,
+        help="HNSW search breadth, stored in the index (default: %(default)s)",
     )
     parser.add_argument("--fp16", action="store_true", help="encode in fp16 (CUDA only)")
     parser.add_argument("--device", default="auto", help="torch device; auto = cuda if available (default: auto)")

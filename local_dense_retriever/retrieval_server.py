@@ -13,26 +13,14 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 
 from retriever.api import create_app
-from retriever.settings import MAX_TOPK, Settings
+from retriever.settings import MAX_TOPK, Settings, in_range
 
 logger = logging.getLogger("retrieval_server")
-
-
-def _positive(kind: type) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net = parser.add_argument_group("network")
     net.add_argument("--host", default=defaults.host, help="interface to bind (default: %(default)s)")
-    net.add_argument("--port", type=int, default=defaults.port, help="TCP port (default: %(default)s)")
+    net.add_argument(
+        "--port", type=in_range(int, 0, 65535), default=defaults.port, help="TCP port (default: %(default)s)"
+    )
     net.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
     net.add_argument("--access_log", action="store_true", help="log every HTTP request (costly under load)")
     dev = parser.add_argument_group("devices")
@@ -69,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--fp16", action="store_true", help="run the encoder in fp16 (CUDA only; ignored on CPU)")
     dev.add_argument(
         "--num_threads",
-        type=_positive(int),
+        type=in_range(int, 1),
         default=None,
         help="CPU threads for torch and FAISS (default: all allowed)",
     )
@@ -79,40 +69,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="on: batch queries across requests; off: search each request alone (baseline, no cache)",
     )  # fmt: skip
     batch.add_argument(
-        "--max_batch_size", type=_positive(int), default=defaults.max_batch_size,
+        "--max_batch_size", type=in_range(int, 1), default=defaults.max_batch_size,
         help="most queries searched together (default: %(default)s)",
     )  # fmt: skip
     batch.add_argument(
-        "--max_wait_ms", type=float, default=defaults.max_wait_ms,
+        "--max_wait_ms", type=in_range(float, 0), default=defaults.max_wait_ms,
         help="longest a query waits for others to join its batch when the worker is idle (default: %(default)s)",
     )  # fmt: skip
     batch.add_argument(
-        "--cache_size", type=int, default=defaults.cache_size,
+        "--cache_size", type=in_range(int, 0), default=defaults.cache_size,
         help="LRU entries of (query, topk) -> passages; 0 disables (default: %(default)s)",
     )  # fmt: skip
     batch.add_argument(
-        "--encode_batch_size", type=_positive(int), default=defaults.encode_batch_size,
+        "--encode_batch_size", type=in_range(int, 1), default=defaults.encode_batch_size,
         help="queries per encoder forward pass (default: %(default)s)",
     )  # fmt: skip
     batch.add_argument(
-        "--query_max_length", type=_positive(int), default=defaults.query_max_length,
+        "--query_max_length", type=in_range(int, 1), default=defaults.query_max_length,
         help="query tokens kept by the encoder (default: %(default)s)",
     )  # fmt: skip
     limits = parser.add_argument_group("request limits (violations get 4xx with a message)")
     limits.add_argument(
-        "--max_queries", type=_positive(int), default=defaults.max_queries,
+        "--max_queries", type=in_range(int, 1), default=defaults.max_queries,
         help="most queries in one request (default: %(default)s)",
     )  # fmt: skip
     limits.add_argument(
-        "--max_query_chars", type=_positive(int), default=defaults.max_query_chars,
+        "--max_query_chars", type=in_range(int, 1), default=defaults.max_query_chars,
         help="longest query in characters (default: %(default)s)",
     )  # fmt: skip
     limits.add_argument(
-        "--max_pending", type=_positive(int), default=defaults.max_pending,
+        "--max_pending", type=in_range(int, 1), default=defaults.max_pending,
         help="queries waiting at once before new requests get 503 (default: %(default)s)",
     )  # fmt: skip
     limits.add_argument(
-        "--max_body_mb", type=_positive(float), default=defaults.max_body_mb,
+        "--max_body_mb", type=in_range(float, 0, exclude_low=True), default=defaults.max_body_mb,
         help="largest request body in MiB, else 413 (default: %(default)s)",
     )  # fmt: skip
     return parser
@@ -153,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("index_path", "corpus_path"):
         if not Path(getattr(args, flag)).is_file():
             parser.error(f"--{flag} {getattr(args, flag)} is not a file")
-    if args.max_wait_ms < 0 or args.cache_size < 0:
-        parser.error("--max_wait_ms and --cache_size must be >= 0")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     settings = settings_from_args(args)

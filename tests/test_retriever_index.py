@@ -173,6 +173,15 @@ def test_build_index_refuses_shards_of_another_run(tmp_path: Path, toy_corpus_fi
         build_index.main(argv)
 
 
+@pytest.mark.parametrize(
+    "flag", ["--batch_size", "--max_length", "--shard_size", "--train_size", "--nprobe", "--ef_search"]
+)
+def test_build_index_refuses_non_positive_numbers(tmp_path: Path, capsys: pytest.CaptureFixture, flag: str):
+    with pytest.raises(SystemExit) as exit_info:
+        build_index.main(_build_argv(tmp_path / "c.jsonl", tmp_path, tmp_path / "x.index", flag, "0"))
+    assert exit_info.value.code == 2 and f"{flag}: must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_build_index_help_explains_every_flag():
     text = build_index.build_parser().format_help()
     for flag in ("--corpus_path", "--retriever_model", "--index_path", "--retriever_name", "--batch_size",

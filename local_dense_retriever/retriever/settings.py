@@ -1,10 +1,36 @@
-"""Every server setting in one place, with the defaults the CLI shows in --help."""
+"""Every server setting in one place, with the defaults the CLI shows in --help, and the bounds checks of the CLIs."""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 MAX_TOPK = 100
+
+Number = TypeVar("Number", int, float)
+
+
+def in_range(
+    kind: Callable[[str], Number], low: Number, high: Number | None = None, *, exclude_low: bool = False
+) -> Callable[[str], Number]:
+    """An argparse ``type`` that refuses numbers outside ``[low, high]`` (``(low, high]`` with ``exclude_low``).
+
+    Out-of-range flags then stop at parse time with ``--flag: must be >= low, got x`` instead of failing later
+    (a zero shard size divides by zero, a negative cache size raises deep in the batcher).
+    """
+
+    def parse(text: str) -> Number:
+        value = kind(text)
+        if value < low or (exclude_low and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if exclude_low else '>='} {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
+    return parse
 
 
 @dataclass
