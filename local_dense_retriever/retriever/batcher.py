@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from .cache import LRUCache
@@ -58,10 +58,9 @@ class BatcherStats:
     failed_batches: int = 0
     largest_batch: int = 0
     busy_s: float = 0.0
-    started: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "started"}
+        data = asdict(self)
         data["busy_s"] = round(self.busy_s, 3)
         data["mean_batch"] = round(self.searched / self.batches, 2) if self.batches else 0.0
         return data
