@@ -141,7 +141,9 @@ def main() -> int:
         serve_read_all(*args.serve_read_all, port=args.port)
         return 0
 
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    if len(sizes) < 2 or sizes[0] == sizes[-1] or args.repeats < 1:
+        parser.error("--sizes needs two different sizes (start-up is compared across them) and --repeats >= 1")
     need_gb = sum(n * (DIM * 4 + 700) for n in sizes) / 1e9
     free_gb = shutil.disk_usage(args.work_dir.parent).free / 1e9
     if free_gb < need_gb + 5:
