@@ -108,7 +108,7 @@ class SearchIndex:
         for start in range(0, self.ntotal, rows):
             count = min(rows, self.ntotal - start)
             np.copyto(chunk[:count], self._vectors[start : start + count])
-            block = chunk_scores[:, :count] if count == rows else np.empty((nq, count), dtype=np.float32)
+            block = chunk_scores if count == rows else np.empty((nq, count), dtype=np.float32)
             np.matmul(queries, chunk[:count].T, out=block)
             heaps.addn(count, faiss.swig_ptr(block), start, 0, nq)
         heaps.reorder()
