@@ -26,6 +26,7 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -33,6 +34,9 @@ from tqdm import tqdm
 from retriever.corpus import Corpus
 from retriever.encoder import ENCODER_SPECS, Encoder, set_cpu_threads
 from retriever.settings import in_range
+
+if TYPE_CHECKING:  # imported at run time only after main() set OMP_WAIT_POLICY for FAISS' OpenMP runtime
+    import faiss
 
 logger = logging.getLogger("build_index")
 
@@ -137,7 +141,7 @@ def encode_shards(corpus: Corpus, encoder: Encoder, work_dir: Path, shard_size: 
     return shards
 
 
-def build_index(shards: list[Path], dim: int, index_type: str, train_size: int):
+def build_index(shards: list[Path], dim: int, index_type: str, train_size: int) -> faiss.Index:
     """Create the FAISS index from the saved shards (training first when the index type needs it)."""
     import faiss
 
@@ -157,7 +161,7 @@ def build_index(shards: list[Path], dim: int, index_type: str, train_size: int):
     return index
 
 
-def set_search_params(index, nprobe: int, ef_search: int) -> None:
+def set_search_params(index: faiss.Index, nprobe: int, ef_search: int) -> None:
     """Store query-time breadth in the index file itself, so the server needs no per-type knobs."""
     import faiss
 
