@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from live_server import serve_app
 from pydantic import BaseModel, Field
-from sglang_mock import serve_app
 
 
 class RetrieveRequest(BaseModel):

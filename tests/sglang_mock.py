@@ -28,18 +28,16 @@ import copy
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 import fastapi
-import uvicorn
 from fastapi.responses import JSONResponse
+from live_server import serve_app
 
 logger = logging.getLogger(__name__)
 
@@ -572,38 +570,6 @@ def _normalise_tool(tool: dict[str, Any]) -> dict[str, Any]:
         "strict": bool(function.get("strict", False)),
     }
     return {"type": tool.get("type", "function"), "function": dumped}
-
-
-@contextlib.contextmanager
-def serve_app(app: Any, *, port: int = 0, name: str = "test-server", startup_timeout_s: float = 20.0) -> Iterator[str]:
-    """Run an ASGI ``app`` with uvicorn in a background thread on 127.0.0.1; yield its base URL, stop on exit.
-
-    The socket is bound here (port 0: a free one) and handed to uvicorn, so there is no race for the port; a fixed
-    ``port`` serves "down, then up" scenarios. On exit the server is told to stop and the thread is joined.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"{name}-{port}", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + startup_timeout_s
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError(f"{name} server thread exited during startup")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start on port {port} within {startup_timeout_s}s")
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10.0)
-        sock.close()
-        if thread.is_alive():
-            logger.error("%s server thread on port %d did not stop within 10s", name, port)
 
 
 def serve_mock_sglang(mock: MockSGLang, *, startup_timeout_s: float = 20.0) -> contextlib.AbstractContextManager[str]:

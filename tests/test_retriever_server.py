@@ -13,13 +13,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from conftest import free_port
+from live_server import serve_app
 
 from retriever.api import create_app
 from retriever.engine import RetrievalEngine
@@ -302,22 +302,9 @@ def toy_engine(toy_index, minilm_dir: Path) -> RetrievalEngine:
     return RetrievalEngine.load(index, corpus, str(minilm_dir), "e5")
 
 
-@contextmanager
-def serve_in_process(settings: Settings, load_engine: Callable) -> Iterator[str]:
-    port = free_port()
-    app = create_app(settings, load_engine=load_engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "in-process server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+def serve_in_process(settings: Settings, load_engine: Callable) -> AbstractContextManager[str]:
+    """The real app, startup hook included (it starts loading the engine in the background)."""
+    return serve_app(create_app(settings, load_engine=load_engine), name="retriever", lifespan="on")
 
 
 def _settings(toy_index) -> Settings:
