@@ -44,8 +44,8 @@ echo
 
 step "5/6 training data: upstream-shaped QA parquet -> slime-ready tool-calling prompts"
 "$PY" -m search_r1_oai.toy_data qa --facts "$OUT/facts.jsonl" --out_dir "$OUT/raw"
+# It checks what it wrote the way slime reads it; `data_preprocess.py --check FILE` does that alone.
 "$PY" data_preprocess.py --input_dir "$OUT/raw" --local_dir "$OUT/processed" --no_progress
-"$PY" data_preprocess.py --check "$OUT/processed/train.parquet"
 
 step "6/6 the rollout's search client against the live retriever"
 RETRIEVAL_SERVER_URL="http://127.0.0.1:$PORT" "$PY" -m search_r1_oai.toy_data recall --facts "$OUT/facts.jsonl"

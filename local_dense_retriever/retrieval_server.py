@@ -24,7 +24,7 @@ logger = logging.getLogger("retrieval_server")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = Settings(index_path="", corpus_path="", retriever_model="")
+    defaults = Settings(index_path="", corpus_path="")
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--corpus_path", required=True, help="jsonl corpus, line i = vector i ({id, contents} wiki-18 style)"
     )
-    data.add_argument("--retriever_model", required=True, help="HF model name or local dir of the query encoder")
+    data.add_argument(
+        "--retriever_model",
+        default=defaults.retriever_model,
+        help="HF model name or local dir of the query encoder; must be the one that built the index "
+        "(default: %(default)s, the wiki-18 index's)",
+    )
     data.add_argument(
         "--retriever_name",
         default=defaults.retriever_name,

@@ -182,6 +182,16 @@ def test_build_index_refuses_non_positive_numbers(tmp_path: Path, capsys: pytest
     assert exit_info.value.code == 2 and f"{flag}: must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_build_index_names_a_missing_corpus(tmp_path: Path, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as exit_info:
+        build_index.main(_build_argv(tmp_path / "nope.jsonl", tmp_path, tmp_path / "x.index"))
+    assert (
+        exit_info.value.code == 2
+        and f"--corpus_path {tmp_path / 'nope.jsonl'} is not a file" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "x.index").exists()
+
+
 def test_build_index_help_explains_every_flag():
     text = build_index.build_parser().format_help()
     for flag in ("--corpus_path", "--retriever_model", "--index_path", "--retriever_name", "--batch_size",

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 MAX_TOPK = 100
+# The encoder of the wiki-18 index that download.py fetches; other indexes need the model they were built with.
+DEFAULT_RETRIEVER_MODEL = "intfloat/e5-base-v2"
 
 Number = TypeVar("Number", int, float)
 
@@ -39,7 +41,7 @@ class Settings:
 
     index_path: str
     corpus_path: str
-    retriever_model: str
+    retriever_model: str = DEFAULT_RETRIEVER_MODEL
     retriever_name: str = "e5"
     topk: int = 3
     host: str = "127.0.0.1"
