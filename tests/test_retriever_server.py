@@ -197,6 +197,12 @@ def test_invalid_json_gets_422_and_the_server_keeps_serving(server: ServerProces
     assert _retrieve(server, {"queries": ["still alive?"]}).status_code == 200
 
 
+def test_json_sent_without_a_json_content_type_gets_422_that_says_so(server: ServerProcess):
+    response = httpx.post(f"{server.url}/retrieve", content=b'{"queries": ["x"]}', timeout=30)  # no content-type
+    assert response.status_code == 422, response.text
+    assert "content-type: application/json" in response.json()["message"]
+
+
 def test_chunked_body_over_the_limit_gets_413(server: ServerProcess):
     def chunks() -> Iterator[bytes]:
         yield b'{"queries": ["'

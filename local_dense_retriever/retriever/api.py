@@ -197,10 +197,15 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
     app.add_middleware(BodySizeLimit, max_bytes=int(settings.max_body_mb * (1 << 20)))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The offending input is not echoed back: it can be megabytes, and the message names the problem.
         errors = [{k: v for k, v in error.items() if k != "input"} for error in jsonable_encoder(exc.errors())]
-        return JSONResponse({"detail": errors, "message": _summarise(errors)}, status_code=422)
+        message = _summarise(errors)
+        content_type = request.headers.get("content-type", "")
+        if "json" not in content_type:
+            # FastAPI parses a body as JSON only when it says so; e.g. requests' data= sends a form content type.
+            message += f" (the body is read as JSON only with content-type: application/json; got {content_type!r})"
+        return JSONResponse({"detail": errors, "message": message}, status_code=422)
 
     @app.get("/health", summary="200 with index and queue facts when ready; 503 while loading or failed")
     async def health() -> JSONResponse:
