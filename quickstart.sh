@@ -4,9 +4,15 @@
 # The GPU path (Wikipedia-2018 index, SGLang policy, slime training) is in README.md.
 #
 #   bash quickstart.sh            (QUICKSTART_DIR=DIR to choose where the toy files go; default build/quickstart)
+#   bash quickstart.sh --help     this text
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+case "${1:-}" in
+  "") ;;
+  -h | --help) sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "error: quickstart.sh takes no arguments, got '$1' (see --help)" >&2; exit 2 ;;
+esac
 cd "$ROOT"
 OUT="${QUICKSTART_DIR:-$ROOT/build/quickstart}"
 PY="$ROOT/.venv/bin/python"

@@ -5,16 +5,34 @@
 #
 #   bash run_qwen2.5-3B-it.sh [--dry-run] [extra slime flags...]
 #
-# Paths and sizes come from the environment (defaults below); extra arguments are appended to slime's flags.
-# --dry-run prints the runtime environment and the full train command, then exits without touching Ray.
+#   --dry-run     print the Ray runtime environment and the full train command, then exit without touching Ray
+#   -h, --help    this text
+#   extra arguments are appended to slime's flags (later flags win)
+#
+# Environment (defaults in brackets):
+#   SLIME_DIR, MEGATRON_DIR   checkouts [/root/slime, /root/Megatron-LM]
+#   HF_CKPT                   Hugging Face checkpoint [/root/Qwen2.5-3B-Instruct]
+#   REF_LOAD                  its torch_dist conversion [/root/Qwen2.5-3B-Instruct_torch_dist]
+#   SAVE_DIR                  where checkpoints go [/root/Qwen2.5-3B-Instruct_search_r1_oai]
+#   SAVE_INTERVAL             save every this many rollouts [100]
+#   DATA_DIR                  holds train.parquet from data_preprocess.py [data/search_r1_processed beside this script]
+#   NUM_GPUS, TP_SIZE         GPUs for training and rollout (colocated), tensor parallel size [4, 2]
+#   NUM_ROLLOUT, ROLLOUT_BATCH_SIZE, N_SAMPLES_PER_PROMPT, GLOBAL_BATCH_SIZE   [1000, 64, 8, 512]
+#   MAX_TOKENS_PER_TURN       slime's --rollout-max-response-len: the most tokens of one assistant turn [512]
+#   MAX_TOKENS_PER_GPU        Megatron dynamic batch size [9216]
+#   MASTER_ADDR, RAY_DASHBOARD_PORT   Ray head address and dashboard port [127.0.0.1, 8265]
+#   RETRIEVAL_SERVER_URL      retriever, comma-separated for replicas [http://127.0.0.1:8000]
+#   SEARCH_R1_*               rollout settings (README, Settings); forwarded to the Ray job with RETRIEVAL_SERVER_URL
+#   WANDB_API_KEY             set to log to wandb (WANDB_PROJECT [search-r1-oai], WANDB_GROUP [qwen2.5-3B-it])
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+usage() { sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 DRY_RUN=0
-if [[ "${1:-}" == "--dry-run" ]]; then
-  DRY_RUN=1
-  shift
-fi
+case "${1:-}" in
+  --dry-run) DRY_RUN=1; shift ;;
+  -h | --help) usage; exit 0 ;;
+esac
 
 SLIME_DIR="${SLIME_DIR:-/root/slime}"
 MEGATRON_DIR="${MEGATRON_DIR:-/root/Megatron-LM}"

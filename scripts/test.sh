@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # The project's one test command: set up .venv, lint (ruff, shellcheck), run the whole pytest suite offline.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k retriever`.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k retriever`; -h/--help alone prints this text.
+# VENV=DIR uses another virtual environment than .venv.
 set -euo pipefail
+
+if [[ "$#" -eq 1 && ("$1" == "-h" || "$1" == "--help") ]]; then
+  sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+  exit 0
+fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -77,6 +78,17 @@ def test_train_script_explains_missing_prerequisites(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "slime not found" in result.stderr and str(tmp_path) in result.stderr
+
+
+@pytest.mark.parametrize("script", [TRAIN, WRAPPER], ids=lambda p: p.name)
+def test_help_names_every_environment_variable_the_script_reads(script: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["bash", str(script), "--help"], env={**os.environ, "SLIME_DIR": str(tmp_path)}, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("Train" if script == TRAIN else "One command")
+    read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", script.read_text()))
+    missing = sorted(name for name in read if name not in result.stdout)
+    assert read and not missing, f"--help of {script.name} does not mention {missing}"
 
 
 # ---- the tmux wrapper --------------------------------------------------------------------------------------------
