@@ -14,10 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from search_r1_oai.config import Settings
-from search_r1_oai.httpclients import call_with_retries, describe_error, shared_client
+from search_r1_oai.httpclients import RequestFailed, post_json, shared_client
 
 MIN_TOKEN_ID_VERSION = "0.5.13"
 
@@ -154,18 +152,11 @@ class ChatClient:
         client = shared_client("policy", self._settings, self._settings.policy_timeout_s)
         content = encode_request(body, input_ids_json)
         headers = {"content-type": "application/json"}
-        attempts = 0
-
-        async def attempt() -> Any:
-            nonlocal attempts
-            attempts += 1
-            response = await client.post(self.url, content=content, headers=headers)
-            response.raise_for_status()
-            return response.json()
-
         started = time.perf_counter()
         try:
-            reply = await call_with_retries(attempt, self._settings.policy_retries, self._settings)
-        except (httpx.HTTPError, ValueError) as exc:
-            raise PolicyError(f"policy call failed after {attempts} attempt(s): {describe_error(exc)}") from exc
+            reply, _ = await post_json(
+                client, self.url, self._settings.policy_retries, self._settings, content=content, headers=headers
+            )
+        except RequestFailed as exc:
+            raise PolicyError(f"policy call failed {exc}") from exc
         return parse_chat_response(reply, time.perf_counter() - started)

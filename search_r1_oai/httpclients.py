@@ -18,15 +18,13 @@ import itertools
 import json
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from search_r1_oai.config import Settings
-
-T = TypeVar("T")
 
 # Concurrent requests per client shard, so each httpcore pool only ever tracks a handful of connections.
 CONNECTIONS_PER_SHARD = 8
@@ -82,8 +80,25 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
-async def call_with_retries(func: Callable[[], Awaitable[T]], retries: int, settings: Settings) -> T:
-    """Run ``func`` with up to ``retries`` extra attempts on retryable errors; the last error is re-raised."""
+class RequestFailed(Exception):
+    """A request that still failed after its retries; the message says after how many attempts and why."""
+
+
+async def post_json(
+    client: httpx.AsyncClient, url: str | Callable[[], str], retries: int, settings: Settings, **request: Any
+) -> tuple[Any, int]:
+    """POST and decode the JSON reply, with up to ``retries`` extra attempts on retryable errors (backoff with
+    jitter); returns the reply and the attempts it took. A callable ``url`` is asked again for every attempt, so a
+    retry can go to another replica."""
+    attempts = 0
+
+    async def attempt() -> Any:
+        nonlocal attempts
+        attempts += 1
+        response = await client.post(url() if callable(url) else url, **request)
+        response.raise_for_status()
+        return response.json()
+
     retrying = AsyncRetrying(
         stop=stop_after_attempt(retries + 1),
         wait=wait_exponential(multiplier=settings.retry_initial_wait_s, max=settings.retry_max_wait_s)
@@ -91,7 +106,10 @@ async def call_with_retries(func: Callable[[], Awaitable[T]], retries: int, sett
         retry=retry_if_exception(is_retryable),
         reraise=True,
     )
-    return await retrying(func)
+    try:
+        return await retrying(attempt), attempts
+    except (httpx.HTTPError, ValueError) as exc:
+        raise RequestFailed(f"after {attempts} attempt(s): {describe_error(exc)}") from exc
 
 
 def error_detail(response: httpx.Response, limit: int = 500) -> str:

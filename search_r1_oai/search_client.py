@@ -11,10 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from search_r1_oai.config import Settings
-from search_r1_oai.httpclients import call_with_retries, describe_error, shared_client
+from search_r1_oai.httpclients import RequestFailed, post_json, shared_client
 
 _ROUND_ROBIN = itertools.count()
 
@@ -77,9 +75,9 @@ class SearchClient:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
-    def _next_url(self) -> str:
+    def _next_url_for_retrieve(self) -> str:
         urls = self._settings.retrieval_urls
-        return urls[next(_ROUND_ROBIN) % len(urls)]
+        return urls[next(_ROUND_ROBIN) % len(urls)] + "/retrieve"
 
     async def retrieve(self, queries: list[str]) -> RetrievalResult:
         """Top-k passages for every query in one call; raises :class:`SearchError` with the reason on failure."""
@@ -87,20 +85,13 @@ class SearchClient:
             raise SearchError("no queries to search")
         client = shared_client("retriever", self._settings, self._settings.retrieval_timeout_s)
         payload = {"queries": queries, "topk": self._settings.topk, "return_scores": False}
-        attempts = 0
-
-        async def attempt() -> Any:
-            nonlocal attempts
-            attempts += 1
-            response = await client.post(self._next_url() + "/retrieve", json=payload)
-            response.raise_for_status()
-            return response.json()
-
         started = time.perf_counter()
         try:
-            body = await call_with_retries(attempt, self._settings.retrieval_retries, self._settings)
-        except (httpx.HTTPError, ValueError) as exc:
-            raise SearchError(f"retriever failed after {attempts} attempt(s): {describe_error(exc)}") from exc
+            body, attempts = await post_json(
+                client, self._next_url_for_retrieve, self._settings.retrieval_retries, self._settings, json=payload
+            )
+        except RequestFailed as exc:
+            raise SearchError(f"retriever failed {exc}") from exc
         latency = time.perf_counter() - started
         result = body.get("result") if isinstance(body, dict) else None
         if not isinstance(result, list) or len(result) != len(queries):
