@@ -10,7 +10,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 case "${1:-}" in
   "") ;;
-  -h | --help) sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) bash "$ROOT/scripts/print_usage.sh" "${BASH_SOURCE[0]}"; exit 0 ;;
   *) echo "error: quickstart.sh takes no arguments, got '$1' (see --help)" >&2; exit 2 ;;
 esac
 cd "$ROOT"

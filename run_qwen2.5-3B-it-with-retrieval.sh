@@ -28,7 +28,7 @@ RETRIEVER_READY_TIMEOUT="${RETRIEVER_READY_TIMEOUT:-600}"
 TRAIN_SCRIPT="${TRAIN_SCRIPT:-$ROOT/run_qwen2.5-3B-it.sh}"
 export RETRIEVAL_SERVER_URL="${RETRIEVAL_SERVER_URL:-http://127.0.0.1:8000}"
 
-usage() { sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+usage() { bash "$ROOT/scripts/print_usage.sh" "${BASH_SOURCE[0]}"; }
 log() { echo "[with-retrieval] $*"; }
 die() { echo "[with-retrieval] error: $*" >&2; exit 1; }
 

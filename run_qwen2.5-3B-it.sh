@@ -27,7 +27,7 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-usage() { sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+usage() { bash "$SCRIPT_DIR/scripts/print_usage.sh" "${BASH_SOURCE[0]}"; }
 DRY_RUN=0
 case "${1:-}" in
   --dry-run) DRY_RUN=1; shift ;;

@@ -34,7 +34,7 @@ REQUIREMENTS="$SCRIPT_DIR/requirements.txt"
 TORCH_PIN="$ROOT/scripts/torch-cpu.txt"
 DRY_RUN=0
 
-usage() { sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+usage() { bash "$ROOT/scripts/print_usage.sh" "${BASH_SOURCE[0]}"; }
 say() { echo "[setup_venv] $*"; }
 die() { echo "[setup_venv] error: $*" >&2; exit 1; }
 run() {

@@ -36,7 +36,7 @@ RETRIEVER_NAME="${RETRIEVER_NAME:-e5}"
 RETRIEVER_PYTHON="${RETRIEVER_PYTHON:-$SCRIPT_DIR/.venv/bin/python}"
 EXTRA=()
 
-usage() { sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+usage() { bash "$SCRIPT_DIR/../scripts/print_usage.sh" "${BASH_SOURCE[0]}"; }
 die() { echo "[start_server] error: $*" >&2; exit 1; }
 
 if (($#)) && [[ "$1" != -* ]]; then

@@ -4,12 +4,11 @@
 # VENV=DIR uses another virtual environment than .venv.
 set -euo pipefail
 
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ "$#" -eq 1 && ("$1" == "-h" || "$1" == "--help") ]]; then
-  sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+  bash "$ROOT/scripts/print_usage.sh" "${BASH_SOURCE[0]}"
   exit 0
 fi
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${VENV:-$ROOT/.venv}"
 export VENV
