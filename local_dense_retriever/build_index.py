@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from retriever.corpus import Corpus
 from retriever.encoder import ENCODER_SPECS, Encoder, set_cpu_threads
-from retriever.settings import DEFAULT_RETRIEVER_MODEL, in_range
+from retriever.settings import DEFAULT_RETRIEVER_MODEL, existing_file, in_range
 
 if TYPE_CHECKING:  # imported at run time only after main() set OMP_WAIT_POLICY for FAISS' OpenMP runtime
     import faiss
@@ -43,7 +43,7 @@ logger = logging.getLogger("build_index")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus_path", required=True, type=Path, help="jsonl corpus, one passage per line")
+    parser.add_argument("--corpus_path", required=True, type=existing_file, help="jsonl corpus, one passage per line")
     parser.add_argument(
         "--retriever_model",
         default=DEFAULT_RETRIEVER_MODEL,
@@ -176,10 +176,7 @@ def set_search_params(index: faiss.Index, nprobe: int, ef_search: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.corpus_path.is_file():
-        parser.error(f"--corpus_path {args.corpus_path} is not a file")
+    args = build_parser().parse_args(argv)
     # torch and FAISS each bring their own OpenMP runtime; with the default busy-wait policy the idle pool
     # spins on the cores the other one needs (a 1-query encode measured 485 ms instead of 24 ms on 2 cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

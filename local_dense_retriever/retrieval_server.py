@@ -13,12 +13,11 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 import uvicorn
 
 from retriever.api import create_app
-from retriever.settings import MAX_TOPK, Settings, in_range
+from retriever.settings import MAX_TOPK, Settings, existing_file, in_range
 
 logger = logging.getLogger("retrieval_server")
 
@@ -29,9 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     data = parser.add_argument_group("data and model")
-    data.add_argument("--index_path", required=True, help="FAISS index file (memory-mapped, not read into RAM)")
     data.add_argument(
-        "--corpus_path", required=True, help="jsonl corpus, line i = vector i ({id, contents} wiki-18 style)"
+        "--index_path", required=True, type=existing_file, help="FAISS index file (memory-mapped, not read into RAM)"
+    )
+    data.add_argument(
+        "--corpus_path",
+        required=True,
+        type=existing_file,
+        help="jsonl corpus, line i = vector i ({id, contents} wiki-18 style)",
     )
     data.add_argument(
         "--retriever_model",
@@ -115,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
-        index_path=args.index_path,
-        corpus_path=args.corpus_path,
+        index_path=str(args.index_path),
+        corpus_path=str(args.corpus_path),
         retriever_model=args.retriever_model,
         retriever_name=args.retriever_name,
         topk=args.topk,
@@ -145,9 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     # torch and FAISS each bring their own OpenMP runtime; with the default busy-wait policy the idle pool
     # spins on the cores the other one needs (a 1-query encode measured 485 ms instead of 24 ms on 2 cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    for flag in ("index_path", "corpus_path"):
-        if not Path(getattr(args, flag)).is_file():
-            parser.error(f"--{flag} {getattr(args, flag)} is not a file")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     settings = settings_from_args(args)

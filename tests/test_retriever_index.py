@@ -177,6 +177,7 @@ def test_build_index_refuses_shards_of_another_run(tmp_path: Path, toy_corpus_fi
     "flag", ["--batch_size", "--max_length", "--shard_size", "--train_size", "--nprobe", "--ef_search"]
 )
 def test_build_index_refuses_non_positive_numbers(tmp_path: Path, capsys: pytest.CaptureFixture, flag: str):
+    (tmp_path / "c.jsonl").write_text('{"id": "0", "contents": "\\"T\\"\\nx"}\n')
     with pytest.raises(SystemExit) as exit_info:
         build_index.main(_build_argv(tmp_path / "c.jsonl", tmp_path, tmp_path / "x.index", flag, "0"))
     assert exit_info.value.code == 2 and f"{flag}: must be >= 1, got 0" in capsys.readouterr().err
@@ -187,7 +188,7 @@ def test_build_index_names_a_missing_corpus(tmp_path: Path, capsys: pytest.Captu
         build_index.main(_build_argv(tmp_path / "nope.jsonl", tmp_path, tmp_path / "x.index"))
     assert (
         exit_info.value.code == 2
-        and f"--corpus_path {tmp_path / 'nope.jsonl'} is not a file" in capsys.readouterr().err
+        and f"argument --corpus_path: {tmp_path / 'nope.jsonl'} is not a file" in capsys.readouterr().err
     )
     assert not (tmp_path / "x.index").exists()
 

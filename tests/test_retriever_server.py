@@ -281,12 +281,16 @@ def test_cli_rejects_missing_files_and_help_lists_every_flag(tmp_path: Path):
         capture_output=True, text=True, timeout=60, cwd=PROJECT,
     )  # fmt: skip
     assert missing.returncode == 2 and "--index_path" in missing.stderr and "is not a file" in missing.stderr
+    index, corpus = tmp_path / "i.index", tmp_path / "c.jsonl"  # present, so only the numeric flag is wrong
+    index.touch()
+    corpus.touch()
     for bad, message in ((["--cache_size", "-1"], "--cache_size: must be >= 0, got -1"),
                          (["--max_wait_ms", "-5"], "--max_wait_ms: must be >= 0, got -5"),
                          (["--max_body_mb", "0"], "--max_body_mb: must be > 0, got 0"),
                          (["--port", "70000"], "--port: must be <= 65535, got 70000")):  # fmt: skip
         refused = subprocess.run(
-            [sys.executable, str(SERVER), "--index_path", "i", "--corpus_path", "c", "--retriever_model", "m", *bad],
+            [sys.executable, str(SERVER), "--index_path", str(index), "--corpus_path", str(corpus),
+             "--retriever_model", "m", *bad],
             capture_output=True, text=True, timeout=60, cwd=PROJECT,
         )  # fmt: skip
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 MAX_TOPK = 100
@@ -33,6 +34,14 @@ def in_range(
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
     return parse
+
+
+def existing_file(text: str) -> Path:
+    """An argparse ``type`` for input files, so a wrong path stops at parse time, before any model is loaded."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a file")
+    return path
 
 
 @dataclass
