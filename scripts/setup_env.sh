@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Create or update the project's CPU environment in .venv (tests, quickstart, data tools).
-# Idempotent: a second run with unchanged requirement files only checks a stamp.
+# Create or update the project's CPU environments: .venv (tests, quickstart, data tools) and .venv-real (the real
+# components the tests run: slime's router binary and a CPU Ray, tests/requirements-real.txt; kept apart so their
+# dependencies never touch .venv's pins). Idempotent: a second run with unchanged requirement files checks stamps.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
+REAL_VENV="${REAL_VENV:-$ROOT/.venv-real}"
 PYTHON="${PYTHON:-python3}"
 REQ_FILES=(
   "$ROOT/scripts/torch-cpu.txt"
@@ -13,15 +15,30 @@ REQ_FILES=(
   "$ROOT/tests/requirements-nodeps.txt"
 )
 
-if [[ ! -x "$VENV/bin/python" ]]; then
-  echo "[setup_env] creating $VENV"
-  "$PYTHON" -m venv "$VENV"
-fi
-pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
+REAL_REQ="$ROOT/tests/requirements-real.txt"
 
-stamp="$VENV/.search-r1-oai-requirements.sha256"
-wanted="$(cat "${REQ_FILES[@]}" | sha256sum | cut -d' ' -f1)"
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
+pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
+# is_current VENV FILES...: whether VENV exists and was built from exactly these files (creates it when missing).
+is_current() {
+  local venv="$1"; shift
+  if [[ ! -x "$venv/bin/python" ]]; then
+    echo "[setup_env] creating $venv"
+    "$PYTHON" -m venv "$venv"
+  fi
+  wanted="$(cat "$@" | sha256sum | cut -d' ' -f1)"
+  stamp="$venv/.search-r1-oai-requirements.sha256"
+  [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]
+}
+
+if is_current "$REAL_VENV" "$REAL_REQ"; then
+  echo "[setup_env] $REAL_VENV is up to date"
+else
+  echo "[setup_env] installing the real test components (router, Ray) into $REAL_VENV"
+  "$REAL_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REAL_REQ"
+  echo "$wanted" > "$stamp"
+fi
+
+if is_current "$VENV" "${REQ_FILES[@]}"; then
   echo "[setup_env] $VENV is up to date"
   exit 0
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command: set up .venv, lint (ruff, shellcheck), run the whole pytest suite offline.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k retriever`; -h/--help alone prints this text.
-# VENV=DIR uses another virtual environment than .venv.
+# VENV=DIR uses another virtual environment than .venv, REAL_VENV=DIR another than .venv-real (router, Ray).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,7 +11,8 @@ if [[ "$#" -eq 1 && ("$1" == "-h" || "$1" == "--help") ]]; then
 fi
 cd "$ROOT"
 VENV="${VENV:-$ROOT/.venv}"
-export VENV
+REAL_VENV="${REAL_VENV:-$ROOT/.venv-real}"
+export VENV REAL_VENV
 
 phase() {
   local name="$1"; shift

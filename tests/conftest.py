@@ -11,9 +11,21 @@ import pytest
 import offline_assets
 from search_r1_oai.toy_data import ToyFact, write_toy_corpus
 
+ROOT = Path(__file__).resolve().parent.parent
+# The real components the tests run (sglang-router's binary, a CPU Ray): scripts/setup_env.sh builds this venv.
+REAL_VENV = Path(os.environ.get("REAL_VENV") or ROOT / ".venv-real")
+
 # The suite must never reach a model hub; every asset is built from installed packages.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def real_venv() -> Path:
+    """The virtual environment holding the real router and Ray (tests/requirements-real.txt)."""
+    if not (REAL_VENV / "bin" / "python").exists():
+        pytest.fail(f"{REAL_VENV} is missing: run bash scripts/setup_env.sh (or set REAL_VENV)")
+    return REAL_VENV
 
 
 @pytest.fixture(scope="session")
