@@ -154,9 +154,9 @@ class ChatClient:
         headers = {"content-type": "application/json"}
         started = time.perf_counter()
         try:
-            reply, _ = await post_json(
+            reply = await post_json(
                 client, self.url, self._settings.policy_retries, self._settings, content=content, headers=headers
             )
         except RequestFailed as exc:
             raise PolicyError(f"policy call failed {exc}") from exc
-        return parse_chat_response(reply, time.perf_counter() - started)
+        return parse_chat_response(reply.body, time.perf_counter() - started)

@@ -19,6 +19,7 @@ import json
 import ssl
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -83,21 +84,46 @@ def is_retryable(exc: BaseException) -> bool:
 class RequestFailed(Exception):
     """A request that still failed after its retries; the message says after how many attempts and why."""
 
+    def __init__(self, message: str, attempts: int, urls: list[str]) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.urls = urls
+
+
+@dataclass(frozen=True)
+class PostResult:
+    """A decoded reply, the attempts it took and the URL that gave it."""
+
+    body: Any
+    attempts: int
+    url: str
+
 
 async def post_json(
-    client: httpx.AsyncClient, url: str | Callable[[], str], retries: int, settings: Settings, **request: Any
-) -> tuple[Any, int]:
+    client: httpx.AsyncClient,
+    url: str | Callable[[int], str],
+    retries: int,
+    settings: Settings,
+    *,
+    on_failure: Callable[[str, BaseException], None] | None = None,
+    **request: Any,
+) -> PostResult:
     """POST and decode the JSON reply, with up to ``retries`` extra attempts on retryable errors (backoff with
-    jitter); returns the reply and the attempts it took. A callable ``url`` is asked again for every attempt, so a
-    retry can go to another replica."""
-    attempts = 0
+    jitter). A callable ``url`` is asked for every attempt with the attempt's index (0 first), so a retry can go to
+    another replica; ``on_failure(url, error)`` hears of every failed attempt (to mark a replica down)."""
+    tried: list[str] = []
 
     async def attempt() -> Any:
-        nonlocal attempts
-        attempts += 1
-        response = await client.post(url() if callable(url) else url, **request)
-        response.raise_for_status()
-        return response.json()
+        target = url(len(tried)) if callable(url) else url
+        tried.append(target)
+        try:
+            response = await client.post(target, **request)
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            if on_failure is not None:
+                on_failure(target, exc)
+            raise
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(retries + 1),
@@ -107,9 +133,10 @@ async def post_json(
         reraise=True,
     )
     try:
-        return await retrying(attempt), attempts
+        body = await retrying(attempt)
     except (httpx.HTTPError, ValueError) as exc:
-        raise RequestFailed(f"after {attempts} attempt(s): {describe_error(exc)}") from exc
+        raise RequestFailed(f"after {len(tried)} attempt(s): {describe_error(exc)}", len(tried), tried) from exc
+    return PostResult(body=body, attempts=len(tried), url=tried[-1])
 
 
 def error_detail(response: httpx.Response, limit: int = 500) -> str:

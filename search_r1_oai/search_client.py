@@ -75,7 +75,7 @@ class SearchClient:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
-    def _next_url_for_retrieve(self) -> str:
+    def _next_url_for_retrieve(self, _attempt: int) -> str:
         urls = self._settings.retrieval_urls
         return urls[next(_ROUND_ROBIN) % len(urls)] + "/retrieve"
 
@@ -87,12 +87,13 @@ class SearchClient:
         payload = {"queries": queries, "topk": self._settings.topk, "return_scores": False}
         started = time.perf_counter()
         try:
-            body, attempts = await post_json(
+            reply = await post_json(
                 client, self._next_url_for_retrieve, self._settings.retrieval_retries, self._settings, json=payload
             )
         except RequestFailed as exc:
             raise SearchError(f"retriever failed {exc}") from exc
         latency = time.perf_counter() - started
+        body, attempts = reply.body, reply.attempts
         result = body.get("result") if isinstance(body, dict) else None
         if not isinstance(result, list) or len(result) != len(queries):
             raise SearchError(f"retriever reply has no 'result' list with one entry per query: {body!s:.200}")
