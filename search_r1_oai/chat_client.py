@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search_r1_oai.config import Settings
 from search_r1_oai.httpclients import RequestFailed, post_json, shared_client
 
+if TYPE_CHECKING:
+    from search_r1_oai.policy_route import PolicyRoute, PolicySession
+
 MIN_TOKEN_ID_VERSION = "0.5.13"
+CHAT_PATH = "/v1/chat/completions"
 
 # slime's SGLang-native sampling keys that exist on the chat endpoint under the same name.
 _SAME_NAME_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "stop", "stop_token_ids")
@@ -113,11 +117,18 @@ def _sampled_ids(
 
 
 class ChatClient:
-    """One policy endpoint; the pooled connection is shared by every rollout on the event loop."""
+    """One trajectory's policy calls; the pooled connections are shared by every rollout on the event loop.
 
-    def __init__(self, base_url: str, settings: Settings) -> None:
-        self.url = base_url.rstrip("/") + "/v1/chat/completions"
+    With a ``route`` (see :mod:`search_r1_oai.policy_route`) the calls go where the route says: a worker behind
+    slime's router, kept for every turn of the trajectory, or the router itself when it keeps the token-id fields.
+    Without one they go to ``base_url`` as given.
+    """
+
+    def __init__(self, base_url: str, settings: Settings, route: PolicyRoute | None = None) -> None:
+        self.url = base_url.rstrip("/") + CHAT_PATH
         self._settings = settings
+        self._route = route
+        self._session: PolicySession | None = None
 
     def build_request(
         self,
@@ -149,13 +160,27 @@ class ChatClient:
         ``input_ids_json`` (from the second turn on) makes the server condition on exactly our ids instead of
         re-rendering the history.
         """
+        url: Any = self.url
+        headers = {"content-type": "application/json"}
+        on_failure = None
+        if self._route is not None:
+            await self._route.resolve()  # RouteError (a PolicyError) when no path returns token ids
+            if self._session is None:
+                self._session = self._route.session()
+            url, on_failure = self._session.url, self._session.on_failure
+            headers.update(self._session.headers)
         client = shared_client("policy", self._settings, self._settings.policy_timeout_s)
         content = encode_request(body, input_ids_json)
-        headers = {"content-type": "application/json"}
         started = time.perf_counter()
         try:
             reply = await post_json(
-                client, self.url, self._settings.policy_retries, self._settings, content=content, headers=headers
+                client,
+                url,
+                self._settings.policy_retries,
+                self._settings,
+                on_failure=on_failure,
+                content=content,
+                headers=headers,
             )
         except RequestFailed as exc:
             raise PolicyError(f"policy call failed {exc}") from exc

@@ -111,13 +111,27 @@ async def post_json(
     """POST and decode the JSON reply, with up to ``retries`` extra attempts on retryable errors (backoff with
     jitter). A callable ``url`` is asked for every attempt with the attempt's index (0 first), so a retry can go to
     another replica; ``on_failure(url, error)`` hears of every failed attempt (to mark a replica down)."""
+    return await request_json(client, "POST", url, retries, settings, on_failure=on_failure, **request)
+
+
+async def request_json(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str | Callable[[int], str],
+    retries: int,
+    settings: Settings,
+    *,
+    on_failure: Callable[[str, BaseException], None] | None = None,
+    **request: Any,
+) -> PostResult:
+    """:func:`post_json` for any method."""
     tried: list[str] = []
 
     async def attempt() -> Any:
         target = url(len(tried)) if callable(url) else url
         tried.append(target)
         try:
-            response = await client.post(target, **request)
+            response = await client.request(method, target, **request)
             response.raise_for_status()
             return response.json()
         except (httpx.HTTPError, ValueError) as exc:

@@ -23,6 +23,7 @@ from typing import Any
 
 from search_r1_oai.chat_client import MIN_TOKEN_ID_VERSION, ChatClient, PolicyError, TurnOutput, chat_sampling_fields
 from search_r1_oai.config import Settings, get_settings
+from search_r1_oai.policy_route import RouteError, policy_route
 from search_r1_oai.prompts import SEARCH_TOOL
 from search_r1_oai.reencode import count_drift, ids_from_logprob_content
 from search_r1_oai.search_client import SearchClient, SearchError, format_search_results
@@ -72,7 +73,7 @@ class _Rollout:
         self.settings = settings
         self.is_aborted = is_aborted
         self.evaluation = evaluation
-        self.chat = chat or ChatClient(policy_url, settings)
+        self.chat = chat or ChatClient(policy_url, settings, route=policy_route(policy_url, settings, tokenizer))
         self.search = search or SearchClient(settings)
         self.sampling_fields = chat_sampling_fields(sampling_params)
         self.max_new_tokens = int(sampling_params.get("max_new_tokens") or settings.context_budget)
@@ -167,7 +168,7 @@ class _Rollout:
             try:
                 output = await self.chat.complete(body, None if server_renders else self.trajectory.tokens_json())
             except PolicyError as exc:
-                return self._fail(str(exc), "policy_error")
+                return self._fail(str(exc), "capability" if isinstance(exc, RouteError) else "policy_error")
             self.meta["policy_latency_s"] += output.latency_s
             try:
                 stop = self._take_output(output)

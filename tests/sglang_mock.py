@@ -15,7 +15,8 @@ Behaviour follows SGLang 0.5.15 (``python/sglang/srt/entrypoints/openai/serving_
   ``prompt_token_ids``; ``"0.5.18"``: the output ids are named ``response_token_ids``.
 
 Sampling is scripted: ``MockSGLang.script(question, replies)`` queues raw assistant texts (special tokens included)
-per conversation; a request is matched by the question string in its prompt and pops the next reply. Generation
+per conversation; a request is matched by the question string in its prompt and pops the next reply. The rollout's
+routing probe (``policy_route.PROBE_TEXT``) is answered with ``OK`` like any model would, recorded under that text. Generation
 stops like SGLang's ``Req.check_finished``: ``max_tokens`` first, then stop ids (``<|im_end|>``, ``<|endoftext|>``,
 request ``stop_token_ids``), then request ``stop`` strings. Logprobs are :func:`mock_logprob` of id and position.
 """
@@ -38,6 +39,8 @@ from typing import Any
 import fastapi
 from fastapi.responses import JSONResponse
 from live_server import serve_app
+
+from search_r1_oai.policy_route import PROBE_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +270,12 @@ class MockSGLang:
                 f"the input messages or the completion to fit within the limit."
             )
 
+    def _is_probe(self, body: dict[str, Any], prompt_ids: list[int], used_input_ids: bool) -> bool:
+        """The rollout's routing probe (``policy_route.PROBE_TEXT``), which is never scripted."""
+        if used_input_ids:
+            return PROBE_TEXT in self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        return PROBE_TEXT in _first_user_text(body["messages"])
+
     def _pop_reply(self, question: str) -> Reply:
         queue = self._scripts.get(question)
         if not queue:
@@ -320,10 +329,13 @@ class MockSGLang:
             # Match leniently first so a context-length rejection (which comes before sampling) is still attributed.
             question = self._match_question(body, prompt_ids, used_input_ids, strict=False)
             self._check_context(len(prompt_ids), max_new)
-            if not question:
-                self._match_question(body, prompt_ids, used_input_ids)  # raises with the explanation
-            with self._lock:
-                reply = self._pop_reply(question)
+            if not question and self._is_probe(body, prompt_ids, used_input_ids):
+                question, reply = PROBE_TEXT, Reply(text="OK<|im_end|>")  # a model answers anything
+            else:
+                if not question:
+                    self._match_question(body, prompt_ids, used_input_ids)  # raises with the explanation
+                with self._lock:
+                    reply = self._pop_reply(question)
         except MockRequestError as err:
             self._record(question, body, prompt_ids, [], [], None, err.status, None)
             return err.status, error_body(err.message, err.status), 0.0

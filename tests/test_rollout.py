@@ -16,7 +16,8 @@ from collections.abc import Callable
 import pytest
 from conftest import free_port
 from fake_retriever import FakeRetriever, serve_fake_retriever
-from sglang_mock import MockSGLang, RecordedRequest, Reply, mock_logprob, serve_mock_sglang
+from rollout_helpers import FAST, IM_END, SAMPLING, answer, assert_token_exact, call, new_sample, observation_texts
+from sglang_mock import MockSGLang, Reply, serve_mock_sglang
 from slime_stub import Sample
 
 from search_r1_oai.chat_client import ChatClient, TurnOutput
@@ -25,95 +26,6 @@ from search_r1_oai.httpclients import aclose_clients
 from search_r1_oai.prompts import build_messages, tools_json
 from search_r1_oai.reward import reward_func
 from search_r1_oai.rollout import STATE_KEY, run_rollout
-
-IM_END = "<|im_end|>"
-SAMPLING = {
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "top_k": -1,
-    "max_new_tokens": 512,
-    "stop": None,
-    "stop_token_ids": None,
-    "skip_special_tokens": False,
-    "no_stop_trim": True,
-    "spaces_between_special_tokens": False,
-}
-FAST = Settings(
-    retry_initial_wait_s=0.01,
-    retry_max_wait_s=0.05,
-    policy_retries=2,
-    retrieval_retries=1,
-    policy_timeout_s=20,
-    retrieval_timeout_s=5,
-    log_every=0,
-)
-
-
-def call(queries: list[str] | str, key: str = "queries", name: str = "search") -> str:
-    """A tool-call block as Qwen2.5 writes it (the qwen25 parser wants the newlines)."""
-    arguments = {key: queries}
-    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments}, ensure_ascii=False)}\n</tool_call>"
-
-
-def answer(text: str) -> str:
-    return f"<answer>{text}</answer>{IM_END}"
-
-
-# ---- the invariant, recomputed from the server's records --------------------------------------------------------
-
-
-def assert_token_exact(
-    sample: Sample,
-    records: list[RecordedRequest],
-    *,
-    first_prompt_rendered: bool = True,
-    ends_after_output: bool = True,
-) -> None:
-    """For every successful request k: its prompt ids are a prefix of ``sample.tokens``; its sampled ids sit right
-    after them with loss mask 1 and exactly the logprobs it reported; every other response position has mask 0
-    and logprob 0.0; ``tokens = prompt + response`` with consistent lengths; nothing follows the last output
-    (unless the sample stopped between turns, ready for the next one: ``ends_after_output=False``)."""
-    served = [r for r in records if r.status == 200]
-    assert served, "no successful policy request was recorded"
-    prompt_length = len(served[0].prompt_ids)
-    n = sample.response_length
-    assert len(sample.tokens) == prompt_length + n
-    assert len(sample.loss_mask) == n and len(sample.rollout_log_probs) == n
-    expected_mask = [0] * n
-    expected_logprobs = [0.0] * n
-    for k, record in enumerate(served):
-        start = len(record.prompt_ids)
-        assert sample.tokens[:start] == record.prompt_ids, f"request {k}: conditioning ids are not a prefix"
-        assert sample.tokens[start : start + len(record.output_ids)] == record.output_ids, f"request {k}: output"
-        if k == 0 and first_prompt_rendered:
-            assert "input_ids" not in record.body, "the first turn must let the server render the prompt"
-        elif k > 0:
-            assert record.body.get("input_ids") == record.prompt_ids, f"request {k}: history was re-rendered"
-        for i, (token, logprob) in enumerate(zip(record.output_ids, record.output_logprobs, strict=True)):
-            position = start + i
-            assert logprob == mock_logprob(token, position)
-            expected_mask[position - prompt_length] = 1
-            expected_logprobs[position - prompt_length] = logprob
-    assert sample.loss_mask == expected_mask
-    assert sample.rollout_log_probs == expected_logprobs
-    last = served[-1]
-    if ends_after_output:
-        assert len(sample.tokens) == len(last.prompt_ids) + len(last.output_ids), "ids appended after the last turn"
-
-
-def observation_texts(sample: Sample, tokenizer) -> list[str]:
-    """Decoded runs of loss-mask-0 response ids (template glue + tool results + generation prompt)."""
-    prompt_length = len(sample.tokens) - sample.response_length
-    runs: list[list[int]] = []
-    previous = 1
-    for token, mask in zip(sample.tokens[prompt_length:], sample.loss_mask, strict=True):
-        if mask == 0:
-            if previous == 1:
-                runs.append([])
-            runs[-1].append(token)
-        previous = mask
-    return [tokenizer.decode(run, skip_special_tokens=False) for run in runs]
-
 
 # ---- fixtures ---------------------------------------------------------------------------------------------------
 
@@ -143,15 +55,6 @@ def retriever():
 @pytest.fixture
 def settings(retriever) -> Settings:
     return dataclasses.replace(FAST, retrieval_urls=(retriever.url,))
-
-
-def new_sample(question: str, gold: str = "Gold") -> Sample:
-    return Sample(
-        index=0,
-        prompt=build_messages(question),
-        label={"ground_truth": {"target": [gold]}},
-        metadata={"tools": json.loads(tools_json())},
-    )
 
 
 async def rollout(

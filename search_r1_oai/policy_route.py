@@ -1,0 +1,257 @@
+"""Where the policy calls go: through slime's router only when it keeps the token-id fields, else straight to its
+SGLang workers, one worker per trajectory.
+
+Why: slime starts SGLang's Rust router (``sglang-router``) and hands the rollout its address. Measured with
+``sglang-router==0.3.2``, the router re-serialises ``/v1/chat/completions`` from a typed request and drops
+``input_ids``, ``return_prompt_token_ids`` and ``return_meta_info`` (responses pass through whole). Through it,
+the first turn gets no prompt ids and later turns are re-rendered from messages: not token-exact. The router lists
+its workers (``GET /workers``), so the rollout sends each trajectory's turns to one worker (SGLang's prefix cache
+then serves turn k+1 from turn k), moves a trajectory to another worker only when its worker fails, and re-reads
+the list when that happens. slime's own abort posts to every listed worker, so it still reaches these requests.
+
+What the endpoint is, and whether the router forwards the fields, is found out once per process with a one-token
+probe, never assumed. When no path returns server token ids, every sample fails with one message that says what
+was tried (unless the re-encoding fallback is allowed, which goes through the router as before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from search_r1_oai.chat_client import CHAT_PATH, PolicyError, parse_chat_response
+from search_r1_oai.config import Settings
+from search_r1_oai.httpclients import RequestFailed, is_retryable, request_json, shared_client
+from search_r1_oai.replicas import ReplicaSet
+from search_r1_oai.trajectory import render_prompt_ids
+
+logger = logging.getLogger(__name__)
+
+ROUTING_KEY_HEADER = "X-SMG-Routing-Key"
+# The probe's one user message; a test server can recognise it.
+PROBE_TEXT = "search-r1-oai routing probe: reply with one token"
+_WORKER_LIST_MAX_AGE_S = 30.0
+_WORKER_LIST_MIN_INTERVAL_S = 2.0
+_RETRY_FAILED_RESOLVE_S = 30.0
+_PROBE_TIMEOUT_S = 60.0
+
+RouteMode = Literal["server", "router", "workers"]
+
+
+class RouteError(PolicyError):
+    """No path to the policy returns the token ids a token-exact rollout needs; the message says what was tried."""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    note: str
+
+
+class PolicyRoute:
+    """The route to one policy URL, shared by every trajectory of the process (on one event loop)."""
+
+    def __init__(self, base_url: str, settings: Settings, tokenizer: Any) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.mode: RouteMode | None = None
+        self.workers = ReplicaSet([])
+        self._workers_read_at = 0.0
+        self._refreshing: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+        self._failure: tuple[float, str] | None = None
+
+    # ---- resolution ------------------------------------------------------------------------------------------
+
+    async def resolve(self) -> RouteMode:
+        """Find out once how to reach the policy; raises :class:`RouteError` (for every caller, re-checked after
+        a while) when no path returns token ids."""
+        if self.mode is not None:
+            if self.mode == "workers" and time.monotonic() - self._workers_read_at > _WORKER_LIST_MAX_AGE_S:
+                self._refresh_in_background()
+            return self.mode
+        async with self._lock:
+            if self.mode is not None:
+                return self.mode
+            if self._failure is not None and time.monotonic() - self._failure[0] < _RETRY_FAILED_RESOLVE_S:
+                raise RouteError(self._failure[1])
+            try:
+                self.mode = await self._discover()
+            except RouteError as exc:
+                self._failure = (time.monotonic(), str(exc))
+                logger.error("%s", exc)
+                raise
+            logger.info("policy route: %s (%s)", self.mode, self.describe())
+            return self.mode
+
+    def describe(self) -> str:
+        if self.mode == "workers":
+            return f"{len(self.workers.urls)} worker(s) behind the router at {self.base_url}: {list(self.workers.urls)}"
+        if self.mode == "router":
+            return f"through the router at {self.base_url} with {ROUTING_KEY_HEADER}"
+        return f"straight to {self.base_url}"
+
+    async def _discover(self) -> RouteMode:
+        workers = await self._read_workers()
+        if workers is None:
+            # Not a router: an SGLang server itself. Whether it returns ids is checked on every sample's first turn.
+            self.workers.update([self.base_url])
+            return "server"
+        router = await self._probe(self.base_url)
+        if router.ok:
+            return "router"
+        notes = []
+        for url in workers:
+            probe = await self._probe(url)
+            if probe.ok:
+                self.workers.update(workers)
+                self._workers_read_at = time.monotonic()
+                return "workers"
+            notes.append(f"{url}: {probe.note}")
+        if self.settings.allow_reencode_fallback:
+            logger.warning("no path returns token ids; SEARCH_R1_ALLOW_REENCODE_FALLBACK=1: going through the router")
+            return "router"
+        tried = "; ".join(notes) if notes else "the router lists no workers"
+        raise RouteError(
+            f"no token-exact path to the policy: the router at {self.base_url} does not forward the token-id fields "
+            f"({router.note}), and its workers were tried directly: {tried}. Make the workers the router lists "
+            f"reachable from the rollout process and run SGLang >= 0.5.13 on them, or set "
+            f"SEARCH_R1_ALLOW_REENCODE_FALLBACK=1 to train on re-encoded text (not token-exact)"
+        )
+
+    async def _read_workers(self) -> list[str] | None:
+        """The router's healthy workers (all listed ones if none is healthy); ``None`` when the URL is no router.
+
+        Raises :class:`PolicyError` when the policy cannot be reached (after the policy retries): not a verdict on
+        the route, so it is not remembered."""
+        client = shared_client("policy-admin", self.settings, self.settings.connect_timeout_s)
+        url = self.base_url + "/workers"
+        try:
+            reply = await request_json(client, "GET", url, self.settings.policy_retries, self.settings)
+        except RequestFailed as exc:
+            if isinstance(exc.__cause__, httpx.HTTPStatusError) and not is_retryable(exc.__cause__):
+                return None  # 404 and friends: an SGLang server, not a router
+            if isinstance(exc.__cause__, ValueError):
+                return None
+            raise PolicyError(f"cannot reach the policy server {exc}") from exc
+        try:
+            entries = [
+                (str(w["url"]).rstrip("/"), w.get("is_healthy", True) is not False) for w in reply.body["workers"]
+            ]
+        except (KeyError, TypeError, AttributeError):
+            return None
+        healthy = [url for url, ok in entries if ok]
+        return healthy or [url for url, _ in entries]
+
+    async def _probe(self, url: str) -> ProbeResult:
+        """One-token request with ``input_ids``: does ``url`` condition on them and return the ids?"""
+        ids = render_prompt_ids(self.tokenizer, [{"role": "user", "content": PROBE_TEXT}], None)
+        body = {
+            "model": self.settings.policy_model,
+            "messages": [{"role": "user", "content": PROBE_TEXT}],
+            "input_ids": ids,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": True,
+            "return_prompt_token_ids": True,
+            "return_meta_info": True,
+            "stream": False,
+        }
+        client = shared_client("policy-admin", self.settings, _PROBE_TIMEOUT_S)
+        try:
+            reply = await request_json(
+                client, "POST", url + CHAT_PATH, self.settings.policy_retries, self.settings, json=body
+            )
+            output = parse_chat_response(reply.body)
+        except (RequestFailed, PolicyError) as exc:
+            return ProbeResult(False, str(exc))
+        if output.prompt_ids is None or not output.has_token_ids:
+            return ProbeResult(False, "the reply has no prompt_token_ids / meta_info token ids")
+        if output.prompt_ids != ids:
+            return ProbeResult(False, "the server did not condition on the input_ids sent")
+        return ProbeResult(True, "token ids returned")
+
+    # ---- worker list upkeep ----------------------------------------------------------------------------------
+
+    def _refresh_in_background(self) -> None:
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        if time.monotonic() - self._workers_read_at < _WORKER_LIST_MIN_INTERVAL_S:
+            return
+        self._workers_read_at = time.monotonic()
+        self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        try:
+            workers = await self._read_workers()
+        except PolicyError as exc:
+            logger.warning("could not re-read the router's workers: %s", exc)
+            return
+        if workers:
+            self.workers.update(workers)
+
+    def worker_failed(self, url: str, exc: BaseException) -> None:
+        """A worker call failed: skip it if it is down, and re-read the router's list soon."""
+        self.workers.record_failure(url, exc)
+        if self.mode == "workers":
+            self._refresh_in_background()
+
+    def session(self) -> PolicySession:
+        return PolicySession(self)
+
+
+class PolicySession:
+    """One trajectory's way to the policy: the same worker for every turn, another one only after a failure."""
+
+    def __init__(self, route: PolicyRoute) -> None:
+        self.route = route
+        self.key = uuid.uuid4().hex
+        self.worker: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {ROUTING_KEY_HEADER: self.key} if self.route.mode == "router" else {}
+
+    def url(self, attempt: int) -> str:
+        """The URL for an attempt of a turn (``post_json`` asks before each attempt)."""
+        if self.route.mode == "router":
+            return self.route.base_url + CHAT_PATH
+        if (
+            self.worker is None
+            or self.route.workers.is_skipped(self.worker)
+            or self.worker not in self.route.workers.urls
+        ):
+            order = self.route.workers.order()
+            self.worker = order[0] if order else self.route.base_url
+        return self.worker + CHAT_PATH
+
+    def on_failure(self, url: str, exc: BaseException) -> None:
+        if self.route.mode == "router":
+            return
+        worker = url.removesuffix(CHAT_PATH)
+        self.route.worker_failed(worker, exc)
+        if is_retryable(exc) and len(self.route.workers.urls) > 1:
+            # Move on now rather than retrying a worker that just failed; later turns stay on the new one.
+            others = [w for w in self.route.workers.order() if w != worker]
+            self.worker = others[0]
+
+
+_ROUTES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, PolicyRoute]] = weakref.WeakKeyDictionary()
+
+
+def policy_route(base_url: str, settings: Settings, tokenizer: Any) -> PolicyRoute:
+    """The process's route to ``base_url`` on the running loop (created on first use; resolved lazily)."""
+    per_loop = _ROUTES.setdefault(asyncio.get_running_loop(), {})
+    key = (base_url.rstrip("/"), settings, id(tokenizer))
+    route = per_loop.get(key)
+    if route is None:
+        route = per_loop[key] = PolicyRoute(base_url, settings, tokenizer)
+    return route
