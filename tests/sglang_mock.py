@@ -161,6 +161,12 @@ class MockSGLang:
         with self._lock:
             self._scripts.setdefault(question, []).extend(queued)
 
+    def replace_script(self, question: str, replies: list[Reply | str]) -> None:
+        """Drop the unused replies of ``question`` and queue ``replies`` instead."""
+        with self._lock:
+            self._scripts.pop(question, None)
+        self.script(question, replies)
+
     def requests_for(self, question: str) -> list[RecordedRequest]:
         """Recorded requests matched to ``question``, in arrival order."""
         with self._lock:
