@@ -8,6 +8,7 @@ control over the engine (hold loading, inject a failure) run the same app in-pro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -169,6 +170,35 @@ BAD_BODIES = {
     "body-not-an-object": ([["q"]], "valid dictionary", 422),
     "body-over-limit": ({"queries": ["x" * 999] * 1100}, "request body too large", 413),
 }
+# The /health "refused" counter each bad body moves.
+REFUSAL_KIND = {
+    "empty-queries": "invalid_fields",
+    "queries-not-a-list": "invalid_fields",
+    "queries-missing": "invalid_fields",
+    "non-string-item": "invalid_fields",
+    "null-item": "invalid_fields",
+    "too-many-queries": "too_many_queries",
+    "topk-zero": "invalid_fields",
+    "topk-over-100": "invalid_fields",
+    "topk-string": "invalid_fields",
+    "topk-bool": "invalid_fields",
+    "return-scores-string": "invalid_fields",
+    "query-over-cap": "query_too_long",
+    "lone-surrogate": "invalid_unicode",
+    "body-not-an-object": "invalid_fields",
+    "body-over-limit": "body_too_large",
+}
+
+
+def _refused(url: str) -> dict[str, int]:
+    """The /health counters of refused requests (in the 200 and the 503 body alike)."""
+    return httpx.get(f"{url}/health", timeout=10).json()["refused"]
+
+
+def _assert_one_more(before: dict[str, int], after: dict[str, int], kind: str) -> None:
+    """Exactly ``kind`` and the total moved, by one."""
+    expected = dict(before, total=before["total"] + 1, **{kind: before[kind] + 1})
+    assert after == expected, (kind, before, after)
 
 
 @pytest.mark.parametrize("name", list(BAD_BODIES))
@@ -176,6 +206,7 @@ def test_bad_input_gets_4xx_naming_the_problem_and_the_server_keeps_serving(
     server: ServerProcess, toy_facts, name: str
 ):
     body, expected_message, expected_status = BAD_BODIES[name]
+    before = _refused(server.url)
     response = _retrieve(server, body)
     assert response.status_code == expected_status, response.text
     payload = response.json()
@@ -183,24 +214,34 @@ def test_bad_input_gets_4xx_naming_the_problem_and_the_server_keeps_serving(
     assert expected_message in message, payload
     good = _retrieve(server, {"queries": [toy_facts[4].question]})
     assert good.status_code == 200 and toy_facts[4].passage_id in {d["id"] for d in good.json()["result"][0]}
+    _assert_one_more(before, _refused(server.url), REFUSAL_KIND[name])
+
+
+def test_every_bad_body_has_a_refusal_counter():
+    assert set(REFUSAL_KIND) == set(BAD_BODIES)
 
 
 @pytest.mark.parametrize(
     "raw", [b"{not json", b"", b'{"queries": ["a"]', "\udcff".encode("utf-8", "surrogatepass")], ids=repr
 )
 def test_invalid_json_gets_422_and_the_server_keeps_serving(server: ServerProcess, raw: bytes):
+    before = _refused(server.url)
     response = httpx.post(
         f"{server.url}/retrieve", content=raw, headers={"content-type": "application/json"}, timeout=30
     )
     assert response.status_code == 422, response.text
     assert "JSON" in response.json()["message"] or "body: Field required" in response.json()["message"]
     assert _retrieve(server, {"queries": ["still alive?"]}).status_code == 200
+    _assert_one_more(before, _refused(server.url), "invalid_json")
 
 
 def test_json_sent_without_a_json_content_type_gets_422_that_says_so(server: ServerProcess):
+    before = _refused(server.url)
     response = httpx.post(f"{server.url}/retrieve", content=b'{"queries": ["x"]}', timeout=30)  # no content-type
     assert response.status_code == 422, response.text
     assert "content-type: application/json" in response.json()["message"]
+    _assert_one_more(before, _refused(server.url), "wrong_content_type")
+    assert _retrieve(server, {"queries": ["still alive?"]}).status_code == 200
 
 
 def test_chunked_body_over_the_limit_gets_413(server: ServerProcess):
@@ -210,12 +251,14 @@ def test_chunked_body_over_the_limit_gets_413(server: ServerProcess):
             yield b"y" * 4096
         yield b'"]}'
 
+    before = _refused(server.url)
     response = httpx.post(
         f"{server.url}/retrieve", content=chunks(), headers={"content-type": "application/json"}, timeout=30
     )
     assert "content-length" not in response.request.headers
     assert response.status_code == 413 and "request body too large" in response.json()["detail"]
     assert _retrieve(server, {"queries": ["still alive?"]}).status_code == 200
+    _assert_one_more(before, _refused(server.url), "body_too_large")
 
 
 async def test_concurrent_clients_each_get_their_own_results_in_order(server: ServerProcess, toy_facts):
@@ -342,15 +385,23 @@ def test_health_is_503_until_the_engine_is_loaded(toy_index, toy_engine: Retriev
     with serve_in_process(_settings(toy_index), slow_load) as url:
         loading = httpx.get(f"{url}/health", timeout=10)
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        assert loading.json()["refused"]["total"] == 0
         early = httpx.post(f"{url}/retrieve", json={"queries": ["x"]}, timeout=10)
         assert early.status_code == 503 and "not ready" in early.json()["detail"]
         # A bad request is refused as such even while loading: retrying it after a 503 would be pointless.
         bad = httpx.post(f"{url}/retrieve", json={"queries": ["x"] * 513}, timeout=10)
         assert bad.status_code == 422 and "too many queries" in bad.json()["detail"]
+        still_loading = httpx.get(f"{url}/health", timeout=10)
+        assert still_loading.status_code == 503
+        refused = still_loading.json()["refused"]
+        assert (refused["not_ready"], refused["too_many_queries"], refused["total"]) == (1, 1, 2)
         gate.set()
-        assert _wait_health(url, 200)["index_size"] == toy_engine.size
+        ready = _wait_health(url, 200)
+        assert ready["index_size"] == toy_engine.size
+        assert ready["refused"] == refused, "the counts of the loading phase carry over"
         ok = httpx.post(f"{url}/retrieve", json={"queries": [toy_facts[0].question]}, timeout=30)
         assert toy_facts[0].passage_id in {d["id"] for d in ok.json()["result"][0]}
+        assert _refused(url) == refused
 
 
 def test_failed_load_is_reported_by_health(toy_index):
@@ -391,3 +442,44 @@ def test_an_internal_failure_fails_only_that_batch(toy_index, toy_engine: Retrie
         assert ok.status_code == 200 and toy_facts[5].passage_id in {d["id"] for d in ok.json()["result"][0]}
         stats = _wait_health(url, 200)["stats"]
         assert stats["failed_batches"] == 1 and stats["batches"] == 2
+
+
+class GatedEngine:
+    """The real engine, except that every search waits for the test to open the gate (a busy worker)."""
+
+    def __init__(self, engine: RetrievalEngine, gate: threading.Event):
+        self.engine = engine
+        self.gate = gate
+        self.size = engine.size
+        self.model_name = engine.model_name
+
+    def search(self, queries: list[str], k: int):
+        assert self.gate.wait(30), "the test never opened the gate"
+        return self.engine.search(queries, k)
+
+
+async def test_overload_503s_are_counted_and_the_server_recovers(toy_index, toy_engine: RetrievalEngine, toy_facts):
+    """--max_pending 2: while two queries are being searched, a third is refused with 503 and counted."""
+    gate = threading.Event()
+    settings = dataclasses.replace(_settings(toy_index), max_pending=2)
+    with serve_in_process(settings, lambda: GatedEngine(toy_engine, gate)) as url:
+        _wait_health(url, 200)
+        questions = [fact.question for fact in toy_facts[:2]]
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            busy = asyncio.create_task(http.post("/retrieve", json={"queries": questions}))
+            try:
+                for _ in range(3000):  # until the two queries are in the worker (at most 30 s)
+                    if (await http.get("/health")).json()["queue_depth"] == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                refused = await http.post("/retrieve", json={"queries": ["one too many"]})
+                assert refused.status_code == 503 and "already waiting" in refused.json()["detail"]
+                assert (await http.get("/health")).json()["refused"]["overloaded"] == 1
+            finally:
+                gate.set()
+                answered = await asyncio.wait_for(busy, timeout=30)
+            assert answered.status_code == 200
+            again = await http.post("/retrieve", json={"queries": ["one too many"]})
+            assert again.status_code == 200
+            counts = (await http.get("/health")).json()["refused"]
+    assert counts["overloaded"] == 1 and counts["total"] == 1

@@ -3,6 +3,10 @@
 The app answers immediately after the port opens and loads the engine in the background on the worker
 thread, so a supervisor can poll /health (503 while loading, 200 when ready) instead of guessing. Request
 handlers only validate, enqueue and await: all compute happens on the worker, the event loop never blocks.
+
+Every request /retrieve refuses is counted by reason (:class:`Refusals`, in /health's ``refused``): a client that
+sees retries or failures can tell from the server's side whether it was overloaded, still loading, or sent
+requests it should never have sent.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Request
@@ -61,12 +66,38 @@ class EngineLike(Protocol):
     def search(self, queries: list[str], k: int) -> list[list[tuple[dict[str, Any], float]]]: ...
 
 
-class BodySizeLimit:
-    """Reject request bodies over ``max_bytes`` with 413 before they are buffered in memory."""
+@dataclass
+class Refusals:
+    """Requests refused with a 503 or 4xx, by reason; /health shows them (plus their ``total``)."""
 
-    def __init__(self, app: Any, max_bytes: int):
+    overloaded: int = 0  # 503: more than --max_pending queries waiting
+    not_ready: int = 0  # 503: the engine is still loading (or failed to load)
+    body_too_large: int = 0  # 413: over --max_body_mb
+    invalid_json: int = 0  # 422: the body is not a JSON document (empty, truncated, not UTF-8)
+    wrong_content_type: int = 0  # 422: the body was not sent as application/json
+    invalid_fields: int = 0  # 422: valid JSON of the wrong shape (missing/empty queries, wrong types, topk range)
+    too_many_queries: int = 0  # 422: over --max_queries
+    query_too_long: int = 0  # 422: a query over --max_query_chars
+    invalid_unicode: int = 0  # 422: a query with a lone surrogate
+
+    def count(self, kind: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        data = asdict(self)
+        return {"total": sum(data.values()), **data}
+
+
+class BodySizeLimit:
+    """Reject request bodies over ``max_bytes`` with 413 before they are buffered in memory.
+
+    ``on_refused`` hears of every body refused (the /health counter).
+    """
+
+    def __init__(self, app: Any, max_bytes: int, on_refused: Callable[[], None] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.on_refused = on_refused or (lambda: None)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -77,6 +108,7 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            self.on_refused()
             response = JSONResponse({"detail": message}, status_code=413)
             await response(scope, receive, send)
             return
@@ -88,6 +120,7 @@ class BodySizeLimit:
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
                 if received > limit:
+                    self.on_refused()
                     # FastAPI re-raises HTTPException from body reading, so this becomes a plain 413.
                     raise HTTPException(status_code=413, detail=message)
             return event
@@ -108,13 +141,24 @@ def _summarise(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else "")
 
 
-def _limits_problem(request: RetrieveRequest, settings: Settings) -> str | None:
-    """What makes a well-typed request unacceptable under the server's limits (None: nothing)."""
+def _validation_kind(errors: list[dict[str, Any]], content_type: str) -> str:
+    """Which :class:`Refusals` counter a 422 from request validation goes to."""
+    if "json" not in content_type:
+        return "wrong_content_type"
+    for error in errors:
+        if error.get("type") == "json_invalid" or (error.get("type") == "missing" and error.get("loc") == ["body"]):
+            return "invalid_json"  # an empty body is no JSON document either
+    return "invalid_fields"
+
+
+def _limits_problem(request: RetrieveRequest, settings: Settings) -> tuple[str, str] | None:
+    """What makes a well-typed request unacceptable under the server's limits, as ``(Refusals counter,
+    message)`` (None: nothing)."""
     if len(request.queries) > settings.max_queries:
-        return f"too many queries: {len(request.queries)} > {settings.max_queries} (--max_queries)"
+        return "too_many_queries", f"too many queries: {len(request.queries)} > {settings.max_queries} (--max_queries)"
     for position, query in enumerate(request.queries):
         if len(query) > settings.max_query_chars:
-            return (
+            return "query_too_long", (
                 f"queries[{position}] has {len(query)} characters; the limit is {settings.max_query_chars} "
                 "(--max_query_chars)"
             )
@@ -123,7 +167,7 @@ def _limits_problem(request: RetrieveRequest, settings: Settings) -> str | None:
         try:
             query.encode("utf-8")
         except UnicodeEncodeError as exc:
-            return f"queries[{position}] is not valid Unicode: {exc.reason} at character {exc.start}"
+            return "invalid_unicode", f"queries[{position}] is not valid Unicode: {exc.reason} at character {exc.start}"
     return None
 
 
@@ -192,9 +236,15 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
         description="E5 + FAISS passage retrieval with cross-request batching. Poll /health until 200.",
         lifespan=lifespan,
     )
+    refusals = Refusals()
     app.state.batcher = batcher
     app.state.settings = settings
-    app.add_middleware(BodySizeLimit, max_bytes=int(settings.max_body_mb * (1 << 20)))
+    app.state.refusals = refusals
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=int(settings.max_body_mb * (1 << 20)),
+        on_refused=lambda: refusals.count("body_too_large"),
+    )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -202,6 +252,7 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
         errors = [{k: v for k, v in error.items() if k != "input"} for error in jsonable_encoder(exc.errors())]
         message = _summarise(errors)
         content_type = request.headers.get("content-type", "")
+        refusals.count(_validation_kind(errors, content_type))
         if "json" not in content_type:
             # FastAPI parses a body as JSON only when it says so; e.g. requests' data= sends a form content type.
             message += f" (the body is read as JSON only with content-type: application/json; got {content_type!r})"
@@ -213,7 +264,8 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
         engine = state["engine"]
         if engine is None:
             status = "failed" if state["error"] else "loading"
-            return JSONResponse({"status": status, "error": state["error"], "uptime_s": uptime}, status_code=503)
+            body = {"status": status, "error": state["error"], "uptime_s": uptime, "refused": refusals.as_dict()}
+            return JSONResponse(body, status_code=503)
         return JSONResponse(
             {
                 "status": "ok",
@@ -226,6 +278,7 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
                 "batching": settings.batching,
                 "cache_entries": batcher.cache_entries,
                 "stats": batcher.stats.as_dict(),
+                "refused": refusals.as_dict(),
             }
         )
 
@@ -233,13 +286,17 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
     async def retrieve(request: RetrieveRequest) -> JSONResponse:
         problem = _limits_problem(request, settings)
         if problem is not None:
-            raise HTTPException(422, detail=problem)
+            kind, message = problem
+            refusals.count(kind)
+            raise HTTPException(422, detail=message)
         if state["engine"] is None:
+            refusals.count("not_ready")
             raise HTTPException(503, detail=f"retriever not ready: {state['error'] or 'still loading'}")
         topk = request.topk if request.topk is not None else settings.topk
         try:
             hits = await batcher.retrieve(request.queries, topk)
         except OverloadedError as exc:
+            refusals.count("overloaded")
             raise HTTPException(503, detail=str(exc)) from exc
         except BatchFailedError as exc:
             raise HTTPException(500, detail=str(exc)) from exc
