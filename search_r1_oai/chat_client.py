@@ -184,4 +184,6 @@ class ChatClient:
             )
         except RequestFailed as exc:
             raise PolicyError(f"policy call failed {exc}") from exc
+        if self._session is not None:
+            self._session.on_success(reply.url)
         return parse_chat_response(reply.body, time.perf_counter() - started)

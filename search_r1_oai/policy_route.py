@@ -233,6 +233,11 @@ class PolicySession:
             self.worker = order[0] if order else self.route.base_url
         return self.worker + CHAT_PATH
 
+    def on_success(self, url: str) -> None:
+        """The worker answered: if it had been skipped, it is back in everyone's rotation."""
+        if self.route.mode != "router":
+            self.route.workers.record_success(url.removesuffix(CHAT_PATH))
+
     def on_failure(self, url: str, exc: BaseException) -> None:
         if self.route.mode == "router":
             return
