@@ -6,8 +6,9 @@ Ray workers do not inherit the launching shell, so the run script forwards ``RET
 Environment variables:
 
 ``RETRIEVAL_SERVER_URL`` (default ``http://127.0.0.1:8000``)
-    Base URL of the retriever (``POST /retrieve``). A comma-separated list names several replicas; calls rotate
-    over them round-robin and a failed attempt moves on to the next replica.
+    Base URL of the retriever (``POST /retrieve``). A comma-separated list names several replicas; the attempts of
+    a search step through them, and a replica that refused a connection or answered 503 is skipped by every rollout
+    of the process for a few seconds (``search_r1_oai.replicas``).
 ``SEARCH_R1_TOPK`` (default ``3``)
     Passages returned per search query.
 ``SEARCH_R1_MAX_TURNS`` (default ``4``)

@@ -117,6 +117,9 @@ class _Rollout:
             turns=0,
             searches=0,
             search_queries=0,
+            search_attempts=[],
+            search_replicas=[],
+            search_errors=[],
             tool_errors=0,
             bad_tool_calls=0,
             tool_error_messages=[],
@@ -314,8 +317,15 @@ class _Rollout:
                 self.meta["searches"] += 1
                 self.meta["search_queries"] += len(all_queries)
                 self.meta["retrieval_latency_s"] += result.latency_s
+                self.meta["search_attempts"].append(result.attempts)
+                self.meta["search_replicas"].append(result.replica)
             except SearchError as exc:
+                # The policy reads what happened; the URLs and the underlying error go to metadata only.
                 search_error = f"search failed: {exc}"
+                self.meta["search_attempts"].append(exc.attempts)
+                self.meta["search_replicas"].append("")
+                if len(self.meta["search_errors"]) < _MAX_ERROR_MESSAGES:
+                    self.meta["search_errors"].append(exc.detail)
         messages = []
         for call, queries, error in parsed:
             # A malformed call is the policy's mistake (it forfeits the format score); a failed search is not.

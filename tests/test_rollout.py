@@ -323,9 +323,28 @@ async def test_retriever_down_then_up(mock, qwen_tokenizer) -> None:
     assert sample.metadata["tool_errors"] == 1 and sample.metadata["searches"] == 1
     assert sample.metadata["bad_tool_calls"] == 0, "the calls were well formed; the retriever was down"
     assert fake.requests == [{"queries": ["Calder ruler now"], "topk": 3, "return_scores": False}]
+    assert "127.0.0.1" not in first and str(port) not in first, "the policy never reads internal addresses"
+    assert sample.metadata["search_attempts"] == [2, 1]
+    assert sample.metadata["search_replicas"] == ["", settings.retrieval_urls[0]]
+    [detail] = sample.metadata["search_errors"]
+    assert f"127.0.0.1:{port}" in detail, "metadata keeps the address for whoever debugs the outage"
     assert sample.status == Sample.Status.COMPLETED
     sample.label = {"ground_truth": {"target": ["someone else"]}}
     assert await reward_func(None, sample, settings=settings) == settings.format_score, "outage is not a format error"
+
+
+async def test_one_dead_retriever_replica_of_two_fails_no_search(mock, retriever, qwen_tokenizer) -> None:
+    questions = [f"Who keeps the Varrow archive, volume {i}?" for i in range(6)]
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = dataclasses.replace(FAST, retrieval_urls=(dead, retriever.url))
+    for q in questions:
+        mock.script(q, [call([q]) + IM_END, answer("Gold")])
+    samples = await asyncio.gather(*(rollout(mock, qwen_tokenizer, settings, new_sample(q)) for q in questions))
+    for q, sample in zip(questions, samples, strict=True):
+        assert_token_exact(sample, mock.requests_for(q))
+        assert sample.metadata["tool_errors"] == 0 and sample.metadata["searches"] == 1
+        assert sample.metadata["search_replicas"] == [retriever.url]  # the replica that answered
+        assert sample.metadata["search_attempts"][0] in (1, 2)  # at most one try of the dead one
 
 
 async def test_retriever_5xx_beyond_retries_is_a_tool_error(mock, qwen_tokenizer) -> None:
