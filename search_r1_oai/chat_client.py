@@ -23,8 +23,22 @@ if TYPE_CHECKING:
 MIN_TOKEN_ID_VERSION = "0.5.13"
 CHAT_PATH = "/v1/chat/completions"
 
-# slime's SGLang-native sampling keys that exist on the chat endpoint under the same name.
-_SAME_NAME_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "stop", "stop_token_ids")
+# Every parameter that shapes the sampling distribution (and so the logprobs SGLang reports), with the value that
+# leaves the distribution untouched. SGLang's chat endpoint fills any of these a request leaves out from the
+# model's generation_config.json (Qwen2.5-3B-Instruct: temperature 0.7, top_p 0.8, top_k 20, repetition_penalty
+# 1.05) and applies penalties before computing logprobs, while slime's trainer and its native /generate path use
+# none of them: so each is sent on every turn, slime's value when it gives one, the neutral one otherwise.
+NEUTRAL_SAMPLING: dict[str, float | int] = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": -1,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+}
+# slime's SGLang-native keys that only end generation; passed on under the same name when present.
+_STOP_FIELDS = ("stop", "stop_token_ids")
 
 
 class PolicyError(RuntimeError):
@@ -34,11 +48,17 @@ class PolicyError(RuntimeError):
 def chat_sampling_fields(sampling_params: dict[str, Any]) -> dict[str, Any]:
     """Translate slime's SGLang-native ``sampling_params`` to chat-completions fields.
 
+    Every key of :data:`NEUTRAL_SAMPLING` is always set (slime's value, else the neutral one), so the engine samples
+    from exactly the distribution slime asked for and no server-side default (generation_config.json) leaks in.
     ``max_new_tokens`` becomes the per-turn ``max_tokens`` (set by the caller), ``sampling_seed`` becomes ``seed``.
     Detokenisation switches (``skip_special_tokens``, ``no_stop_trim``, ``spaces_between_special_tokens``) are
     dropped: they only shape the text, and the server's tool parser needs its normal text; ids are unaffected.
     """
-    fields = {key: sampling_params[key] for key in _SAME_NAME_FIELDS if sampling_params.get(key) is not None}
+    fields: dict[str, Any] = {
+        key: neutral if sampling_params.get(key) is None else sampling_params[key]
+        for key, neutral in NEUTRAL_SAMPLING.items()
+    }
+    fields.update({key: sampling_params[key] for key in _STOP_FIELDS if sampling_params.get(key) is not None})
     if sampling_params.get("sampling_seed") is not None:
         fields["seed"] = sampling_params["sampling_seed"]
     if sampling_params.get("custom_params"):

@@ -20,7 +20,7 @@ from rollout_helpers import FAST, IM_END, SAMPLING, answer, assert_token_exact, 
 from sglang_mock import MockSGLang, Reply, serve_mock_sglang
 from slime_stub import Sample
 
-from search_r1_oai.chat_client import ChatClient, TurnOutput
+from search_r1_oai.chat_client import NEUTRAL_SAMPLING, ChatClient, TurnOutput
 from search_r1_oai.config import Settings
 from search_r1_oai.httpclients import aclose_clients
 from search_r1_oai.prompts import build_messages, tools_json
@@ -105,6 +105,31 @@ async def test_sampling_params_are_translated(mock, retriever, settings, qwen_to
     for native_only in ("max_new_tokens", "sampling_seed", "spaces_between_special_tokens", "no_stop_trim"):
         assert native_only not in body
     assert body["tools"] == json.loads(tools_json())
+    # Every distribution-shaping parameter is explicit (slime's value, else neutral), so no server-side
+    # generation_config default (Qwen2.5: repetition_penalty 1.05, top_p 0.8) can fill a gap.
+    shaping = {key: body.get(key, "missing") for key in NEUTRAL_SAMPLING}
+    assert shaping == {**NEUTRAL_SAMPLING, "temperature": 0.7, "top_k": 20}
+
+
+async def test_every_turn_sends_the_neutral_sampling_params_slime_leaves_out(mock, retriever, settings, qwen_tokenizer):
+    q = "Which wind crosses the Dunmere pass?"
+    mock.script(q, [call(["Dunmere pass wind"]) + IM_END, answer("Gold")])
+    sparse = {"max_new_tokens": 64, "temperature": None, "top_p": 0.9}  # slime may leave keys out or set None
+    sample = await rollout(mock, qwen_tokenizer, settings, new_sample(q), sampling=sparse)
+    records = mock.requests_for(q)
+    assert len(records) == 2 and sample.status == Sample.Status.COMPLETED
+    expected = {**NEUTRAL_SAMPLING, "top_p": 0.9}
+    assert expected == {
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "top_k": -1,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "frequency_penalty": 0.0,
+        "presence_penalty": 0.0,
+    }
+    for record in records:
+        assert {key: record.body.get(key, "missing") for key in NEUTRAL_SAMPLING} == expected
 
 
 @pytest.mark.parametrize("searches", [1, 2])
