@@ -4,24 +4,40 @@
 #
 #   bash run_qwen2.5-3B-it-with-retrieval.sh [--attach] [-- extra slime flags...]
 #
-#   --attach      attach to the training window once it starts; detaching (Ctrl-b d) leaves the run going and
-#                 this script keeps waiting for it to finish
+#   --attach      show the training window once it starts: `tmux attach` from a terminal (detach with Ctrl-b d:
+#                 the run goes on and this script keeps waiting), `tmux switch-client` when run inside tmux
 #   -h, --help    this text
 #
-# Watch from any terminal: tmux attach -t slime-search-r1   (window 0 retriever, window 1 training)
+# Watch from any terminal: tmux attach -t slime-search-r1   (window 0 retriever, window 1 training; training is
+# window 0 when no retriever is started here)
+#
+# What it needs (index, corpus, the retriever's python, a free port, the training script) is checked before any
+# tmux session is made. If the training window is killed, everything is stopped and the exit code is 1.
+#
+# Both windows run with exactly the environment this script was started with, whether or not a tmux server is
+# already running: every variable below and those of the scripts it starts (SEARCH_R1_*, WANDB_API_KEY, HF_CKPT,
+# CUDA_VISIBLE_DEVICES, PATH...); only TERM is tmux's. It reaches them through a private file (mode 0600, deleted
+# at the end), never through a command line or tmux's own environment. The exit code is training's.
 #
 # Environment (defaults in brackets):
-#   RETRIEVAL_SERVER_URL     retriever address the rollout uses [http://127.0.0.1:8000]; its port is the server's port
+#   RETRIEVAL_SERVER_URL     retriever address the rollout uses [http://127.0.0.1:8000]; comma-separated for
+#                            replicas. The first one is started here, on the URL's port, when its host is this
+#                            machine (localhost, 127.x.x.x, ::1, 0.0.0.0, this machine's hostname or addresses);
+#                            any other host is only health-checked. Every replica must answer GET /health first
 #   TMUX_SESSION             tmux session name [slime-search-r1]
-#   LOG_DIR                  where retriever-*.log and training-*.log go [./logs]
-#   RETRIEVER_READY_TIMEOUT  seconds to wait for GET /health [600]
-#   RETRIEVER_GPUS           CUDA_VISIBLE_DEVICES for the retriever [unset: all visible]
+#   LOG_DIR                  where retriever-*.log and training-*.log go [logs/ next to this file]
+#   RETRIEVER_READY_TIMEOUT  seconds to wait for GET /health of every replica [600]
+#   RETRIEVER_GPUS           CUDA_VISIBLE_DEVICES for the retriever [unset: the caller's]
+#   HOST                     address the started retriever binds [the URL's address: 127.0.0.1 for localhost,
+#                            0.0.0.0 for a hostname that resolves to a non-loopback address]
 #   TRAIN_SCRIPT             training script [run_qwen2.5-3B-it.sh next to this file]
+#   TMPDIR                   where the run's private folder (environment file, exit status) is made [/tmp]
 #   plus every variable of local_dense_retriever/start_server.sh (SAVE_PATH, INDEX_PATH, CORPUS_PATH,
 #   RETRIEVER_MODEL, TOPK, FAISS_GPU, FP16, RETRIEVER_PYTHON) and of the training script.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+START_SERVER="$ROOT/local_dense_retriever/start_server.sh"
 TMUX_SESSION="${TMUX_SESSION:-slime-search-r1}"
 LOG_DIR="${LOG_DIR:-$ROOT/logs}"
 RETRIEVER_READY_TIMEOUT="${RETRIEVER_READY_TIMEOUT:-600}"
@@ -43,88 +59,295 @@ while (($#)); do
 done
 TRAIN_ARGS=("$@")
 
-# The first replica in a comma-separated list is the one this script starts.
-first_url="${RETRIEVAL_SERVER_URL%%,*}"
-RETRIEVER_PORT="$(python3 -c 'import sys, urllib.parse as u; print(u.urlsplit(sys.argv[1]).port or 80)' "$first_url")"
-
+# ---------------------------------------------------------------------------------------------------------------
+# Checks: nothing is started until every one of them passes.
 command -v tmux >/dev/null || die "tmux is not installed (apt-get install -y tmux)"
 command -v curl >/dev/null || die "curl is not installed (apt-get install -y curl)"
-[[ -f "$TRAIN_SCRIPT" ]] || die "training script not found: $TRAIN_SCRIPT"
-if tmux has-session -t "=$TMUX_SESSION" 2>/dev/null; then
+command -v python3 >/dev/null || die "python3 is needed to read RETRIEVAL_SERVER_URL; put one on PATH"
+TMUX_BIN="$(command -v tmux)"
+ENV_BIN="$(command -v env)"
+[[ "$RETRIEVER_READY_TIMEOUT" =~ ^[0-9]+$ ]] ||
+  die "RETRIEVER_READY_TIMEOUT must be a whole number of seconds (got '$RETRIEVER_READY_TIMEOUT')"
+[[ -f "$TRAIN_SCRIPT" ]] || die "training script not found: TRAIN_SCRIPT=$TRAIN_SCRIPT"
+train_script="$(cd "$(dirname "$TRAIN_SCRIPT")" && pwd)/$(basename "$TRAIN_SCRIPT")"
+mkdir -p "$LOG_DIR" || die "cannot create LOG_DIR=$LOG_DIR"
+log_dir="$(cd "$LOG_DIR" && pwd)"
+
+# tmux runs with a minimal environment: a server it starts must not hold the caller's secrets (tmux
+# show-environment -g would print them). The windows get the caller's environment from a file instead.
+tm() {
+  local keep=() name
+  for name in HOME PATH USER LOGNAME SHELL TERM LANG LC_ALL LC_CTYPE TMPDIR TMUX TMUX_PANE TMUX_TMPDIR; do
+    if [[ -n "${!name:-}" ]]; then keep+=("$name=${!name}"); fi
+  done
+  "$ENV_BIN" -i "${keep[@]}" "$TMUX_BIN" "$@"
+}
+
+if tm has-session -t "=$TMUX_SESSION" 2>/dev/null; then
   die "tmux session '$TMUX_SESSION' already exists (an earlier run?). Attach with: tmux attach -t $TMUX_SESSION;" \
     "end it with: tmux kill-session -t $TMUX_SESSION; or set TMUX_SESSION to another name"
 fi
-if curl -s -o /dev/null --max-time 2 "http://127.0.0.1:${RETRIEVER_PORT}/"; then
-  die "port $RETRIEVER_PORT is already in use; stop what listens there or change RETRIEVAL_SERVER_URL"
+
+# One line per replica: local|remote, port, address to bind, URL. A host is local when it is a loopback or
+# wildcard address, localhost, this machine's hostname, or resolves to an address this machine can bind.
+replicas="$(python3 - "$RETRIEVAL_SERVER_URL" <<'PY'
+import ipaddress
+import socket
+import sys
+from urllib.parse import urlsplit
+
+
+def addresses(host):
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+
+
+def owned(address):
+    if address.is_loopback or address.is_unspecified:
+        return True
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((str(address), 0))  # only an address of this machine can be bound
+        except OSError:
+            return False
+    return True
+
+
+for url in (part.strip().rstrip("/") for part in sys.argv[1].split(",")):
+    if not url:
+        continue
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = parts._replace(scheme="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        print(f"bad\t0\t-\t{url}")
+        continue
+    port = port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        print(f"local\t{port}\t127.0.0.1\t{url}")
+        continue
+    found = addresses(host)
+    if not (host == socket.gethostname().lower() or any(owned(address) for address in found)):
+        print(f"remote\t{port}\t-\t{url}")
+        continue
+    if len(found) == 1 and str(found[0]) == host:  # an address literal: bind that very address
+        bind = host
+    elif found and all(address.is_loopback for address in found):
+        bind = "127.0.0.1" if ipaddress.ip_address("127.0.0.1") in found else str(found[0])
+    else:
+        bind = "0.0.0.0"
+    print(f"local\t{port}\t{bind}\t{url}")
+PY
+)" || die "could not read RETRIEVAL_SERVER_URL=$RETRIEVAL_SERVER_URL"
+URLS=()
+LOCAL_URLS=() # reached without a proxy
+START_LOCAL=0
+while IFS=$'\t' read -r kind port bind url; do
+  [[ "$kind" != bad ]] ||
+    die "RETRIEVAL_SERVER_URL entry '$url' is not an http(s) URL with a host and a valid port; fix RETRIEVAL_SERVER_URL"
+  if [[ "$kind" == local ]]; then
+    if ((${#URLS[@]} == 0)); then START_LOCAL=1 RETRIEVER_PORT="$port" RETRIEVER_HOST="${HOST:-$bind}"; fi
+    LOCAL_URLS+=("$url")
+  fi
+  URLS+=("$url")
+done <<<"$replicas"
+((${#URLS[@]})) || die "RETRIEVAL_SERVER_URL names no URL (got '$RETRIEVAL_SERVER_URL')"
+
+if ((START_LOCAL)); then
+  # start_server.sh's own checks: index, corpus, its python, and a port nobody listens on (HTTP or not).
+  check="$("$BASH" "$START_SERVER" --check --port "$RETRIEVER_PORT" --host "$RETRIEVER_HOST" 2>&1)" ||
+    die "the retriever for ${URLS[0]} cannot start: ${check#\[start_server\] error: }"
+else
+  log "${URLS[0]} is not on this machine: no retriever is started here, it is only health-checked"
 fi
 
-mkdir -p "$LOG_DIR"
+# ---------------------------------------------------------------------------------------------------------------
 stamp="$(date +%Y%m%d_%H%M%S)"
-RETRIEVER_LOG="$LOG_DIR/retriever-$stamp.log"
-TRAINING_LOG="$LOG_DIR/training-$stamp.log"
-STATUS_FILE="$LOG_DIR/.training-$stamp.status"
+RETRIEVER_LOG="$log_dir/retriever-$stamp.log"
+TRAINING_LOG="$log_dir/training-$stamp.log"
+RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/search-r1-run.XXXXXX")" # mode 0700: the environment file and the status
+ENV_FILE="$RUN_DIR/environment"
+STATUS_FILE="$RUN_DIR/training.status"
+SESSION_MADE=0
 retriever_pid=""
+train_pid=""
+
+existing_logs() {
+  local file found=()
+  for file in "$RETRIEVER_LOG" "$TRAINING_LOG"; do
+    if [[ -f "$file" ]]; then found+=("$file"); fi
+  done
+  if ((${#found[@]})); then echo "logs: ${found[*]}"; else echo "no log was written"; fi
+}
+
+running() { # $1: pid, or -pgid for a process group. A zombie has ended: its parent just has not reaped it yet.
+  kill -0 -- "$1" 2>/dev/null || return 1
+  command -v ps >/dev/null || return 0
+  if [[ "$1" == -* ]]; then
+    ps -e -o pgid=,stat= | awk -v group="${1#-}" '$1 == group && $2 !~ /^Z/ { found = 1 } END { exit !found }'
+  else
+    [[ "$(ps -o stat= -p "$1")" != Z* ]]
+  fi
+}
+
+# shellcheck disable=SC2329  # called by cleanup
+stop_pid() { # $1: pid (negative: a process group), $2: what, $3: seconds to wait after TERM before KILL
+  local pid="$1" _
+  running "$pid" || return 0
+  log "stopping $2 (pid ${pid#-})"
+  kill -TERM -- "$pid" 2>/dev/null || true
+  for _ in $(seq 1 $(($3 * 2))); do running "$pid" || return 0; sleep 0.5; done
+  kill -KILL -- "$pid" 2>/dev/null || true
+}
 
 # shellcheck disable=SC2329  # invoked by the EXIT trap
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  if [[ -n "$retriever_pid" ]] && kill -0 "$retriever_pid" 2>/dev/null; then
-    log "stopping retriever (pid $retriever_pid)"
-    kill -TERM "$retriever_pid" 2>/dev/null || true
-    for _ in $(seq 1 20); do kill -0 "$retriever_pid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$retriever_pid" 2>/dev/null || true
-  fi
-  tmux kill-session -t "=$TMUX_SESSION" 2>/dev/null || true
-  rm -f "$STATUS_FILE"
-  log "cleaned up; logs: $RETRIEVER_LOG $TRAINING_LOG"
+  if [[ -n "$retriever_pid" ]]; then stop_pid "$retriever_pid" retriever 10; fi
+  # Training that did not finish (Ctrl-C, its window killed): its pane leads a process group holding the
+  # training script, tee and what they started; TERM lets the script run its own exit trap (ray stop).
+  if [[ -n "$train_pid" ]]; then stop_pid "-$train_pid" training 30; fi
+  if ((SESSION_MADE)); then tm kill-session -t "=$TMUX_SESSION" 2>/dev/null || true; fi
+  rm -rf "$RUN_DIR"
+  log "cleaned up; $(existing_logs)"
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Window 0: the retriever. start_server.sh execs the server, so the pane's PID is the server's PID.
-retriever_cmd="$(printf '%q ' bash "$ROOT/local_dense_retriever/start_server.sh" --port "$RETRIEVER_PORT" --log "$RETRIEVER_LOG")"
-if [[ -n "${RETRIEVER_GPUS:-}" ]]; then
-  retriever_cmd="CUDA_VISIBLE_DEVICES=$(printf '%q' "$RETRIEVER_GPUS") $retriever_cmd"
-fi
-log "starting retriever on port $RETRIEVER_PORT (log: $RETRIEVER_LOG)"
-tmux new-session -d -s "$TMUX_SESSION" -n retriever -x 200 -y 50
-tmux set-option -w -t "=$TMUX_SESSION:0" remain-on-exit on
-tmux respawn-pane -k -t "=$TMUX_SESSION:0" "$retriever_cmd"
-retriever_pid="$(tmux display-message -p -t "=$TMUX_SESSION:0" '#{pane_pid}')"
+# The caller's exported environment, one `export NAME=value` per variable (%q-quoted), for both windows. Left
+# out: names that are not identifiers, read-only shell variables, and what belongs to the terminal the caller
+# runs in (TMUX, TMUX_PANE, TERM: a pane is a tmux terminal).
+(umask 077 && : >"$ENV_FILE")
+for name in $(compgen -e); do
+  case "$name" in TMUX | TMUX_PANE | TERM | _) continue ;; esac
+  if [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ && -v "$name" && "${!name@a}" != *r* ]]; then
+    printf 'export %s=%q\n' "$name" "${!name}"
+  fi
+done >"$ENV_FILE"
 
-log "waiting up to ${RETRIEVER_READY_TIMEOUT}s for http://127.0.0.1:${RETRIEVER_PORT}/health"
+# open_window INDEX NAME RUNNER: window INDEX runs RUNNER under `env -i`, so it sees exactly the variables of
+# $ENV_FILE (and TERM, tmux's terminal type). It starts on a placeholder until remain-on-exit is on: a command
+# that fails at once stays readable. Sets PANE_PID.
+open_window() {
+  local placeholder=("$BASH" --noprofile --norc -c 'read -r _') term
+  if (($1 == 0)); then
+    SESSION_MADE=1
+    tm new-session -d -s "$TMUX_SESSION" -n "$2" -x 200 -y 50 -c "$PWD" "${placeholder[@]}"
+  else
+    tm new-window -d -t "=$TMUX_SESSION:$1" -n "$2" -c "$PWD" "${placeholder[@]}"
+  fi
+  tm set-option -w -t "=$TMUX_SESSION:$1" remain-on-exit on
+  term="$(tm show-options -gv default-terminal)"
+  tm respawn-pane -k -t "=$TMUX_SESSION:$1" -c "$PWD" "$ENV_BIN" -i "TERM=$term" "$BASH" --noprofile --norc "$3"
+  PANE_PID="$(tm display-message -p -t "=$TMUX_SESSION:$1" '#{pane_pid}')"
+}
+
+pane_gone() { # $1: window; true when its process has ended (or the session is gone)
+  local dead
+  dead="$(tm display-message -p -t "=$TMUX_SESSION:$1" '#{pane_dead}' 2>/dev/null)" || return 0
+  [[ "$dead" == 1 ]]
+}
+
+training_window=0
+if ((START_LOCAL)); then
+  # Window 0: the retriever. start_server.sh execs the server, so the pane's PID is the server's PID.
+  {
+    printf '. %q\n' "$ENV_FILE"
+    if [[ -n "${RETRIEVER_GPUS:-}" ]]; then printf 'export CUDA_VISIBLE_DEVICES=%q\n' "$RETRIEVER_GPUS"; fi
+    printf 'exec %s\n' "$(printf '%q ' "$BASH" "$START_SERVER" --port "$RETRIEVER_PORT" --host "$RETRIEVER_HOST" \
+      --log "$RETRIEVER_LOG")"
+  } >"$RUN_DIR/retriever.sh"
+  log "starting the retriever on $RETRIEVER_HOST:$RETRIEVER_PORT"
+  open_window 0 retriever "$RUN_DIR/retriever.sh"
+  retriever_pid="$PANE_PID"
+  training_window=1
+fi
+
+log "waiting up to ${RETRIEVER_READY_TIMEOUT}s for GET /health of: ${URLS[*]}"
 start=$SECONDS
-until curl -sf -o /dev/null --max-time 5 "http://127.0.0.1:${RETRIEVER_PORT}/health"; do
-  if ! kill -0 "$retriever_pid" 2>/dev/null || [[ "$(tmux display-message -p -t "=$TMUX_SESSION:0" '#{pane_dead}')" == 1 ]]; then
+pending=("${URLS[@]}")
+while ((${#pending[@]})); do
+  still=()
+  for url in "${pending[@]}"; do
+    proxy=()
+    if [[ " ${LOCAL_URLS[*]} " == *" $url "* ]]; then proxy=(--noproxy '*'); fi
+    curl -sf -o /dev/null --max-time 5 "${proxy[@]}" "$url/health" || still+=("$url")
+  done
+  pending=("${still[@]}")
+  ((${#pending[@]})) || break
+  if ((START_LOCAL)) && { ! running "$retriever_pid" || pane_gone 0; }; then
     echo "----- retriever output -----" >&2
-    tmux capture-pane -p -t "=$TMUX_SESSION:0" -S -40 >&2 || true
-    die "the retriever exited before it became ready (full log: $RETRIEVER_LOG)"
+    tm capture-pane -p -t "=$TMUX_SESSION:0" -S -40 >&2 || true
+    die "the retriever exited before it became ready ($(existing_logs))"
   fi
   if ((SECONDS - start >= RETRIEVER_READY_TIMEOUT)); then
-    tail -n 40 "$RETRIEVER_LOG" >&2 || true
-    die "the retriever was not ready after ${RETRIEVER_READY_TIMEOUT}s (log: $RETRIEVER_LOG; tmux attach -t $TMUX_SESSION)"
+    if ((START_LOCAL)) && [[ " ${pending[*]} " == *" ${URLS[0]} "* && -f "$RETRIEVER_LOG" ]]; then
+      tail -n 40 "$RETRIEVER_LOG" >&2 || true
+    fi
+    die "no answer to GET /health after ${RETRIEVER_READY_TIMEOUT}s from: ${pending[*]}" \
+      "(start it, fix RETRIEVAL_SERVER_URL or raise RETRIEVER_READY_TIMEOUT; $(existing_logs))"
   fi
   sleep 1
 done
-log "retriever ready after $((SECONDS - start))s"
+log "retriever ready after $((SECONDS - start))s${retriever_pid:+ (log: $RETRIEVER_LOG)}"
 
-# Window 1: training. The status file tells this script when training ended and how.
-train_cmd="cd $(printf '%q' "$ROOT") && $(printf '%q ' bash "$TRAIN_SCRIPT" "${TRAIN_ARGS[@]}") 2>&1 | tee $(printf '%q' "$TRAINING_LOG"); \
-echo \"\${PIPESTATUS[0]}\" > $(printf '%q' "$STATUS_FILE")"
-tmux new-window -t "=$TMUX_SESSION:1" -n training -e "RETRIEVAL_SERVER_URL=$RETRIEVAL_SERVER_URL" "bash -c $(printf '%q' "$train_cmd")"
+# The training window: its runner writes training's exit code to the status file when training ends.
+{
+  printf '. %q\n' "$ENV_FILE"
+  printf 'cd %q\n' "$ROOT"
+  printf '%s2>&1 | tee %q\n' "$(printf '%q ' "$BASH" "$train_script" "${TRAIN_ARGS[@]}")" "$TRAINING_LOG"
+  # shellcheck disable=SC2016  # expanded by the runner
+  printf 'echo "${PIPESTATUS[0]}" >%q\n' "$STATUS_FILE"
+} >"$RUN_DIR/training.sh"
+: >"$TRAINING_LOG" # exists from now on, so the path printed below is one that exists
+open_window "$training_window" training "$RUN_DIR/training.sh"
+train_pid="$PANE_PID"
 log "training started (log: $TRAINING_LOG)"
-log "watch it: tmux attach -t $TMUX_SESSION   (Ctrl-b 0 retriever, Ctrl-b 1 training, Ctrl-b d detach)"
+windows="Ctrl-b $training_window training, Ctrl-b d detach"
+if ((START_LOCAL)); then windows="Ctrl-b 0 retriever, $windows"; fi
+log "watch it: tmux attach -t $TMUX_SESSION   ($windows)"
 
-if [[ "$ATTACH" -eq 1 && -t 0 && -t 1 ]]; then
-  tmux attach -t "=$TMUX_SESSION:1" || true
+if ((ATTACH)); then
+  if [[ -n "${TMUX:-}" ]]; then
+    # Inside tmux, attaching would nest; switch this client instead, and back when the session ends.
+    tm set-option -t "=$TMUX_SESSION:" detach-on-destroy off || true
+    if tm switch-client -t "=$TMUX_SESSION:$training_window" 2>/dev/null; then
+      log "switched this tmux client to $TMUX_SESSION (this script goes on waiting in the window it was started in)"
+    else
+      log "could not switch the tmux client; run: tmux switch-client -t $TMUX_SESSION"
+    fi
+  elif [[ -t 0 && -t 1 ]]; then
+    tm attach -t "=$TMUX_SESSION:$training_window" || true
+  else
+    log "--attach needs a terminal; watch with: tmux attach -t $TMUX_SESSION"
+  fi
 fi
+
+# Training ends when its runner writes the status file. A pane whose process ended without writing it was killed.
 until [[ -s "$STATUS_FILE" ]]; do
-  tmux has-session -t "=$TMUX_SESSION" 2>/dev/null || die "tmux session '$TMUX_SESSION' disappeared before training ended"
-  sleep 2
+  if ! running "$train_pid" || pane_gone "$training_window"; then
+    [[ -s "$STATUS_FILE" ]] && break
+    if [[ -f "$TRAINING_LOG" ]]; then where="see its log: $TRAINING_LOG"; else where="it wrote no log"; fi
+    die "training ended without reporting an exit code (its window was killed or closed); $where"
+  fi
+  sleep 1
 done
-train_rc="$(cat "$STATUS_FILE")"
+train_rc="$(<"$STATUS_FILE")"
+train_pid="" # it finished: what it left running is its own business, as without this script
 log "training finished with exit code $train_rc"
 exit "$train_rc"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start the retrieval server (retrieval_server.py) from the folder's own venv, in the foreground.
 #
-#   bash local_dense_retriever/start_server.sh [--port N] [--host H] [--log FILE] [-- extra server flags...]
+#   bash local_dense_retriever/start_server.sh [--port N] [--host H] [--log FILE] [--check] [-- extra server flags...]
 #   bash local_dense_retriever/start_server.sh INDEX CORPUS TOPK NAME MODEL [LOG_FILE [PORT]]   (slime example form)
 #
 # The server process replaces this script (exec), so the PID of `bash start_server.sh` is the server's PID:
@@ -12,6 +12,8 @@
 #   --port N          TCP port [PORT, default 8000]
 #   --host H          interface to bind [HOST, default 127.0.0.1]
 #   --log FILE        also append all output to FILE [LOG_FILE, default: none]
+#   --check           only check what the server needs (index, corpus, python, a valid port nobody listens on),
+#                     print what to do if something is missing, and exit: 0 when it can start
 #   -- FLAGS...       passed to retrieval_server.py as they are, e.g. -- --max_batch_size 512
 #   -h, --help        this text
 # Environment:
@@ -35,6 +37,7 @@ TOPK="${TOPK:-3}"
 RETRIEVER_NAME="${RETRIEVER_NAME:-e5}"
 RETRIEVER_PYTHON="${RETRIEVER_PYTHON:-$SCRIPT_DIR/.venv/bin/python}"
 EXTRA=()
+CHECK_ONLY=0
 
 usage() { bash "$SCRIPT_DIR/../scripts/print_usage.sh" "${BASH_SOURCE[0]}"; }
 die() { echo "[start_server] error: $*" >&2; exit 1; }
@@ -53,6 +56,7 @@ while (($#)); do
     --host=*) HOST="${1#*=}"; shift ;;
     --log) (($# >= 2)) || die "--log needs a file"; LOG_FILE="$2"; shift 2 ;;
     --log=*) LOG_FILE="${1#*=}"; shift ;;
+    --check) CHECK_ONLY=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) die "unknown argument: $1 (server flags go after --; see --help)" ;;
@@ -74,6 +78,19 @@ download_hint="run: python local_dense_retriever/download.py --save_path $SAVE_P
 [[ -f "$CORPUS_PATH" ]] || die "corpus not found: CORPUS_PATH=$CORPUS_PATH; $download_hint"
 [[ -x "$RETRIEVER_PYTHON" ]] ||
   die "no python at $RETRIEVER_PYTHON: run bash local_dense_retriever/setup_venv.sh (or set RETRIEVER_PYTHON)"
+
+if ((CHECK_ONLY)); then
+  # Any TCP listener counts, HTTP or not: connect to the address the server would bind (a wildcard: loopback).
+  probe="${HOST#\[}"
+  probe="${probe%\]}"
+  case "$probe" in "" | 0.0.0.0) probe=127.0.0.1 ;; ::) probe=::1 ;; esac
+  # shellcheck disable=SC2016  # $1 and $2 belong to the inner bash
+  if timeout 5 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$probe" "$PORT" 2>/dev/null; then
+    die "port $PORT on $probe is already in use (something listens there): stop it or choose another port"
+  fi
+  echo "[start_server] ok: index, corpus and $RETRIEVER_PYTHON found; port $PORT on $probe is free"
+  exit 0
+fi
 
 cmd=("$RETRIEVER_PYTHON" "$SCRIPT_DIR/retrieval_server.py"
   --index_path "$INDEX_PATH" --corpus_path "$CORPUS_PATH" --topk "$TOPK"

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import pty
+import re
+import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import tempfile
+import termios
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import wrapper_fakes
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "run_qwen2.5-3B-it-with-retrieval.sh"
@@ -112,11 +124,24 @@ def test_wrapper_stops_everything_on_ctrl_c(wrapper_env, port: int) -> None:
 
 def test_wrapper_reports_a_retriever_that_cannot_start(wrapper_env, tmp_path: Path) -> None:
     env, _ = wrapper_env
-    env = {**env, "INDEX_PATH": str(tmp_path / "missing.index")}
+    broken = tmp_path / "broken.index"
+    broken.write_bytes(b"not a faiss index")  # passes the path checks, fails when the server loads it
+    env = {**env, "INDEX_PATH": str(broken)}
     result = subprocess.run(["bash", str(WRAPPER)], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "exited before it became ready" in result.stderr
-    assert "index not found" in result.stderr  # the retriever's own message is shown, not hidden in a log
+    assert "could not be loaded" in result.stderr  # the retriever's own message is shown, not hidden in a log
+    assert not session_exists(env["TMUX_SESSION"])
+
+
+def test_wrapper_names_a_missing_index_before_starting_anything(wrapper_env, tmp_path: Path) -> None:
+    env, _ = wrapper_env
+    env = {**env, "INDEX_PATH": str(tmp_path / "missing.index")}
+    result = subprocess.run(["bash", str(WRAPPER)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "index not found" in result.stderr and "download.py" in result.stderr  # what is wrong, what to do
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "starting the retriever" not in result.stdout
     assert not session_exists(env["TMUX_SESSION"])
 
 
@@ -127,3 +152,372 @@ def test_wrapper_refuses_to_reuse_an_existing_session(wrapper_env) -> None:
     assert result.returncode == 1
     assert "already exists" in result.stderr
     assert session_exists(env["TMUX_SESSION"])  # somebody else's session is left alone
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The launch itself, with a fake retriever (tests/wrapper_fakes.py) and a fake training script that records its
+# environment, each on a private tmux server so that no test touches the user's tmux.
+
+RECORDING_TRAINING = """#!/usr/bin/env bash
+echo $$ > RECORD/training.pid
+env -0 > RECORD/training.env.tmp && mv RECORD/training.env.tmp RECORD/training.env
+echo "fake training: args $*"
+if [[ "${HOLD:-}" == 1 ]]; then
+  for _ in $(seq 1 600); do [[ -e RECORD/release ]] && break; sleep 0.2; done
+fi
+exit "${FAKE_TRAIN_EXIT:-0}"
+"""
+
+# Not the caller's to pass on: what bash sets in every shell, and the terminal's (a pane is a tmux terminal).
+NOT_PASSED = {"PWD", "OLDPWD", "SHLVL", "_", "TMUX", "TMUX_PANE", "TERM"}
+
+
+def wait_for(predicate, what: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert proc is None or proc.poll() is None, f"the wrapper exited (rc {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie has ended (a parent or init just has not reaped it yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class PrivateTmux:
+    """A tmux server of the test's own (TMUX_TMPDIR in a short folder: socket paths are limited to ~100 bytes)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="wrt-", dir="/tmp"))
+        self.socket = self.dir / f"tmux-{os.getuid()}" / "default"
+
+    def env(self) -> dict[str, str]:
+        """The test's environment aimed at this server (and at no tmux the tests run inside)."""
+        env = {k: v for k, v in os.environ.items() if k not in {"TMUX", "TMUX_PANE"}}
+        return {**env, "TMUX_TMPDIR": str(self.dir)}
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+        result = subprocess.run(
+            ["tmux", *args], env=env or self.env(), capture_output=True, text=True, timeout=30, check=False
+        )
+        assert not check or result.returncode == 0, f"tmux {args}: {result.stderr}"
+        return result.stdout.strip()
+
+    def start(self, server_env: dict[str, str]) -> None:
+        """Start the server with ``server_env`` (what every later session inherits) and a session "base"."""
+        self(
+            "new-session", "-d", "-s", "base", "-x", "80", "-y", "24", env={**server_env, "TMUX_TMPDIR": str(self.dir)}
+        )
+
+    def has_session(self, name: str) -> bool:
+        return (
+            subprocess.run(["tmux", "has-session", "-t", f"={name}"], env=self.env(), capture_output=True).returncode
+            == 0
+        )
+
+    def running(self) -> bool:
+        return subprocess.run(["tmux", "ls"], env=self.env(), capture_output=True).returncode == 0
+
+    def inside(self) -> dict[str, str]:
+        """TMUX and TMUX_PANE as a shell in the base session's pane has them."""
+        pid = self("display-message", "-p", "-t", "=base:", "#{pid}")
+        return {
+            "TMUX": f"{self.socket},{pid},0",
+            "TMUX_PANE": self("display-message", "-p", "-t", "=base:", "#{pane_id}"),
+        }
+
+    def stop(self) -> None:
+        self("kill-server", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def tmux():
+    server = PrivateTmux()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Launch:
+    env: dict[str, str]
+    record: Path
+    session: str
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.env["LOG_DIR"])
+
+    def popen(self, *args: str, **extra: str) -> subprocess.Popen:
+        out = (self.record / "wrapper.out").open("w")
+        return subprocess.Popen(
+            ["bash", str(WRAPPER), *args], env={**self.env, **extra}, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+
+    def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(WRAPPER), *args], env={**self.env, **extra}, capture_output=True, text=True, timeout=120
+        )
+
+    def output(self) -> str:
+        return (self.record / "wrapper.out").read_text()
+
+    def finish(self, proc: subprocess.Popen, timeout_s: float = 90) -> int:
+        try:
+            return proc.wait(timeout=timeout_s)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def retriever(self) -> dict | None:
+        path = self.record / "retriever.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def training_env(self) -> dict[str, str] | None:
+        path = self.record / "training.env"
+        if not path.exists():
+            return None
+        return dict(item.split("=", 1) for item in path.read_text().split("\0") if item)
+
+    def release(self) -> None:
+        (self.record / "release").touch()
+
+
+@pytest.fixture
+def launch(tmp_path: Path, tmux: PrivateTmux, port: int):
+    """The wrapper set up with the fake retriever on ``port`` and the recording training script."""
+    record = tmp_path / "record"
+    record.mkdir()
+    (tmp_path / "data.index").write_bytes(b"index")
+    (tmp_path / "corpus.jsonl").write_text("{}\n")
+    train = tmp_path / "fake_train.sh"
+    train.write_text(RECORDING_TRAINING.replace("RECORD", str(record)))
+    session = f"test-search-r1-{uuid.uuid4().hex[:8]}"
+    env = {
+        **tmux.env(),
+        "TMUX_SESSION": session,
+        "LOG_DIR": str(tmp_path / "logs"),
+        "RETRIEVAL_SERVER_URL": f"http://127.0.0.1:{port}",
+        "RETRIEVER_PYTHON": str(wrapper_fakes.retriever_python(tmp_path / "fake_python", record)),
+        "INDEX_PATH": str(tmp_path / "data.index"),
+        "CORPUS_PATH": str(tmp_path / "corpus.jsonl"),
+        "RETRIEVER_READY_TIMEOUT": "60",
+        "TRAIN_SCRIPT": str(train),
+    }
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "HOST"):
+        env.pop(name, None)
+    yield Launch(env, record, session)
+    (record / "release").touch()
+
+
+@pytest.mark.parametrize("where", ["inside a running tmux server", "no tmux server running yet"])
+def test_both_windows_get_exactly_the_callers_environment(launch: Launch, tmux: PrivateTmux, where: str) -> None:
+    secret = f"wandb-secret-{uuid.uuid4().hex}"
+    caller = {
+        **launch.env,
+        "HOLD": "1",
+        "TERM": "xterm-256color",
+        "FAKE_TRAIN_EXIT": "5",
+        "WANDB_API_KEY": secret,
+        "HF_CKPT": "/ckpt/with space",
+        "CUDA_VISIBLE_DEVICES": "1,3",
+        "SEARCH_R1_MAX_TURNS": "7",
+        "SEARCH_R1_SYSTEM_PROMPT": "two\nlines, 'single' \"double\" $HOME `tick` \\ %q",
+        "NOT-AN-IDENTIFIER": "skipped",
+    }
+    if where == "inside a running tmux server":
+        # The server was started from an environment without the caller's variables (and with stale values):
+        # tmux gives new windows the server's environment, not the caller's.
+        lean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "CUDA_VISIBLE_DEVICES": "0",
+                "SEARCH_R1_MAX_TURNS": "2", "ONLY_IN_TMUX_SERVER": "1"}  # fmt: skip
+        tmux.start(lean)
+        caller.update(tmux.inside())
+    wrapper = subprocess.Popen(
+        ["bash", str(WRAPPER)], env=caller, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for(lambda: launch.training_env() is not None, "training to start", proc=wrapper)
+        expected = {k: v for k, v in caller.items() if k.isidentifier() and k not in NOT_PASSED}
+        terminal = tmux("show-options", "-gv", "default-terminal")
+        retriever_env = launch.retriever()["env"]
+        training_env = launch.training_env()
+        for window, seen in (("retriever", retriever_env), ("training", training_env)):
+            differ = sorted(k for k in expected if seen.get(k) != expected[k])
+            assert not differ, f"{window} window: {differ} differ from the caller's"
+            assert "ONLY_IN_TMUX_SERVER" not in seen and "NOT-AN-IDENTIFIER" not in seen
+            assert seen["TERM"] == terminal
+
+        # The key is on no command line and in no tmux environment; the file that carries it is private.
+        shown = tmux("show-environment", "-g") + tmux("show-environment", "-t", f"={launch.session}")
+        assert secret not in shown
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                assert secret.encode() not in cmdline.read_bytes(), f"the key is on the command line of {cmdline}"
+        pane_pid = tmux("display-message", "-p", "-t", f"={launch.session}:1", "#{pane_pid}")
+        runner = Path(Path(f"/proc/{pane_pid}/cmdline").read_bytes().split(b"\0")[-2].decode())
+        assert runner.parent.stat().st_mode & 0o777 == 0o700
+        assert [(f.name, f.stat().st_mode & 0o777) for f in runner.parent.glob("environment")] == [
+            ("environment", 0o600)
+        ]
+    finally:
+        launch.release()
+        output, _ = wrapper.communicate(timeout=90)
+    assert wrapper.returncode == 5, output  # training's exit code
+    assert not runner.parent.exists()
+    assert not tmux.has_session(launch.session)
+    if where == "inside a running tmux server":
+        assert tmux.has_session("base")  # the caller's own session is left alone
+
+
+def test_a_remote_url_is_health_checked_and_no_retriever_is_started(launch: Launch, tmux: PrivateTmux) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy, wrapper_fakes.forward_proxy() as (proxy, seen):
+        # Another host (reached through a proxy: the name does not resolve here), on a port that is busy locally.
+        url = f"http://retriever.remote.invalid:{busy.getsockname()[1]}"
+        proxies = {"http_proxy": proxy, "HTTP_PROXY": proxy, "no_proxy": "127.0.0.1,localhost", "NO_PROXY": ""}
+        result = launch.run(RETRIEVAL_SERVER_URL=url, **proxies)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is not on this machine" in result.stdout
+    assert f"GET {url}/health" in seen
+    assert launch.retriever() is None  # nothing was started for it
+    assert launch.training_env()["RETRIEVAL_SERVER_URL"] == url
+    assert not tmux.running()  # the session the wrapper made (the only one) is gone
+
+
+def test_this_machines_hostname_counts_as_local(launch: Launch, port: int) -> None:
+    url = f"http://{socket.gethostname()}:{port}"
+    result = launch.run(RETRIEVAL_SERVER_URL=url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    started = launch.retriever()
+    assert started is not None and started["argv"][started["argv"].index("--port") + 1] == str(port)
+    assert launch.training_env()["RETRIEVAL_SERVER_URL"] == url
+
+
+def test_every_replica_must_be_healthy_before_training(launch: Launch, tmux: PrivateTmux, port: int) -> None:
+    remote = "http://retriever.remote.invalid:8000"
+    with wrapper_fakes.forward_proxy(health_status=503) as (proxy, seen):
+        result = launch.run(
+            RETRIEVAL_SERVER_URL=f"http://127.0.0.1:{port},{remote}",
+            RETRIEVER_READY_TIMEOUT="3",
+            http_proxy=proxy,
+            HTTP_PROXY=proxy,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"no answer to GET /health after 3s from: {remote}" in result.stderr
+    assert f"GET {remote}/health" in seen
+    assert not any("127.0.0.1" in request for request in seen)  # the local replica is asked directly
+    started = launch.retriever()
+    assert started is not None and "--port" in started["argv"] and str(port) in started["argv"]
+    assert not alive(started["pid"])  # the local replica it started is stopped again
+    assert launch.training_env() is None  # training never started
+    assert not tmux.running()
+
+
+def test_a_killed_training_window_stops_everything(launch: Launch, tmux: PrivateTmux, port: int) -> None:
+    wrapper = launch.popen(HOLD="1")
+    try:
+        wait_for(lambda: launch.training_env() is not None, "training to start", proc=wrapper)
+        pane_pid = int(tmux("display-message", "-p", "-t", f"={launch.session}:1", "#{pane_pid}"))
+        os.kill(pane_pid, signal.SIGTERM)
+        rc = launch.finish(wrapper, timeout_s=90)  # the old wrapper waited here forever
+    finally:
+        launch.release()
+    output = launch.output()
+    assert rc != 0, output
+    training_log = next(launch.logs.glob("training-*.log"))
+    assert (
+        f"training ended without reporting an exit code (its window was killed or closed); see its log: {training_log}"
+        in output
+    )
+    assert not alive(launch.retriever()["pid"]) and not port_open(port)
+    assert not alive(int((launch.record / "training.pid").read_text()))  # the training script itself too
+    assert not tmux.running()
+
+
+def test_a_port_taken_by_a_non_http_listener_is_refused_before_any_session(launch: Launch, tmux: PrivateTmux) -> None:
+    tmux.start(launch.env)  # a server that has the launch settings: only what is under test differs
+    created = launch.record / "session-created"
+    tmux("set-hook", "-g", "session-created", f"run-shell 'touch {created}'")
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts connections, never speaks HTTP
+        port = listener.getsockname()[1]
+        result = launch.run(RETRIEVAL_SERVER_URL=f"http://127.0.0.1:{port}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr and "choose another port" in result.stderr
+    assert not created.exists() and launch.retriever() is None
+    assert tmux("list-sessions", "-F", "#{session_name}") == "base"
+
+
+def test_a_retriever_that_fails_at_once_gets_no_unwritten_log_paths(launch: Launch, tmp_path: Path) -> None:
+    failing = wrapper_fakes.retriever_python(tmp_path / "failing_python", launch.record, fail=True)
+    result = launch.run(RETRIEVER_PYTHON=str(failing))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "exited before it became ready" in output and "cannot load the index (scripted failure)" in output
+    named = re.findall(re.escape(str(launch.logs)) + r"/\S+\.log", output)
+    assert named, output  # the retriever's log was written: it is named
+    missing = [path for path in named if not Path(path).exists()]
+    assert not missing, f"log paths printed that were never written: {missing}\n{output}"
+
+
+def test_attach_inside_tmux_switches_the_client_instead_of_nesting(launch: Launch, tmux: PrivateTmux) -> None:
+    tmux.start(launch.env)  # a server that has the launch settings: only what is under test differs
+    client = PtyProcess(["tmux", "attach", "-t", "=base"], {**tmux.env(), "TERM": "xterm"})
+    try:
+        wait_for(lambda: tmux("list-clients", "-F", "#{session_name}") == "base", "the client to attach")
+        wrapper = PtyProcess(["bash", str(WRAPPER), "--attach"], {**launch.env, **tmux.inside(), "HOLD": "1"})
+        try:
+            wait_for(lambda: launch.training_env() is not None, "training to start", proc=wrapper.proc)
+            wait_for(lambda: tmux("list-clients", "-F", "#{session_name}") == launch.session, "the client to switch")
+        finally:
+            launch.release()
+            rc = launch.finish(wrapper.proc)
+        output = wrapper.output()
+        assert rc == 0, output
+        assert "nested" not in output and "switched this tmux client" in output
+        # Its session gone, the client is back where it was rather than thrown out of tmux.
+        assert tmux("list-clients", "-F", "#{session_name}") == "base"
+    finally:
+        client.stop()
+
+
+class PtyProcess:
+    """A process on its own pseudo-terminal (a terminal user's view), its output collected in the background."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.proc = subprocess.Popen(argv, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        os.close(slave)
+        self.master = master
+        self.chunks: list[bytes] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.chunks.append(chunk)
+
+    def output(self) -> str:
+        self.reader.join(timeout=10)
+        return b"".join(self.chunks).decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        os.close(self.master)

@@ -1,0 +1,117 @@
+"""Stand-ins for the tmux wrapper's tests: a retriever process that records how it was started, and a proxy.
+
+``python wrapper_fakes.py retriever --record DIR [--fail] -- retrieval_server.py ARGS...`` is what
+start_server.sh runs when RETRIEVER_PYTHON is a shim exec'ing it: it writes ``DIR/retriever.json`` (pid, argv,
+environment), then either fails at once (``--fail``, like a retriever that cannot load) or answers
+``GET /health`` and ``POST /retrieve`` on the ``--host``/``--port`` it was given until it is killed.
+
+``forward_proxy()`` serves an HTTP forward proxy on 127.0.0.1 that answers for whatever host is asked: with
+``http_proxy`` pointing at it, a URL on a host that is not this machine (``retriever.remote.invalid``) is a
+reachable remote retriever, which is how the tests give the wrapper a real remote replica without a network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+
+
+def retriever_python(path: Path, record: Path, *, fail: bool = False) -> Path:
+    """Write an executable at ``path`` to use as RETRIEVER_PYTHON; it execs the fake (same PID)."""
+    flags = ["--record", str(record)] + (["--fail"] if fail else [])
+    command = shlex.join([sys.executable, str(HERE), "retriever", *flags, "--"])
+    path.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def _answer(handler: BaseHTTPRequestHandler, status: int, payload: object) -> None:
+    body = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+class _RetrieverHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        _answer(self, 200 if self.path == "/health" else 404, {"status": "ok"})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        _answer(self, 200, {"result": [[]]})
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def run_retriever(argv: list[str]) -> int:
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(prog="wrapper_fakes.py retriever")
+    parser.add_argument("--record", type=Path, required=True)
+    parser.add_argument("--fail", action="store_true")
+    args = parser.parse_args(argv[:split])
+    server_argv = argv[split + 1 :]
+    known = argparse.ArgumentParser(add_help=False)
+    known.add_argument("--host", default="127.0.0.1")
+    known.add_argument("--port", type=int, required=True)
+    server_flags, _ = known.parse_known_args(server_argv)
+
+    args.record.mkdir(parents=True, exist_ok=True)
+    tmp = args.record / "retriever.json.tmp"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "argv": server_argv, "env": dict(os.environ)}))
+    tmp.replace(args.record / "retriever.json")
+    if args.fail:
+        print("fake retriever: cannot load the index (scripted failure)", file=sys.stderr, flush=True)
+        return 1
+    server = HTTPServer((server_flags.host, server_flags.port), _RetrieverHandler)
+    print(f"fake retriever: serving on {server_flags.host}:{server_flags.port}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+@contextlib.contextmanager
+def forward_proxy(health_status: int = 200) -> Iterator[tuple[str, list[str]]]:
+    """Yield ``(proxy URL, requests seen as "METHOD absolute-URL")``; /health answers ``health_status``."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(f"GET {self.path}")
+            _answer(self, health_status if self.path.endswith("/health") else 404, {"status": "proxied"})
+
+        def do_POST(self) -> None:
+            seen.append(f"POST {self.path}")
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            _answer(self, 200, {"result": [[]]})
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="wrapper-test-proxy", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["retriever"]:
+        sys.exit("usage: wrapper_fakes.py retriever --record DIR [--fail] -- SERVER ARGS...")
+    sys.exit(run_retriever(sys.argv[2:]))
