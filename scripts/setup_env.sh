@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Create or update the project's CPU environments: .venv (tests, quickstart, data tools) and .venv-real (the real
-# components the tests run: slime's router binary and a CPU Ray, tests/requirements-real.txt; kept apart so their
-# dependencies never touch .venv's pins). Idempotent: a second run with unchanged requirement files checks stamps.
+# Create or update the project's CPU environments: .venv (tests, quickstart, data tools), .venv-real (the real
+# components the tests run: slime's router binary and a CPU Ray, tests/requirements-real.txt) and one
+# .venv-sglang-<version> per SGLang release whose serving code the tests run (tests/requirements-sglang-*.txt,
+# installed --no-deps, sharing .venv's CPU torch through build/shared-torch). Each is kept apart so its
+# dependencies never touch .venv's pins. Idempotent: a second run with unchanged requirement files checks stamps.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +18,11 @@ REQ_FILES=(
 )
 
 REAL_REQ="$ROOT/tests/requirements-real.txt"
+# SGLang releases the tests serve for real (tests/real_sglang.py SGLANG_VERSIONS); SGLANG_VENV_DIR moves their venvs.
+SGLANG_VERSIONS=(0.5.15.post1 0.5.23)
+SGLANG_VENV_DIR="${SGLANG_VENV_DIR:-$ROOT}"
+SHARED_TORCH="$ROOT/build/shared-torch"
+VENV_CREATOR="$PYTHON"
 
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 # is_current VENV FILES...: whether VENV exists and was built from exactly these files (creates it when missing).
@@ -23,7 +30,7 @@ is_current() {
   local venv="$1"; shift
   if [[ ! -x "$venv/bin/python" ]]; then
     echo "[setup_env] creating $venv"
-    "$PYTHON" -m venv "$venv"
+    "$VENV_CREATOR" -m venv "$venv"
   fi
   wanted="$(cat "$@" | sha256sum | cut -d' ' -f1)"
   stamp="$venv/.search-r1-oai-requirements.sha256"
@@ -40,17 +47,43 @@ fi
 
 if is_current "$VENV" "${REQ_FILES[@]}"; then
   echo "[setup_env] $VENV is up to date"
-  exit 0
+else
+  # torch first and only when missing: an unpinned torch pulls a multi-GB CUDA build, and on a GPU image
+  # the existing CUDA torch must never be replaced.
+  if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    echo "[setup_env] installing $(cat "$ROOT/scripts/torch-cpu.txt") (CPU build)"
+    pip_install -r "$ROOT/scripts/torch-cpu.txt"
+  fi
+  echo "[setup_env] installing project, retriever and test requirements"
+  pip_install -e "${ROOT}[dev]" -r "$ROOT/local_dense_retriever/requirements.txt"
+  pip_install --no-deps -r "$ROOT/tests/requirements-nodeps.txt"
+  echo "$wanted" > "$stamp"
+  echo "[setup_env] ready: $VENV"
 fi
 
-# torch first and only when missing: an unpinned torch pulls a multi-GB CUDA build, and on a GPU image
-# the existing CUDA torch must never be replaced.
-if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  echo "[setup_env] installing $(cat "$ROOT/scripts/torch-cpu.txt") (CPU build)"
-  pip_install -r "$ROOT/scripts/torch-cpu.txt"
-fi
-echo "[setup_env] installing project, retriever and test requirements"
-pip_install -e "${ROOT}[dev]" -r "$ROOT/local_dense_retriever/requirements.txt"
-pip_install --no-deps -r "$ROOT/tests/requirements-nodeps.txt"
-echo "$wanted" > "$stamp"
-echo "[setup_env] ready: $VENV"
+# .venv's torch, seen by the SGLang venvs through a .pth file: no second 800 MB copy, and a directory outside
+# those venvs, so pip there never uninstalls it. Re-linked on every run (cheap), so a cleaned build/ heals.
+torch_site="$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')"
+rm -rf "$SHARED_TORCH"
+mkdir -p "$SHARED_TORCH"
+for entry in "$torch_site"/torch "$torch_site"/functorch "$torch_site"/torchgen "$torch_site"/torch-*.dist-info; do
+  if [[ -e "$entry" ]]; then ln -s "$entry" "$SHARED_TORCH/"; fi
+done
+
+# The SGLang venvs use .venv's interpreter (the shared torch is built for it). --no-deps: the requirement files
+# are full pip freezes; SGLang's declared dependencies would pull a CUDA torch and GPU kernels.
+VENV_CREATOR="$VENV/bin/python"
+for version in "${SGLANG_VERSIONS[@]}"; do
+  sglang_venv="$SGLANG_VENV_DIR/.venv-sglang-$version"
+  if is_current "$sglang_venv" "$ROOT/tests/requirements-sglang-$version.txt" "$ROOT/scripts/torch-cpu.txt"; then
+    echo "[setup_env] $sglang_venv is up to date"
+  else
+    echo "[setup_env] installing SGLang $version's serving path (CPU, no model) into $sglang_venv"
+    "$sglang_venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+      -r "$ROOT/tests/requirements-sglang-$version.txt"
+    echo "$wanted" > "$stamp"
+  fi
+  purelib="$("$sglang_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  echo "$SHARED_TORCH" > "$purelib/_search_r1_oai_shared_torch.pth"
+done
+echo "[setup_env] ready"

@@ -84,3 +84,14 @@ def toy_index(tmp_path_factory: pytest.TempPathFactory, toy_corpus_files, minilm
     argv = ["--corpus_path", str(corpus), "--retriever_model", str(minilm_dir), "--index_path", str(index)]
     assert build_index.main([*argv, "--device", "cpu"]) == 0
     return index, corpus
+
+
+@pytest.fixture(scope="session")
+def real_sglang_servers(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_dir: Path, qwen_tokenizer):
+    """SGLang's real serving code per release with a scripted engine (tests/real_sglang.py), started on first use
+    and stopped at the end of the session."""
+    from real_sglang import RealSGLangPool
+
+    pool = RealSGLangPool(tmp_path_factory.mktemp("real_sglang"), qwen_tokenizer_dir, qwen_tokenizer)
+    yield pool
+    pool.close()

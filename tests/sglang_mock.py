@@ -39,6 +39,7 @@ from typing import Any
 import fastapi
 from fastapi.responses import JSONResponse
 from live_server import serve_app
+from scripted_logprob import mock_logprob
 
 from search_r1_oai.policy_route import PROBE_TEXT
 
@@ -76,6 +77,8 @@ class RecordedRequest:
     finish_reason: str | None
     status: int
     response: dict | None = field(default=None, repr=False)
+    # The sampling parameters the engine was given (SGLang's ``SamplingParams`` fields), None if none reached it.
+    sampling_params: dict | None = None
 
 
 class MockRequestError(Exception):
@@ -85,15 +88,6 @@ class MockRequestError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
-
-
-def mock_logprob(token_id: int, position: int) -> float:
-    """Deterministic, position-dependent, always negative logprob of ``token_id`` sampled at ``position``.
-
-    ``position`` is the absolute index in the sequence (``len(prompt_ids) + i``), so a client that attaches a
-    logprob to the wrong token or the wrong turn gets a different number.
-    """
-    return -(1 + (token_id * 7919 + position * 104729) % 4999) / 1024.0
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 from conftest import free_port
 from fake_retriever import FakeRetriever, serve_fake_retriever
+from real_sglang import SGLANG_VERSIONS
 from rollout_helpers import FAST, IM_END, SAMPLING, answer, assert_token_exact, call, new_sample, observation_texts
 from sglang_mock import MockSGLang, Reply, serve_mock_sglang
 from slime_stub import Sample
@@ -36,8 +37,16 @@ async def _close_clients():
     await aclose_clients()
 
 
-@pytest.fixture(scope="module")
-def mock(qwen_tokenizer):
+@pytest.fixture(scope="module", params=["mock", *SGLANG_VERSIONS], ids=lambda v: v if v == "mock" else f"sglang-{v}")
+def mock(request, qwen_tokenizer):
+    """The policy server of the scenarios: the mock, then SGLang's real serving code of each release the tests run
+    (scripted engine, see tests/real_sglang.py); all three expose the same scripting and recording API."""
+    if request.param != "mock":
+        try:
+            yield request.getfixturevalue("real_sglang_servers").get(request.param)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        return
     mock = MockSGLang(qwen_tokenizer, version="0.5.15")
     with serve_mock_sglang(mock) as url:
         mock.url = url
