@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -36,6 +37,7 @@ from sglang_mock import RecordedRequest, Reply
 
 from search_r1_oai.policy_route import PROBE_TEXT
 
+logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE_DIR = Path(__file__).resolve().parent / "sglang_engine"
 # The releases the tests run: slime's image (0.5.15.post1) and the newest measured one.
@@ -105,6 +107,8 @@ class ScriptedSGLangServer:
         self.log_path = log_path
         self.port = free_port()
         self.control_port = free_port()
+        while self.control_port == self.port:
+            self.control_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.control_url = f"http://127.0.0.1:{self.control_port}"
         self._process: subprocess.Popen | None = None
@@ -361,16 +365,27 @@ class RealSGLangPool:
         if version in self._failures:
             raise RuntimeError(self._failures[version])
         if version not in self._servers:
-            server = ScriptedSGLangServer(version, self.model_dir, self.workdir / f"sglang-{version}.log")
-            self._stack.callback(server.stop)
-            try:
-                server.start()
-                real = RealSGLang(server, self.tokenizer)
-                self._stack.enter_context(real.serve())
-            except Exception as exc:
-                self._failures[version] = f"real SGLang {version} did not start: {exc}"
-                raise
-            self._servers[version] = real
+            errors: list[str] = []
+            # Two tries: the ports are picked free but bound later by another process, so a rare race is retried
+            # once with fresh ports (the first failure is kept in the message if the second fails too).
+            for attempt in (1, 2):
+                log = self.workdir / f"sglang-{version}-try{attempt}.log"
+                server = ScriptedSGLangServer(version, self.model_dir, log)
+                self._stack.callback(server.stop)
+                try:
+                    server.start()
+                    real = RealSGLang(server, self.tokenizer)
+                    self._stack.enter_context(real.serve())
+                except Exception as exc:
+                    server.stop()
+                    errors.append(f"try {attempt} ({log}): {exc}")
+                    logger.warning("real SGLang %s did not start (try %d): %s", version, attempt, exc)
+                    continue
+                self._servers[version] = real
+                break
+            else:
+                self._failures[version] = f"real SGLang {version} did not start:\n" + "\n".join(errors)
+                raise RuntimeError(self._failures[version])
         return self._servers[version]
 
     def close(self) -> None:

@@ -42,10 +42,21 @@ from live_server import serve_app
 from scripted_logprob import mock_logprob
 
 from search_r1_oai.policy_route import PROBE_TEXT
+from search_r1_oai.reencode import byte_level_alphabet
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_VERSIONS = ("0.5.12", "0.5.15", "0.5.17", "0.5.18")
+SUPPORTED_VERSIONS = ("0.5.12", "0.5.15", "0.5.17", "0.5.18", "0.5.23")
+# Qwen2.5-3B-Instruct's generation_config.json sampling fields: SGLang's chat endpoint (sampling_defaults="model")
+# uses them for every sampling field a request leaves out.
+QWEN25_GENERATION_DEFAULTS: dict[str, float | int] = {
+    "repetition_penalty": 1.05,
+    "temperature": 0.7,
+    "top_p": 0.8,
+    "top_k": 20,
+}
+# SGLang's SamplingParams: top_k -1 ("whole vocabulary") is stored as this.
+TOP_K_ALL = 1 << 30
 TOOL_CALL_START = "<tool_call>"
 # SGLang's Qwen25Detector: bot_token "<tool_call>\n", eot_token "\n</tool_call>"; a block without those newlines is
 # not parsed (but still counts as "has a tool call").
@@ -84,24 +95,30 @@ class RecordedRequest:
 class MockRequestError(Exception):
     """A request the server rejects with an SGLang-style error body."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, err_type: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.err_type = err_type
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-def error_body(message: str, status: int) -> dict[str, Any]:
-    """SGLang's ``ErrorResponse``: ``{"object": "error", "message", "type", "param", "code"}``."""
-    try:
-        err_type = HTTPStatus(status).phrase.replace(" ", "")
-    except ValueError:
-        err_type = "Error"
-    if status == 400:
-        err_type = "BadRequestError"
+def error_body(message: str, status: int, err_type: str | None = None) -> dict[str, Any]:
+    """SGLang's ``ErrorResponse``: ``{"object": "error", "message", "type", "param", "code"}``.
+
+    The handler's own 400s say ``BadRequestError``; those from request validation (e.g. streaming with the
+    ``return_*`` fields) keep the status phrase, ``BadRequest``.
+    """
+    if err_type is None:
+        try:
+            err_type = HTTPStatus(status).phrase.replace(" ", "")
+        except ValueError:
+            err_type = "Error"
+        if status == 400:
+            err_type = "BadRequestError"
     return {"object": "error", "message": message, "type": err_type, "param": None, "code": status}
 
 
@@ -129,7 +146,8 @@ class MockSGLang:
         version: str = "0.5.15",
         context_length: int = 32768,
         model: str = "qwen2.5-3b",
-        legacy_malformed_tool_calls: bool = False,
+        legacy_malformed_tool_calls: bool | None = None,
+        generation_defaults: dict[str, float | int] | None = None,
     ) -> None:
         if version not in SUPPORTED_VERSIONS:
             raise ValueError(f"version must be one of {SUPPORTED_VERSIONS}, got {version!r}")
@@ -137,9 +155,15 @@ class MockSGLang:
         self.version = version
         self.context_length = context_length
         self.model = model
-        # Before 0.5.16 a "<tool_call>" with no parsable call gave `tool_calls: []` + finish_reason "tool_calls";
-        # 0.5.16+ (and this mock by default) give `tool_calls: null` + the original finish_reason.
+        # Before 0.5.16 a "<tool_call>" with no parsable call gave `tool_calls: []`, finish_reason "tool_calls" and the
+        # raw text as content (measured on 0.5.15.post1); 0.5.16+ give no tool calls and the original finish_reason.
+        if legacy_malformed_tool_calls is None:
+            legacy_malformed_tool_calls = _version_tuple(version) < (0, 5, 16)
         self.legacy_malformed_tool_calls = legacy_malformed_tool_calls
+        # What generation_config.json fills in (the model directory's); {} is a model without one.
+        self.generation_defaults = dict(
+            QWEN25_GENERATION_DEFAULTS if generation_defaults is None else generation_defaults
+        )
         self.requests: list[RecordedRequest] = []
         self.stop_token_ids: list[int] = [self.tokenizer.convert_tokens_to_ids(tok) for tok in DEFAULT_STOP_TOKENS]
         self._scripts: dict[str, list[Reply]] = {}
@@ -172,6 +196,12 @@ class MockSGLang:
             return len(self._scripts.get(question, []))
 
     @property
+    def _new_tool_call_shape(self) -> bool:
+        """0.5.23's response details: tool calls indexed by call, no ``tool_calls`` key without calls, usage's
+        ``completion_tokens_details`` (measured on 0.5.23; releases between 0.5.15 and 0.5.23 were not measured)."""
+        return _version_tuple(self.version) >= (0, 5, 23)
+
+    @property
     def honours_ids(self) -> bool:
         """Whether this version accepts ``input_ids`` and returns prompt ids / meta_info (SGLang >= 0.5.13)."""
         return _version_tuple(self.version) >= (0, 5, 13)
@@ -186,7 +216,7 @@ class MockSGLang:
         messages = [_normalise_message(m) for m in body["messages"]]
         tools = None
         if body.get("tools") and body.get("tool_choice", "auto") != "none":
-            tools = [_normalise_tool(t) for t in body["tools"]]
+            tools = [_normalise_tool(t, self.version) for t in body["tools"]]
         try:
             rendered = self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True, tools=tools
@@ -237,7 +267,8 @@ class MockSGLang:
             for name in ("return_prompt_token_ids", "return_meta_info"):
                 if body.get(name):
                     raise MockRequestError(
-                        f"{name} is not supported with streaming. Please set stream=false when using {name}=true."
+                        f"{name} is not supported with streaming. Please set stream=false when using {name}=true.",
+                        err_type="BadRequest",
                     )
         if body.get("stream"):
             raise MockRequestError("MockSGLang does not implement stream=true; send stream=false.")
@@ -338,19 +369,60 @@ class MockSGLang:
                     reply = self._pop_reply(question)
         except MockRequestError as err:
             self._record(question, body, prompt_ids, [], [], None, err.status, None)
-            return err.status, error_body(err.message, err.status), 0.0
+            return err.status, error_body(err.message, err.status, err.err_type), 0.0
+        sampling = self.engine_sampling_params(body)
         if reply.status != 200:
             message = reply.text or f"MockSGLang scripted error {reply.status}"
-            self._record(question, body, prompt_ids, [], [], None, reply.status, None)
+            self._record(question, body, prompt_ids, [], [], None, reply.status, None, sampling)
             return reply.status, error_body(message, reply.status), reply.delay_s
         output_ids, finish, matched = self._sample(reply, body, len(prompt_ids), max_new)
         logprobs = [mock_logprob(tok, len(prompt_ids) + i) for i, tok in enumerate(output_ids)]
         response = self._build_response(body, prompt_ids, output_ids, logprobs, finish, matched)
         finish_out = response["choices"][0]["finish_reason"]
-        self._record(question, body, prompt_ids, output_ids, logprobs, finish_out, 200, response)
+        self._record(question, body, prompt_ids, output_ids, logprobs, finish_out, 200, response, sampling)
         return 200, response, reply.delay_s
 
-    def _record(self, question, body, prompt_ids, output_ids, logprobs, finish, status, response) -> None:
+    def engine_sampling_params(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The ``SamplingParams`` SGLang's chat handler would hand its engine for ``body``.
+
+        Like ``ChatCompletionRequest.to_sampling_params`` then ``SamplingParams.__post_init__``: a field the request
+        leaves out (or sends as null) comes from the model's generation_config.json, then SGLang's default;
+        temperature 0 means greedy (top_k 1), top_k -1 means the whole vocabulary (stored as ``TOP_K_ALL``).
+        """
+
+        def pick(name: str, default: float | int) -> Any:
+            value = body.get(name)
+            return self.generation_defaults.get(name, default) if value is None else value
+
+        temperature, top_k = pick("temperature", 1.0), pick("top_k", -1)
+        if 0 <= temperature < 1e-6:
+            temperature, top_k = 1.0, 1
+        if top_k == -1:
+            top_k = TOP_K_ALL
+        stop = body.get("stop")
+        stop_ids = {int(t) for t in body.get("stop_token_ids") or [] if t is not None}
+        tools_active = bool(body.get("tools")) and body.get("tool_choice", "auto") != "none"
+        return {
+            "temperature": temperature,
+            "top_p": pick("top_p", 1.0),
+            "top_k": top_k,
+            "min_p": pick("min_p", 0.0),
+            "repetition_penalty": pick("repetition_penalty", 1.0),
+            "frequency_penalty": body.get("frequency_penalty") or 0.0,
+            "presence_penalty": body.get("presence_penalty") or 0.0,
+            "max_new_tokens": _max_new_tokens(body),
+            "stop_strs": [stop] if isinstance(stop, str) else list(stop or []),
+            "stop_token_ids": sorted(stop_ids) or None,
+            "ignore_eos": bool(body.get("ignore_eos", False)),
+            # The chat handler turns skip_special_tokens off whenever tools are parsed.
+            "skip_special_tokens": False if tools_active else bool(body.get("skip_special_tokens", True)),
+            "no_stop_trim": bool(body.get("no_stop_trim", False)),
+            "sampling_seed": body.get("seed"),
+        }
+
+    def _record(
+        self, question, body, prompt_ids, output_ids, logprobs, finish, status, response, sampling=None
+    ) -> None:
         record = RecordedRequest(
             question=question,
             body=copy.deepcopy(body) if isinstance(body, dict) else {"_raw": body},
@@ -360,6 +432,7 @@ class MockSGLang:
             finish_reason=finish,
             status=status,
             response=response,
+            sampling_params=sampling,
         )
         with self._lock:
             self.requests.append(record)
@@ -390,17 +463,21 @@ class MockSGLang:
         elif finish == "length":
             finish_reason["length"] = len(output_ids)
         elif finish == "abort":
-            finish_reason["message"] = "Abort request by the client."
+            # SGLang's FINISH_ABORT() for an abort request: the scheduler sets it; one more decode step follows.
+            finish_reason.update(message="Aborted", status_code=None, err_type=None)
 
         tool_calls = None
         if parse_tools and TOOL_CALL_START in text:
-            text, tool_calls = parse_qwen25_tool_calls(text, tools)
+            content, tool_calls = parse_qwen25_tool_calls(text, tools, index_by_call=self._new_tool_call_shape)
             if tool_calls is None and self.legacy_malformed_tool_calls:
-                tool_calls = []
+                tool_calls = []  # and the raw text stays the content
+            else:
+                text = content
             if tool_calls is not None and finish_reason["type"] == "stop":
                 finish_reason = {"type": "tool_calls", "matched": None}
 
         piece_texts = [self.tokenizer.decode([tok]) for tok in output_ids]
+        piece_bytes = [self._token_bytes(tok, piece) for tok, piece in zip(output_ids, piece_texts, strict=True)]
         want_logprobs = bool(body.get("logprobs"))
         top_n = int(body.get("top_logprobs") or 0)
         choice_logprobs = None
@@ -409,22 +486,23 @@ class MockSGLang:
                 "content": [
                     {
                         "token": piece,
-                        "bytes": list(piece.encode("utf-8")),
+                        "bytes": raw,
                         "logprob": lp,
-                        "top_logprobs": (
-                            [{"token": piece, "bytes": list(piece.encode("utf-8")), "logprob": lp}] if top_n else []
-                        ),
+                        "top_logprobs": ([{"token": piece, "bytes": raw, "logprob": lp}] if top_n else []),
                     }
-                    for piece, lp in zip(piece_texts, logprobs, strict=True)
+                    for piece, raw, lp in zip(piece_texts, piece_bytes, logprobs, strict=True)
                 ]
             }
 
         rid = uuid.uuid4().hex
         new_api = self.honours_ids
         content: str | None = text if text else ("" if new_api else None)
+        message: dict[str, Any] = {"role": "assistant", "content": content, "reasoning_content": None}
+        if tool_calls is not None or not self._new_tool_call_shape:
+            message["tool_calls"] = tool_calls  # 0.5.23 leaves the key out when there are none
         choice: dict[str, Any] = {
             "index": 0,
-            "message": {"role": "assistant", "content": content, "reasoning_content": None, "tool_calls": tool_calls},
+            "message": message,
             "logprobs": choice_logprobs,
             "finish_reason": finish_reason["type"],
             "matched_stop": finish_reason.get("matched"),
@@ -441,31 +519,52 @@ class MockSGLang:
                 "finish_reason": finish_reason,
                 "prompt_tokens": len(prompt_ids),
                 "weight_version": "default",
-                "total_retractions": 0,
-                "completion_tokens": len(output_ids),
-                "cached_tokens": 0,
-                "e2e_latency": 0.001,
+                "num_retractions": 0,
             }
             if want_logprobs:
+                meta["input_token_logprobs"] = []
                 meta["output_token_logprobs"] = [
                     [lp, tok, piece] for lp, tok, piece in zip(logprobs, output_ids, piece_texts, strict=True)
                 ]
+                meta["output_token_logprobs_length"] = len(output_ids)
+            meta.update(
+                reasoning_tokens=0,
+                completion_tokens=len(output_ids),
+                cached_tokens=0,  # a real engine's prefix cache reports hits here; a script has none
+                cached_tokens_details=None,
+                dp_rank=0,
+                e2e_latency=0.001,
+                response_sent_to_client_ts=time.time(),
+            )
             choice["meta_info"] = meta
+        usage: dict[str, Any] = {
+            "prompt_tokens": len(prompt_ids),
+            "total_tokens": len(prompt_ids) + len(output_ids),
+            "completion_tokens": len(output_ids),
+            "prompt_tokens_details": None,
+            "reasoning_tokens": 0,
+        }
+        if self._new_tool_call_shape:
+            usage["completion_tokens_details"] = None
         return {
             "id": rid,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "default"),
             "choices": [choice],
-            "usage": {
-                "prompt_tokens": len(prompt_ids),
-                "total_tokens": len(prompt_ids) + len(output_ids),
-                "completion_tokens": len(output_ids),
-                "prompt_tokens_details": None,
-                "reasoning_tokens": 0,
-            },
+            "usage": usage,
             "metadata": {"weight_version": "default"},
         }
+
+    def _token_bytes(self, token_id: int, display: str) -> list[int]:
+        """``logprobs.content[i].bytes``: the UTF-8 of the displayed text, so a token holding part of a character
+        shows U+FFFD's bytes; 0.5.23 reports the token's own bytes (byte-level BPE) instead."""
+        if _version_tuple(self.version) >= (0, 5, 23):
+            piece = self.tokenizer.convert_ids_to_tokens(token_id)
+            decoder = _byte_decoder()
+            if piece and all(ch in decoder for ch in piece):
+                return [decoder[ch] for ch in piece]
+        return list(display.encode("utf-8"))
 
     # ---- HTTP ------------------------------------------------------------------------------------------------
     def _build_app(self) -> fastapi.FastAPI:
@@ -504,12 +603,15 @@ class MockSGLang:
 
 
 # ---- helpers shared by the server and tests --------------------------------------------------------------------
-def parse_qwen25_tool_calls(text: str, tools: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]] | None]:
+def parse_qwen25_tool_calls(
+    text: str, tools: list[dict[str, Any]], *, index_by_call: bool = False
+) -> tuple[str, list[dict[str, Any]] | None]:
     """SGLang's qwen25 parser, non-streaming: ``(content, tool_calls or None)``.
 
     Content is the text before the first ``<tool_call>``, stripped; text between/after blocks is dropped. A block
     with bad JSON or an unknown function name is dropped (logged); no valid call -> ``None``. ``index`` is the
-    position of the function in ``tools`` (as SGLang's ``parse_base_json`` sets it), not the call's position.
+    position of the function in ``tools`` (``parse_base_json``'s tool_index, what 0.5.15.post1 returns: two calls
+    of one tool both get 0), or with ``index_by_call`` the call's position (0.5.23).
     """
     tool_index = {
         t.get("function", {}).get("name"): i for i, t in enumerate(tools) if t.get("function", {}).get("name")
@@ -531,12 +633,17 @@ def parse_qwen25_tool_calls(text: str, tools: list[dict[str, Any]]) -> tuple[str
             calls.append(
                 {
                     "id": f"call_{uuid.uuid4().hex[:24]}",
-                    "index": tool_index[name],
+                    "index": len(calls) if index_by_call else tool_index[name],
                     "type": "function",
                     "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
                 }
             )
     return content, (calls or None)
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's character -> byte map (the inverse of the GPT-2 byte alphabet)."""
+    return {char: byte for byte, char in byte_level_alphabet().items()}
 
 
 def _max_new_tokens(body: dict[str, Any]) -> Any:
@@ -570,18 +677,30 @@ def _normalise_message(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _normalise_tool(tool: dict[str, Any]) -> dict[str, Any]:
-    """SGLang's ``Tool.model_dump()``: field order type/function, function description/name/parameters/strict."""
+def _normalise_tool(tool: dict[str, Any], version: str = "0.5.15") -> dict[str, Any]:
+    """SGLang's ``Tool.model_dump()``, what the chat template renders with ``tojson``.
+
+    Before 0.5.23 (measured: 0.5.15.post1) the function is re-ordered description/name/parameters and gains
+    ``"strict": false``; 0.5.23 keeps the client's keys in the client's order (``strict`` only when sent). Both add
+    ``"defer_loading": null`` at the tool level.
+    """
     if not isinstance(tool, dict) or not isinstance(tool.get("function"), dict) or "name" not in tool["function"]:
         raise MockRequestError("each tool must be {'type': 'function', 'function': {'name': ..., ...}}")
     function = tool["function"]
-    dumped = {
-        "description": function.get("description"),
-        "name": function["name"],
-        "parameters": function.get("parameters"),
-        "strict": bool(function.get("strict", False)),
-    }
-    return {"type": tool.get("type", "function"), "function": dumped}
+    if _version_tuple(version) >= (0, 5, 23):
+        dumped = {key: function[key] for key in function if key in ("description", "name", "parameters", "strict")}
+        for key in ("description", "name", "parameters"):
+            dumped.setdefault(key, None)
+        if dumped.get("strict") is None:
+            dumped.pop("strict", None)
+    else:
+        dumped = {
+            "description": function.get("description"),
+            "name": function["name"],
+            "parameters": function.get("parameters"),
+            "strict": bool(function.get("strict", False)),
+        }
+    return {"type": tool.get("type", "function"), "function": dumped, "defer_loading": tool.get("defer_loading")}
 
 
 def serve_mock_sglang(mock: MockSGLang, *, startup_timeout_s: float = 20.0) -> contextlib.AbstractContextManager[str]:

@@ -13,12 +13,13 @@ import json
 import logging
 from collections.abc import Callable
 
+import httpx
 import pytest
 from conftest import free_port
 from fake_retriever import FakeRetriever, serve_fake_retriever
 from real_sglang import SGLANG_VERSIONS
 from rollout_helpers import FAST, IM_END, SAMPLING, answer, assert_token_exact, call, new_sample, observation_texts
-from sglang_mock import MockSGLang, Reply, serve_mock_sglang
+from sglang_mock import TOP_K_ALL, MockSGLang, Reply, serve_mock_sglang
 from slime_stub import Sample
 
 from search_r1_oai.chat_client import NEUTRAL_SAMPLING, ChatClient, TurnOutput
@@ -118,6 +119,10 @@ async def test_sampling_params_are_translated(mock, retriever, settings, qwen_to
     # generation_config default (Qwen2.5: repetition_penalty 1.05, top_p 0.8) can fill a gap.
     shaping = {key: body.get(key, "missing") for key in NEUTRAL_SAMPLING}
     assert shaping == {**NEUTRAL_SAMPLING, "temperature": 0.7, "top_k": 20}
+    # What the engine was given (SGLang's SamplingParams): exactly those, nothing from generation_config.json.
+    engine = mock.requests_for(q)[0].sampling_params
+    assert {key: engine[key] for key in NEUTRAL_SAMPLING} == {**NEUTRAL_SAMPLING, "temperature": 0.7, "top_k": 20}
+    assert (engine["max_new_tokens"], engine["sampling_seed"]) == (64, 11)
 
 
 async def test_every_turn_sends_the_neutral_sampling_params_slime_leaves_out(mock, retriever, settings, qwen_tokenizer):
@@ -139,6 +144,22 @@ async def test_every_turn_sends_the_neutral_sampling_params_slime_leaves_out(moc
     }
     for record in records:
         assert {key: record.body.get(key, "missing") for key in NEUTRAL_SAMPLING} == expected
+        # The engine stores top_k -1 ("whole vocabulary") as SGLang's TOP_K_ALL.
+        engine = {key: record.sampling_params[key] for key in NEUTRAL_SAMPLING}
+        assert engine == {**expected, "top_k": TOP_K_ALL}
+
+
+async def test_a_request_without_sampling_fields_gets_the_models_defaults(mock, qwen_tokenizer) -> None:
+    """Why every field is sent: SGLang fills the gaps from generation_config.json (Qwen2.5-3B-Instruct's here)."""
+    q = "Which bell rings in Dunmere?"
+    mock.script(q, [answer("Gold")])
+    body = {"model": "m", "messages": build_messages(q), "max_tokens": 16, "logprobs": True}
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(f"{mock.url}/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    engine = mock.requests_for(q)[0].sampling_params
+    leaked = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+    assert {key: engine[key] for key in leaked} == leaked
 
 
 @pytest.mark.parametrize("searches", [1, 2])

@@ -19,7 +19,8 @@ SEARCH_CALL = '<tool_call>\n{"name": "search", "arguments": {"queries": ["Zorvat
 
 
 def _sglang_tool_dump(tool: dict) -> dict:
-    """What SGLang's ``Tool.model_dump()`` hands the template, written out independently of the mock."""
+    """What SGLang 0.5.15.post1's ``Tool.model_dump()`` hands the template (measured with its serving code),
+    written out independently of the mock."""
     f = tool["function"]
     return {
         "type": "function",
@@ -29,6 +30,7 @@ def _sglang_tool_dump(tool: dict) -> dict:
             "parameters": f.get("parameters"),
             "strict": False,
         },
+        "defer_loading": None,
     }
 
 
@@ -220,11 +222,14 @@ def test_tool_call_parsing(mock, client, qwen_tokenizer, text, content, calls):
         pytest.param('<tool_call>\n{"name": "browse", "arguments": {"url": "x"}}\n</tool_call>', id="unknown-tool"),
     ],
 )
-def test_malformed_tool_call(mock, client, qwen_tokenizer, block):
+def test_malformed_tool_call(qwen_tokenizer, block):
+    """0.5.16+ (measured on 0.5.23): no tool calls, the text before the block, the original finish reason."""
+    mock = MockSGLang(qwen_tokenizer, version="0.5.23")
     text = f"I will search.\n{block}<|im_end|>"
     mock.script(Q, [text])
-    choice = _post(client, _body()).json()["choices"][0]
-    assert choice["message"]["tool_calls"] is None
+    with serve_mock_sglang(mock) as url, httpx.Client(base_url=url) as http:
+        choice = _post(http, _body()).json()["choices"][0]
+    assert "tool_calls" not in choice["message"]
     assert choice["finish_reason"] == "stop"
     assert choice["message"]["content"] == "I will search."
     ids = [t[1] for t in choice["meta_info"]["output_token_logprobs"]]
@@ -463,13 +468,14 @@ def test_request_stop_strings_and_stop_token_ids(mock, client, qwen_tokenizer):
 
 
 def test_legacy_malformed_shape(qwen_tokenizer):
-    mock = MockSGLang(qwen_tokenizer, legacy_malformed_tool_calls=True)
-    mock.script(Q, ['Hm.\n<tool_call>\n{"name": "browse", "arguments": {}}\n</tool_call><|im_end|>'])
-    with serve_mock_sglang(mock) as url, httpx.Client(base_url=url) as http:
-        choice = _post(http, _body()).json()["choices"][0]
-    assert choice["message"]["tool_calls"] == []
-    assert choice["finish_reason"] == "tool_calls"
-    assert choice["message"]["content"] == "Hm."
+    """Before 0.5.16 (measured on 0.5.15.post1): ``tool_calls: []``, finish_reason ``tool_calls``, the raw text."""
+    for mock in (MockSGLang(qwen_tokenizer, legacy_malformed_tool_calls=True), MockSGLang(qwen_tokenizer)):
+        mock.script(Q, ['Hm.\n<tool_call>\n{"name": "browse", "arguments": {}}\n</tool_call><|im_end|>'])
+        with serve_mock_sglang(mock) as url, httpx.Client(base_url=url) as http:
+            choice = _post(http, _body()).json()["choices"][0]
+        assert choice["message"]["tool_calls"] == []
+        assert choice["finish_reason"] == "tool_calls" and choice["matched_stop"] is None
+        assert choice["message"]["content"] == 'Hm.\n<tool_call>\n{"name": "browse", "arguments": {}}\n</tool_call>'
 
 
 def test_return_token_ids_alone_also_returns_prompt_ids(qwen_tokenizer):
