@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# Train Qwen2.5-3B-Instruct as a Search-R1 agent with slime (Ray + Megatron + SGLang) on one 4-GPU node.
+# Train Qwen2.5-3B-Instruct as a Search-R1 agent with slime (Ray + Megatron + SGLang) on one or more GPU nodes.
 # The rollout calls the policy through SGLang's /v1/chat/completions with a `search` tool and queries the
 # retriever at $RETRIEVAL_SERVER_URL (start it first, or use run_qwen2.5-3B-it-with-retrieval.sh).
 #
 #   bash run_qwen2.5-3B-it.sh [--dry-run] [extra slime flags...]
 #
-#   --dry-run     print the Ray runtime environment and the full train command, then exit without touching Ray
+#   --dry-run     print the Ray commands, the job's runtime environment (WANDB_API_KEY masked) and the train
+#                 command, then exit without touching Ray
 #   -h, --help    this text
 #   extra arguments are appended to slime's flags (later flags win)
+#
+# Run it on the head node, from any folder. It reuses the Ray cluster that answers at MASTER_ADDR:RAY_PORT and
+# leaves it running, or starts a Ray head there in its own session and stops exactly that head on exit (never
+# `ray stop`, which would stop every Ray cluster on the machine). It submits slime's train.py as a Ray job that runs
+# in SLIME_DIR, follows the job's log and exits with the job's outcome: 0 when it succeeded, the driver's exit code
+# (or 1) when it failed or was stopped from elsewhere. Ctrl-C, TERM or HUP stop the job first (exit 130/143/129).
+#
+# Multi-node: set NUM_NODES and MASTER_ADDR (this node's IP address that the other nodes reach). The script prints
+# the one command each worker node runs,
+#     ray start --address MASTER_ADDR:RAY_PORT --num-gpus NUM_GPUS
+# and submits once the cluster has NUM_NODES x NUM_GPUS GPUs (error after RAY_CLUSTER_TIMEOUT). Paths must be the
+# same on every node. Scale search with one retriever per node: RETRIEVAL_SERVER_URL=http://node1:8000,http://node2:8000
 #
 # Environment (defaults in brackets):
 #   SLIME_DIR, MEGATRON_DIR   checkouts [/root/slime, /root/Megatron-LM]
@@ -16,14 +29,22 @@
 #   SAVE_DIR                  where checkpoints go [/root/Qwen2.5-3B-Instruct_search_r1_oai]
 #   SAVE_INTERVAL             save every this many rollouts [100]
 #   DATA_DIR                  holds train.parquet from data_preprocess.py [data/search_r1_processed beside this script]
-#   NUM_GPUS, TP_SIZE         GPUs for training and rollout (colocated), tensor parallel size [4, 2]
+#   NUM_NODES                 nodes in the Ray cluster [1]
+#   NUM_GPUS, TP_SIZE         GPUs per node for training and rollout (colocated), tensor parallel size [4, 2]
 #   NUM_ROLLOUT, ROLLOUT_BATCH_SIZE, N_SAMPLES_PER_PROMPT, GLOBAL_BATCH_SIZE   [1000, 64, 8, 512]
 #   MAX_TOKENS_PER_TURN       slime's --rollout-max-response-len: the most tokens of one assistant turn [512]
 #   MAX_TOKENS_PER_GPU        Megatron dynamic batch size [9216]
-#   MASTER_ADDR, RAY_DASHBOARD_PORT   Ray head address and dashboard port [127.0.0.1, 8265]
+#   MASTER_ADDR               address of the Ray head: where it is looked for, its --node-ip-address when started here,
+#                             what worker nodes join [127.0.0.1; required when NUM_NODES > 1]
+#   RAY_PORT                  Ray head (GCS) port [6379]
+#   RAY_DASHBOARD_PORT        dashboard port of a head started here [8265]; jobs always go to the dashboard address
+#                             the running cluster reports
+#   RAY_START_ARGS            extra flags for `ray start --head`, split on spaces (e.g. other ports, --temp-dir) [none]
+#   RAY_CLUSTER_TIMEOUT       seconds to wait for the cluster to answer and have its GPUs [600]
 #   RETRIEVAL_SERVER_URL      retriever, comma-separated for replicas [http://127.0.0.1:8000]
 #   SEARCH_R1_*               rollout settings (README, Settings); forwarded to the Ray job with RETRIEVAL_SERVER_URL
-#   WANDB_API_KEY             set to log to wandb (WANDB_PROJECT [search-r1-oai], WANDB_GROUP [qwen2.5-3B-it])
+#   WANDB_API_KEY             set to log to wandb (WANDB_PROJECT [search-r1-oai], WANDB_GROUP [qwen2.5-3B-it]); reaches
+#                             the job through a private runtime-env file, never a command line
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -34,26 +55,49 @@ case "${1:-}" in
   -h | --help) usage; exit 0 ;;
 esac
 
-SLIME_DIR="${SLIME_DIR:-/root/slime}"
-MEGATRON_DIR="${MEGATRON_DIR:-/root/Megatron-LM}"
-HF_CKPT="${HF_CKPT:-/root/Qwen2.5-3B-Instruct}"
-REF_LOAD="${REF_LOAD:-/root/Qwen2.5-3B-Instruct_torch_dist}"
-SAVE_DIR="${SAVE_DIR:-/root/Qwen2.5-3B-Instruct_search_r1_oai}"
-DATA_DIR="${DATA_DIR:-${SCRIPT_DIR}/data/search_r1_processed}"
+log() { echo "[train] $*" 2>/dev/null || true; }
+die() { echo "error: $*" >&2; exit 1; }
+# The job runs in SLIME_DIR, so relative paths are made absolute against the caller's folder here.
+absolute() { if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$PWD" "$1"; fi; }
+
+SLIME_DIR="$(absolute "${SLIME_DIR:-/root/slime}")"
+MEGATRON_DIR="$(absolute "${MEGATRON_DIR:-/root/Megatron-LM}")"
+HF_CKPT="$(absolute "${HF_CKPT:-/root/Qwen2.5-3B-Instruct}")"
+REF_LOAD="$(absolute "${REF_LOAD:-/root/Qwen2.5-3B-Instruct_torch_dist}")"
+SAVE_DIR="$(absolute "${SAVE_DIR:-/root/Qwen2.5-3B-Instruct_search_r1_oai}")"
+DATA_DIR="$(absolute "${DATA_DIR:-${SCRIPT_DIR}/data/search_r1_processed}")"
+NUM_NODES="${NUM_NODES:-1}"
 NUM_GPUS="${NUM_GPUS:-4}"
 TP_SIZE="${TP_SIZE:-2}"
-MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+RAY_PORT="${RAY_PORT:-6379}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
+RAY_CLUSTER_TIMEOUT="${RAY_CLUSTER_TIMEOUT:-600}"
+read -r -a RAY_START_EXTRA <<<"${RAY_START_ARGS:-}"
 export RETRIEVAL_SERVER_URL="${RETRIEVAL_SERVER_URL:-http://127.0.0.1:8000}"
 
-die() { echo "error: $*" >&2; exit 1; }
+for name in NUM_NODES NUM_GPUS TP_SIZE RAY_PORT RAY_DASHBOARD_PORT RAY_CLUSTER_TIMEOUT; do
+  [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, got '${!name}'"
+done
+if [[ -z "${MASTER_ADDR:-}" ]]; then
+  ((NUM_NODES == 1)) || die "NUM_NODES=$NUM_NODES needs MASTER_ADDR: set it to this node's IP address that the" \
+    "other nodes reach (hostname -I lists them)"
+  MASTER_ADDR=127.0.0.1
+fi
+TOTAL_GPUS=$((NUM_NODES * NUM_GPUS))
+WORKER_CMD=(ray start --address "${MASTER_ADDR}:${RAY_PORT}" --num-gpus "$NUM_GPUS")
 
 if [[ "$DRY_RUN" -eq 0 ]]; then
   [[ -f "${SLIME_DIR}/train.py" ]] || die "slime not found at SLIME_DIR=${SLIME_DIR} (clone THUDM/slime there or set SLIME_DIR)"
+  [[ -d "$MEGATRON_DIR" ]] || die "Megatron-LM not found at MEGATRON_DIR=${MEGATRON_DIR} (slime's image has it; or set MEGATRON_DIR)"
   [[ -d "$HF_CKPT" ]] || die "HF checkpoint not found at HF_CKPT=${HF_CKPT} (see README: Checkpoints)"
   [[ -d "$REF_LOAD" ]] || die "torch_dist checkpoint not found at REF_LOAD=${REF_LOAD} (see README: Checkpoints)"
   [[ -f "${DATA_DIR}/train.parquet" ]] || die "${DATA_DIR}/train.parquet missing: run python data_preprocess.py --local_dir ${DATA_DIR}"
   command -v ray >/dev/null || die "ray is not installed in this environment (use slime's image)"
+  python3 -c 'import ray' 2>/dev/null || die "python3 cannot import ray: run in the Python environment that has ray (slime's image)"
+  for tool in setsid timeout ps; do
+    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install -y util-linux coreutils procps)"
+  done
+  env --chdir=/ true 2>/dev/null || die "env --chdir is not supported here (needs GNU coreutils >= 8.28)"
 fi
 
 MODEL_ARGS=()
@@ -144,22 +188,13 @@ if [[ -n "${WANDB_API_KEY:-}" ]]; then
   WANDB_ARGS=(--use-wandb --wandb-project "${WANDB_PROJECT:-search-r1-oai}" --wandb-group "${WANDB_GROUP:-qwen2.5-3B-it}")
 fi
 
-# Ray workers do not inherit this shell's variables: pass the project's settings (RETRIEVAL_SERVER_URL and every
-# SEARCH_R1_* variable read by search_r1_oai/config.py) through the job's runtime environment.
-RUNTIME_ENV_JSON="$(
-  PYTHONPATH_VALUE="${MEGATRON_DIR}:${SCRIPT_DIR}" python3 - <<'PY'
-import json, os
-env = {"PYTHONPATH": os.environ["PYTHONPATH_VALUE"], "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
-env.update({k: v for k, v in os.environ.items() if k == "RETRIEVAL_SERVER_URL" or k.startswith("SEARCH_R1_")})
-print(json.dumps({"env_vars": env}))
-PY
-)"
-
+# A Ray job runs where the cluster's head was started, not where it was submitted: `env --chdir` pins the job to
+# SLIME_DIR (slime resolves some paths against it), and train.py is named by its absolute path.
 TRAIN_CMD=(
-  python3 train.py
-  --actor-num-nodes 1
+  env "--chdir=${SLIME_DIR}" python3 "${SLIME_DIR}/train.py"
+  --actor-num-nodes "$NUM_NODES"
   --actor-num-gpus-per-node "$NUM_GPUS"
-  --rollout-num-gpus "$NUM_GPUS"
+  --rollout-num-gpus "$TOTAL_GPUS"
   --colocate
   "${MODEL_ARGS[@]}"
   "${CKPT_ARGS[@]}"
@@ -174,23 +209,299 @@ TRAIN_CMD=(
   "$@"
 )
 
+HEAD_CMD=(
+  ray start --head --block --node-ip-address "$MASTER_ADDR" --port "$RAY_PORT" --dashboard-port "$RAY_DASHBOARD_PORT"
+  --num-gpus "$NUM_GPUS" --disable-usage-stats "${RAY_START_EXTRA[@]}"
+)
+JOB_ID="search-r1-oai-$(date +%Y%m%d-%H%M%S)-$$"
+
+# Ray workers do not inherit this shell's variables: the project's settings (RETRIEVAL_SERVER_URL, every SEARCH_R1_*
+# variable read by search_r1_oai/config.py) and WANDB_API_KEY travel in the job's runtime environment. The real one
+# goes to a 0600 file (argument 2); `masked` prints it with the key replaced, for --dry-run.
+runtime_env() {
+  PYTHONPATH_VALUE="${MEGATRON_DIR}:${SCRIPT_DIR}" python3 - "$@" <<'PY'
+import json
+import os
+import sys
+
+env = {"PYTHONPATH": os.environ["PYTHONPATH_VALUE"], "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+env.update({k: v for k, v in sorted(os.environ.items()) if k == "RETRIEVAL_SERVER_URL" or k.startswith("SEARCH_R1_")})
+masked = sys.argv[1] == "masked"
+if os.environ.get("WANDB_API_KEY"):
+    env["WANDB_API_KEY"] = "***" if masked else os.environ["WANDB_API_KEY"]
+text = json.dumps({"env_vars": env})
+if masked:
+    print(text)
+else:
+    fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+PY
+}
+
 if [[ "$DRY_RUN" -eq 1 ]]; then
-  echo "runtime_env: ${RUNTIME_ENV_JSON}"
+  echo "runtime_env: $(runtime_env masked)"
+  printf 'ray head (unless a cluster answers at %s):' "${MASTER_ADDR}:${RAY_PORT}"
+  printf ' %q' "${HEAD_CMD[@]}"
+  printf '\n'
+  if ((NUM_NODES > 1)); then
+    printf 'each worker node:'
+    printf ' %q' "${WORKER_CMD[@]}"
+    printf '\n'
+  fi
+  echo "submit: ray job submit --address DASHBOARD_URL_OF_THE_CLUSTER --submission-id ${JOB_ID}" \
+    "--runtime-env PRIVATE_RUNTIME_ENV_FILE --no-wait -- TRAIN_COMMAND (once the cluster has ${TOTAL_GPUS} GPUs)"
   printf 'train command:'
   printf ' %q' "${TRAIN_CMD[@]}"
   printf '\n'
   exit 0
 fi
 
-# Reuse a running Ray cluster; stop on exit only the one this script started.
-if ! ray status --address "${MASTER_ADDR}:6379" >/dev/null 2>&1; then
-  ray start --head --node-ip-address "$MASTER_ADDR" --num-gpus "$NUM_GPUS" --disable-usage-stats \
-    --dashboard-port "$RAY_DASHBOARD_PORT"
-  trap 'ray stop' EXIT
+# ---- live run: everything started below is stopped by cleanup, by PID ----
+PRIVATE_DIR="$(mktemp -d -t search-r1-oai-launch.XXXXXX)"  # mode 0700
+RUNTIME_ENV_FILE="$PRIVATE_DIR/runtime_env.json"
+head_pid=""      # `ray start --head --block` when this script started the head; its session holds the cluster
+bg_pid=""        # the helper or log follower being waited for
+DASHBOARD_URL=""
+job_submitted=0
+job_done=0
+
+# shellcheck disable=SC2329  # called from cleanup (the EXIT trap)
+alive() {  # a zombie (exited, not yet reaped child) counts as gone
+  local stat
+  stat="$(ps -o stat= -p "$1" 2>/dev/null)" && [[ "$stat" != Z* ]]
+}
+
+# shellcheck disable=SC2329  # called from cleanup (the EXIT trap)
+stop_pid() {  # TERM, then KILL after $2 seconds
+  local pid="$1" grace="$2" i
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 5; i++)); do alive "$pid" || break; sleep 0.2; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# shellcheck disable=SC2329  # called from cleanup (the EXIT trap)
+session_members() { ps -e -o pid=,sid= | awk -v sid="$1" '$2 == sid { print $1 }'; }
+
+# The head runs `ray start --block` in a session of its own (setsid): TERM makes it drain and stop the Ray processes
+# it started; whatever of that session outlives it (workers of a dying raylet) is killed by PID. Other Ray clusters
+# on this machine, a developer's or another run's, are in other sessions and untouched.
+# shellcheck disable=SC2329  # called from cleanup (the EXIT trap)
+stop_head() {
+  local i leftover
+  log "stopping the Ray head this script started (pid $head_pid)"
+  stop_pid "$head_pid" 60
+  for ((i = 0; i < 50; i++)); do
+    leftover="$(session_members "$head_pid")"
+    [[ -n "$leftover" ]] || return 0
+    # shellcheck disable=SC2086  # one PID per word
+    kill -KILL $leftover 2>/dev/null || true
+    sleep 0.2
+  done
+  log "warning: Ray processes of session $head_pid are still there: $leftover"
+}
+
+# shellcheck disable=SC2329  # invoked by the EXIT trap
+cleanup() {
+  local rc=$?
+  set +e
+  trap '' INT TERM HUP PIPE  # a second Ctrl-C must not cut the cleanup short (it is bounded in time)
+  [[ -z "$bg_pid" ]] || stop_pid "$bg_pid" 5
+  if ((job_submitted && !job_done)); then
+    log "stopping Ray job $JOB_ID"
+    if timeout 60 ray job stop --address "$DASHBOARD_URL" "$JOB_ID" >"$PRIVATE_DIR/stop.log" 2>&1; then
+      log "job $JOB_ID stopped"
+    else
+      log "warning: could not confirm that job $JOB_ID stopped: ray job stop --address $DASHBOARD_URL $JOB_ID"
+    fi
+  fi
+  [[ -z "$head_pid" ]] || stop_head
+  rm -rf "$PRIVATE_DIR"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# Waits for a background child so that INT/TERM/HUP are handled at once (bash defers traps during a foreground
+# command); returns the child's exit code.
+wait_bg() {
+  local rc=0
+  bg_pid=$!
+  wait "$bg_pid" || rc=$?
+  bg_pid=""
+  return "$rc"
+}
+
+answers() {  # something accepts TCP connections at host $1, port $2
+  python3 -c 'import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()' \
+    "$1" "$2" 2>/dev/null
+}
+
+runtime_env file "$RUNTIME_ENV_FILE"
+
+if answers "$MASTER_ADDR" "$RAY_PORT"; then
+  log "reusing the Ray cluster at ${MASTER_ADDR}:${RAY_PORT} (it keeps running after this script)"
+else
+  # A head whose dashboard port is taken starts without a dashboard, and a job cannot be submitted to it.
+  if answers 127.0.0.1 "$RAY_DASHBOARD_PORT"; then
+    die "port ${RAY_DASHBOARD_PORT} is in use (another Ray cluster's dashboard?): set RAY_DASHBOARD_PORT to a free port," \
+      "or RAY_PORT to that cluster's port to reuse it"
+  fi
+  log "starting a Ray head at ${MASTER_ADDR}:${RAY_PORT} (stopped when this script exits)"
+  # No WANDB_API_KEY in the head's processes: the job gets it from the runtime env.
+  env -u WANDB_API_KEY setsid "${HEAD_CMD[@]}" </dev/null >"$PRIVATE_DIR/ray-head.log" 2>&1 &
+  head_pid=$!
+fi
+if ((NUM_NODES > 1)); then
+  log "on each of the other $((NUM_NODES - 1)) node(s) run:  ${WORKER_CMD[*]}"
 fi
 
+# Connect to the cluster (a driver for a moment), read the dashboard address it reports (where `ray job submit`
+# must go; a preset MASTER_ADDR is not it when the dashboard listens on 127.0.0.1) and wait for the GPUs.
+# Exit 3: the head started here exited.
+timeout --kill-after=10 $((RAY_CLUSTER_TIMEOUT + 60)) python3 - "${MASTER_ADDR}:${RAY_PORT}" "$TOTAL_GPUS" \
+  "$RAY_CLUSTER_TIMEOUT" "${head_pid:-0}" "$PRIVATE_DIR/dashboard_url" "${WORKER_CMD[*]}" "$NUM_NODES" <<'PY' &
+import os
+import signal
+import socket
+import sys
+import time
+
+address, need, timeout_s, head_pid, url_file, worker_cmd, num_nodes = sys.argv[1:8]
+need, timeout_s, head_pid, num_nodes = int(need), int(timeout_s), int(head_pid), int(num_nodes)
+started = time.monotonic()
+deadline = started + timeout_s
+
+
+def head_exited() -> bool:
+    if not head_pid:
+        return False
+    try:
+        with open(f"/proc/{head_pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def check(what: str) -> None:
+    if head_exited():
+        sys.exit(3)
+    if time.monotonic() > deadline:
+        waited = time.monotonic() - started
+        print(f"error: {what} (waited {waited:.0f}s; RAY_CLUSTER_TIMEOUT={timeout_s})", file=sys.stderr)
+        sys.exit(1)
+
+
+host, port = address.rsplit(":", 1)
+while True:
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        break
+    except OSError:
+        check(f"no Ray head answers at {address}")
+        time.sleep(0.5)
+
+import ray  # only once the head answers: ray.init blocks while nothing listens
+
+no_dashboard_since = None
+while True:
+    try:  # a head that is still starting may answer before it accepts drivers or has registered its dashboard
+        context = ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        # When the launcher is interrupted it TERMs this helper: leave quietly, without Ray's crash report.
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+        if context.dashboard_url:
+            break
+        problem = "reports no dashboard (job submission needs one; was it started with --include-dashboard=false?)"
+        # The dashboard registers within seconds of a head accepting drivers: do not wait the whole timeout for it.
+        if no_dashboard_since is None:
+            no_dashboard_since = time.monotonic()
+            deadline = min(deadline, no_dashboard_since + 60)
+    except Exception as error:  # retried until the deadline, then reported
+        problem = f"does not accept a driver: {error}"
+    ray.shutdown()
+    check(f"the Ray cluster at {address} {problem}")
+    time.sleep(1)
+
+seen = None
+while True:
+    gpus = ray.cluster_resources().get("GPU", 0)
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if gpus >= need:
+        break
+    if (gpus, nodes) != seen:
+        print(f"[train] waiting for GPUs: {gpus:g} of {need} on {nodes} node(s)", flush=True)
+        seen = (gpus, nodes)
+    hint = f"on each worker node run: {worker_cmd}" if num_nodes > 1 else "lower NUM_GPUS or add a node"
+    check(f"the Ray cluster at {address} has {gpus:g} GPU(s) on {nodes} node(s), the run needs {need}"
+          f" (NUM_NODES={num_nodes} x NUM_GPUS={need // num_nodes}); {hint}")
+    time.sleep(2)
+
+url = context.dashboard_url
+with open(url_file, "w") as f:
+    f.write(url if "://" in url else f"http://{url}")
+PY
+wait_bg || {
+  rc=$?
+  if ((rc == 3)); then
+    tail -n 30 "$PRIVATE_DIR/ray-head.log" >&2
+    die "the Ray head exited while starting (its output is above; if a port it needs is taken, move it with RAY_START_ARGS)"
+  fi
+  ((rc != 124 && rc != 137)) || die "no answer from the Ray cluster at ${MASTER_ADDR}:${RAY_PORT} within $((RAY_CLUSTER_TIMEOUT + 60))s"
+  exit "$rc"
+}
+DASHBOARD_URL="$(cat "$PRIVATE_DIR/dashboard_url")"
+log "Ray dashboard: $DASHBOARD_URL"
+
+# The job belongs to this script: its own submission id, stopped by cleanup unless it has ended. The submit runs in
+# the foreground, so an interrupt is handled only after it returns and the stop cannot miss the job.
+job_submitted=1
+if ! ray job submit --address "$DASHBOARD_URL" --submission-id "$JOB_ID" --runtime-env "$RUNTIME_ENV_FILE" \
+  --no-wait -- "${TRAIN_CMD[@]}" >"$PRIVATE_DIR/submit.log" 2>&1; then
+  cat "$PRIVATE_DIR/submit.log" >&2
+  die "ray job submit failed (output above)"
+fi
+log "job $JOB_ID submitted; from elsewhere: ray job logs|status|stop --address $DASHBOARD_URL $JOB_ID"
+
 export PYTHONUNBUFFERED=1
-cd "$SLIME_DIR"
-ray job submit --address="http://${MASTER_ADDR}:${RAY_DASHBOARD_PORT}" \
-  --runtime-env-json="$RUNTIME_ENV_JSON" \
-  -- "${TRAIN_CMD[@]}"
+ray job logs --address "$DASHBOARD_URL" --follow "$JOB_ID" &
+wait_bg || true
+
+# The job's final state decides the exit code. If the log stream broke while the job runs, keep waiting for it.
+while :; do
+  outcome="$(python3 - "$DASHBOARD_URL" "$JOB_ID" <<'PY'
+import sys
+
+from ray.job_submission import JobSubmissionClient
+
+info = JobSubmissionClient(sys.argv[1]).get_job_info(sys.argv[2])
+code = getattr(info, "driver_exit_code", None)
+print(info.status.value if hasattr(info.status, "value") else info.status, "" if code is None else code)
+PY
+)" || die "lost contact with the Ray cluster ($DASHBOARD_URL) while job $JOB_ID ran"
+  read -r status code <<<"$outcome"
+  case "$status" in
+    SUCCEEDED | FAILED | STOPPED) break ;;
+  esac
+  log "the log stream ended while job $JOB_ID is $status; waiting for it (ray job logs --address $DASHBOARD_URL $JOB_ID)"
+  sleep 10 &
+  wait_bg
+done
+job_done=1
+case "$status" in
+  SUCCEEDED)
+    log "job $JOB_ID succeeded"
+    exit 0
+    ;;
+  FAILED)
+    [[ "${code:-}" =~ ^[1-9][0-9]*$ && "$code" -le 255 ]] || code=1
+    log "job $JOB_ID failed (exit code $code)"
+    exit "$code"
+    ;;
+  *)
+    log "job $JOB_ID was stopped from outside this script"
+    exit 1
+    ;;
+esac

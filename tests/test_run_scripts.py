@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,8 @@ TRAIN = ROOT / "run_qwen2.5-3B-it.sh"
 WRAPPER = ROOT / "run_qwen2.5-3B-it-with-retrieval.sh"
 
 
-def dry_run(*args: str, **env: str) -> tuple[dict, list[str]]:
+def dry_run_lines(*args: str, **env: str) -> dict[str, str]:
+    """The --dry-run output as {label: rest of the line}, e.g. {"train command": "env --chdir=... python3 ..."}."""
     result = subprocess.run(
         ["bash", str(TRAIN), "--dry-run", *args],
         env={**os.environ, **env},
@@ -25,9 +27,13 @@ def dry_run(*args: str, **env: str) -> tuple[dict, list[str]]:
         timeout=30,
         check=True,
     )
-    runtime_line, command_line = result.stdout.strip().splitlines()
-    runtime_env = json.loads(runtime_line.removeprefix("runtime_env: "))
-    return runtime_env, shlex.split(command_line.removeprefix("train command:"))
+    lines = (line.split(": ", 1) for line in result.stdout.strip().splitlines())
+    return {label.split(" (")[0]: rest.strip() for label, rest in lines}
+
+
+def dry_run(*args: str, **env: str) -> tuple[dict, list[str]]:
+    lines = dry_run_lines(*args, **env)
+    return json.loads(lines["runtime_env"]), shlex.split(lines["train command"])
 
 
 def flag(argv: list[str], name: str) -> str:
@@ -65,6 +71,90 @@ def test_wandb_key_never_appears_on_the_command_line() -> None:
     runtime_env, argv = dry_run(WANDB_API_KEY="secret-key-123")
     assert "--use-wandb" in argv
     assert "secret-key-123" not in " ".join(argv) + json.dumps(runtime_env)
+    assert runtime_env["env_vars"]["WANDB_API_KEY"] == "***"  # shown as forwarded, masked
+
+
+def test_the_job_runs_train_py_by_absolute_path_in_slime_dir(tmp_path: Path) -> None:
+    """Ray runs a job where the cluster's head was started: the command itself must say where slime is."""
+    result = subprocess.run(
+        ["bash", str(TRAIN), "--dry-run"],
+        env={**os.environ, "SLIME_DIR": "checkouts/slime", "DATA_DIR": "data"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    command = next(line for line in result.stdout.splitlines() if line.startswith("train command:"))
+    argv = shlex.split(command.removeprefix("train command:"))
+    slime = tmp_path / "checkouts" / "slime"
+    assert argv[:3] == ["env", f"--chdir={slime}", "python3"] and argv[3] == f"{slime}/train.py"
+    assert flag(argv, "--prompt-data") == f"{tmp_path}/data/train.parquet"  # relative paths made absolute here
+
+
+def test_multi_node_dry_run_shows_the_head_the_worker_command_and_the_gpu_counts() -> None:
+    lines = dry_run_lines(
+        NUM_NODES="2", NUM_GPUS="8", MASTER_ADDR="10.0.0.5", RAY_PORT="6380", RAY_START_ARGS="--temp-dir=/x/ray --foo"
+    )
+    argv = shlex.split(lines["train command"])
+    assert (flag(argv, "--actor-num-nodes"), flag(argv, "--actor-num-gpus-per-node")) == ("2", "8")
+    assert flag(argv, "--rollout-num-gpus") == "16"
+    assert shlex.split(lines["each worker node"]) == ["ray", "start", "--address", "10.0.0.5:6380", "--num-gpus", "8"]
+    head = shlex.split(lines["ray head"])
+    assert head[:3] == ["ray", "start", "--head"] and "--block" in head
+    assert (flag(head, "--node-ip-address"), flag(head, "--port"), flag(head, "--num-gpus")) == (
+        "10.0.0.5",
+        "6380",
+        "8",
+    )
+    assert head[-2:] == ["--temp-dir=/x/ray", "--foo"]  # RAY_START_ARGS go last
+    assert (
+        "16 GPUs" in lines["submit"]
+        and "--runtime-env " in lines["submit"]
+        and "--runtime-env-json" not in lines["submit"]
+    )
+
+
+def test_single_node_dry_run_has_no_worker_command() -> None:
+    lines = dry_run_lines(NUM_NODES="1", NUM_GPUS="4")
+    assert "each worker node" not in lines
+    assert flag(shlex.split(lines["train command"]), "--actor-num-nodes") == "1"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NUM_NODES": "2", "MASTER_ADDR": ""}, "NUM_NODES=2 needs MASTER_ADDR"),
+        ({"NUM_GPUS": "four"}, "NUM_GPUS must be a positive integer"),
+        ({"RAY_PORT": "0"}, "RAY_PORT must be a positive integer"),
+    ],
+    ids=["multi-node-without-master-addr", "bad-gpu-count", "bad-port"],
+)
+def test_bad_settings_fail_with_one_line_before_anything_starts(env: dict[str, str], message: str) -> None:
+    result = subprocess.run(
+        ["bash", str(TRAIN), "--dry-run"], env={**os.environ, **env}, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_train_script_says_when_ray_is_missing(tmp_path: Path) -> None:
+    """Every path exists, but no `ray` on PATH: one line saying so, and nothing started."""
+    shutil.copytree(ROOT / "tests" / "support" / "slime_standin", tmp_path / "slime")
+    for name in ("megatron", "hf", "ref", "data"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "data" / "train.parquet").touch()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SLIME_DIR": str(tmp_path / "slime"),
+        "MEGATRON_DIR": str(tmp_path / "megatron"),
+        "HF_CKPT": str(tmp_path / "hf"),
+        "REF_LOAD": str(tmp_path / "ref"),
+        "DATA_DIR": str(tmp_path / "data"),
+    }
+    result = subprocess.run(["bash", str(TRAIN)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == "error: ray is not installed in this environment (use slime's image)\n"
 
 
 def test_train_script_explains_missing_prerequisites(tmp_path: Path) -> None:
@@ -81,6 +171,8 @@ def test_help_names_every_environment_variable_the_script_reads(script: Path, tm
         ["bash", str(script), "--help"], env={**os.environ, "SLIME_DIR": str(tmp_path)}, capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("Train" if script == TRAIN else "One command")
+    if script == TRAIN:  # the one command a worker node runs
+        assert "ray start --address MASTER_ADDR:RAY_PORT --num-gpus NUM_GPUS" in result.stdout
     read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", script.read_text()))
     missing = sorted(name for name in read if name not in result.stdout)
     assert read and not missing, f"--help of {script.name} does not mention {missing}"
