@@ -218,8 +218,9 @@ cleanup() {
   trap - EXIT INT TERM
   if [[ -n "$retriever_pid" ]]; then stop_pid "$retriever_pid" retriever 10; fi
   # Training that did not finish (Ctrl-C, its window killed): its pane leads a process group holding the
-  # training script, tee and what they started; TERM lets the script run its own exit trap (ray stop).
-  if [[ -n "$train_pid" ]]; then stop_pid "-$train_pid" training 30; fi
+  # training script, tee and what they started; TERM lets the launcher run its exit trap (ray job stop, then
+  # the Ray head it started, up to 60 s each), so it gets that long before KILL.
+  if [[ -n "$train_pid" ]]; then stop_pid "-$train_pid" training 150; fi
   if ((SESSION_MADE)); then tm kill-session -t "=$TMUX_SESSION" 2>/dev/null || true; fi
   rm -rf "$RUN_DIR"
   log "cleaned up; $(existing_logs)"
