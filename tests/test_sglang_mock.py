@@ -492,3 +492,25 @@ def test_n_above_one_is_400(mock, client):
     mock.script(Q, ["hi<|im_end|>"])
     resp = _post(client, _body(n=2))
     assert resp.status_code == 400 and "n=1" in resp.json()["message"]
+
+
+def test_engine_sampling_params_follow_sglang_defaults(qwen_tokenizer):
+    """The mock records what SGLang's chat handler gives its engine: request values first, then the model's
+    generation_config.json (Qwen2.5-3B-Instruct's by default), then SGLang's neutral defaults."""
+    from sglang_mock import TOP_K_ALL
+
+    mock = MockSGLang(qwen_tokenizer)
+    leaked = mock.engine_sampling_params({"messages": [], "max_tokens": 8})
+    assert (leaked["temperature"], leaked["top_p"], leaked["top_k"], leaked["repetition_penalty"]) == (
+        0.7,
+        0.8,
+        20,
+        1.05,
+    )
+    sent = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "min_p": 0.0, "seed": 5}
+    explicit = mock.engine_sampling_params({"messages": [], **sent})
+    assert (explicit["temperature"], explicit["top_k"], explicit["repetition_penalty"]) == (1.0, TOP_K_ALL, 1.0)
+    assert explicit["sampling_seed"] == 5
+    assert mock.engine_sampling_params({"temperature": 0})["top_k"] == 1, "temperature 0 is greedy"
+    no_config = MockSGLang(qwen_tokenizer, generation_defaults={}).engine_sampling_params({})
+    assert (no_config["temperature"], no_config["top_k"], no_config["repetition_penalty"]) == (1.0, TOP_K_ALL, 1.0)
