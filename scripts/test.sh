@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command: set up .venv, lint (ruff, shellcheck), run the whole pytest suite offline.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k retriever`; -h/--help alone prints this text.
-# VENV=DIR uses another virtual environment than .venv, REAL_VENV=DIR another than .venv-real (router, Ray).
+# VENV=DIR uses another virtual environment than .venv, REAL_VENV=DIR another than .venv-real (router, Ray),
+# SGLANG_VENV_DIR=DIR another folder for the .venv-sglang-<version> environments (SGLang's serving code per release).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -300,6 +300,8 @@ class RealSGLang:
             response = exchange.response if isinstance(exchange.response, dict) else None
             engine_record = by_rid.get((response or {}).get("id")) if exchange.status == 200 else None
             if engine_record is None and exchange.status != 200 and self._question_of(body) == question:
+                # An error answer carries no request id: it is the engine's next scripted error of this question,
+                # or (none left) a rejection before the engine (validation, context length).
                 engine_record = unjoined_errors.pop(0) if unjoined_errors else {}
             elif engine_record is None:
                 continue
@@ -365,6 +367,12 @@ class RealSGLangPool:
         if version in self._failures:
             raise RuntimeError(self._failures[version])
         if version not in self._servers:
+            if not (sglang_venv(version) / "bin" / "python").exists():
+                self._failures[version] = (
+                    f"{sglang_venv(version)} is missing: run bash scripts/setup_env.sh (it builds one environment "
+                    f"per SGLang release the tests run: {', '.join(SGLANG_VERSIONS)}; SGLANG_VENV_DIR moves them)"
+                )
+                raise RuntimeError(self._failures[version])
             errors: list[str] = []
             # Two tries: the ports are picked free but bound later by another process, so a rare race is retried
             # once with fresh ports (the first failure is kept in the message if the second fails too).

@@ -1,7 +1,9 @@
-"""Scenario tests of the rollout: real httpx against the SGLang mock and the fake retriever on 127.0.0.1.
+"""Scenario tests of the rollout: real httpx against an SGLang server and the fake retriever on 127.0.0.1.
 
+Each scenario runs three times: against the SGLang mock, and against SGLang's real serving code of each release
+in ``real_sglang.SGLANG_VERSIONS`` with a scripted engine (``tests/real_sglang.py``, see tests/SGLANG_VERSIONS.md).
 Every scenario checks the token-exact invariant with :func:`assert_token_exact`, which recomputes it
-independently from what the mock server recorded (its conditioning ids, sampled ids and logprobs).
+independently from what the server recorded (the engine's conditioning ids, sampled ids and logprobs).
 """
 
 from __future__ import annotations
