@@ -86,6 +86,16 @@ def sglang_venv(version: str) -> Path:
     return base / f".venv-sglang-{version}"
 
 
+def _http_port() -> int:
+    """A free port SGLang accepts: 0.5.15.post1 derives a gRPC port ``port + 10000`` (even with gRPC off) and
+    refuses to start when that exceeds 65535, which a free port from the ephemeral range often would."""
+    for _ in range(1000):
+        port = free_port()
+        if port + 10000 <= 65535:
+            return port
+    raise RuntimeError("no free TCP port below 55536 on 127.0.0.1")
+
+
 def write_model_dir(tokenizer_dir: Path, out: Path) -> Path:
     """A model directory SGLang can serve without weights: the offline Qwen2.5 tokenizer, a tiny Qwen2
     ``config.json`` and Qwen2.5-3B-Instruct's ``generation_config.json`` (so its sampling defaults apply)."""
@@ -105,7 +115,7 @@ class ScriptedSGLangServer:
         self.version = version
         self.model_dir = model_dir
         self.log_path = log_path
-        self.port = free_port()
+        self.port = _http_port()
         self.control_port = free_port()
         while self.control_port == self.port:
             self.control_port = free_port()
