@@ -68,7 +68,11 @@ _RETURN_FIELDS = ("return_prompt_token_ids", "return_meta_info", "return_token_i
 
 @dataclass
 class Reply:
-    """One scripted assistant turn: the raw text the 'model' samples, or an HTTP error instead."""
+    """One scripted assistant turn: the raw text the 'model' samples, or an HTTP error instead.
+
+    ``delay_s``: the mock answers that much later; the scripted engine in real SGLang (``real_sglang``) holds the
+    request that long after its first token, so an abort request can reach it mid-turn.
+    """
 
     text: str = ""
     status: int = 200
