@@ -64,8 +64,33 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
     net.add_argument("--access_log", action="store_true", help="log every HTTP request (costly under load)")
     dev = parser.add_argument_group("devices")
-    dev.add_argument("--faiss_gpu", action="store_true", help="shard the index over all visible GPUs in fp16")
+    dev.add_argument(
+        "--backend", choices=["faiss", "torch"], default=defaults.backend,
+        help="search engine: faiss (any index type; CPU, or GPUs with --faiss_gpu) or torch (exact inner-product "
+        "search over a flat index: vectors memory-mapped from the file, streamed to every visible GPU in "
+        "--torch_dtype, chunked matmul + top-k; float32 on CPU when no GPU is visible) (default: %(default)s)",
+    )  # fmt: skip
+    dev.add_argument(
+        "--faiss_gpu", action="store_true",
+        help="--backend faiss only: shard the index over all visible GPUs in fp16 (needs faiss-gpu-cu12)",
+    )  # fmt: skip
     dev.add_argument("--fp16", action="store_true", help="run the encoder in fp16 (CUDA only; ignored on CPU)")
+    dev.add_argument(
+        "--torch_dtype", choices=["auto", "float16", "bfloat16", "float32"], default=defaults.torch_dtype,
+        help="--backend torch: precision the vectors are held and multiplied in; auto = float16 on GPUs "
+        "(half the memory of fp32, tensor cores), float32 on CPU (default: %(default)s)",
+    )  # fmt: skip
+    dev.add_argument(
+        "--torch_memory_gb", type=in_range(float, 0, exclude_low=True), default=defaults.torch_memory_gb,
+        help="--backend torch: most GiB the retriever may use on each GPU (its share of a GPU shared with SGLang "
+        "and Megatron); the start-up memory plan refuses to load, before allocating, when the shard plus the "
+        "workspace exceed it or the free memory (default: free memory only)",
+    )  # fmt: skip
+    dev.add_argument(
+        "--torch_chunk_rows", type=in_range(int, 0), default=defaults.torch_chunk_rows,
+        help="--backend torch: index rows multiplied per step; the score workspace is batch x rows; 0 = auto "
+        "(262144 on GPU, 32 MiB of fp32 rows on CPU) (default: %(default)s)",
+    )  # fmt: skip
     dev.add_argument(
         "--num_threads",
         type=in_range(int, 1),
@@ -128,6 +153,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         port=args.port,
         faiss_gpu=args.faiss_gpu,
         fp16=args.fp16,
+        backend=args.backend,
+        torch_dtype=args.torch_dtype,
+        torch_memory_gb=args.torch_memory_gb,
+        torch_chunk_rows=args.torch_chunk_rows,
         batching=args.batching == "on",
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
@@ -146,6 +175,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.faiss_gpu and args.backend == "torch":
+        parser.error("--faiss_gpu is for --backend faiss; --backend torch already uses every visible GPU")
     # torch and FAISS each bring their own OpenMP runtime; with the default busy-wait policy the idle pool
     # spins on the cores the other one needs (a 1-query encode measured 485 ms instead of 24 ms on 2 cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -25,6 +25,10 @@
 #   TOPK              passages per query by default [default 3]
 #   FAISS_GPU=1       add --faiss_gpu (shard the index over all visible GPUs; needs faiss-gpu-cu12)
 #   FP16=1            add --fp16 (encoder in fp16 on CUDA)
+#   RETRIEVER_BACKEND add --backend: faiss (the server's default) or torch (exact search in torch over a flat
+#                     index, streamed to every visible GPU in fp16, float32 on CPU; prints a memory plan per GPU
+#                     at start and refuses before allocating when it does not fit; tune with
+#                     -- --torch_memory_gb N --torch_dtype bfloat16 --torch_chunk_rows N)
 #   RETRIEVER_PYTHON  python that runs the server [default local_dense_retriever/.venv/bin/python]
 set -euo pipefail
 
@@ -97,6 +101,11 @@ cmd=("$RETRIEVER_PYTHON" "$SCRIPT_DIR/retrieval_server.py"
   --retriever_name "$RETRIEVER_NAME" --retriever_model "$RETRIEVER_MODEL" --host "$HOST" --port "$PORT")
 if [[ "${FAISS_GPU:-0}" == 1 ]]; then cmd+=(--faiss_gpu); fi
 if [[ "${FP16:-0}" == 1 ]]; then cmd+=(--fp16); fi
+if [[ -n "${RETRIEVER_BACKEND:-}" ]]; then
+  [[ "$RETRIEVER_BACKEND" == faiss || "$RETRIEVER_BACKEND" == torch ]] ||
+    die "RETRIEVER_BACKEND must be faiss or torch (got '$RETRIEVER_BACKEND')"
+  cmd+=(--backend "$RETRIEVER_BACKEND")
+fi
 cmd+=("${EXTRA[@]}")
 
 if [[ -n "$LOG_FILE" ]]; then

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import subprocess
 import sys
 import threading
@@ -315,6 +316,48 @@ def test_faiss_gpu_without_gpus_stops_the_server_with_a_clear_error(toy_index, m
     finally:
         process.stop()
     assert "--faiss_gpu needs a GPU build of FAISS" in process.log()
+
+
+def test_torch_backend_server_answers_like_the_faiss_server(
+    server: ServerProcess, toy_index, minilm_dir: Path, toy_facts, tmp_path: Path
+):
+    """Same request, same response shape, same passages (ties aside) and scores within float32 rounding."""
+    index, corpus = toy_index
+    args = ["--index_path", str(index), "--corpus_path", str(corpus), "--retriever_model", str(minilm_dir)]
+    torch_server = ServerProcess([*args, "--backend", "torch"], tmp_path / "torch.log")
+    try:
+        torch_server.wait_ready()
+        body = {"queries": [fact.question for fact in toy_facts], "topk": 3, "return_scores": True}
+        got = _retrieve(torch_server, body).json()["result"]
+        want = _retrieve(server, body).json()["result"]
+    finally:
+        torch_server.stop()
+    assert (
+        "torch backend memory plan" in torch_server.log() and "IndexFlatIP (torch float32 on cpu)" in torch_server.log()
+    )
+    for fact, got_hits, want_hits in zip(toy_facts, got, want, strict=True):
+        want_scores = [hit["score"] for hit in want_hits]
+        assert [hit["score"] for hit in got_hits] == pytest.approx(want_scores, abs=1e-4), fact.question
+        if all(high - low > 1e-4 for high, low in itertools.pairwise(want_scores)):  # no near-ties in the top 3
+            assert [hit["document"] for hit in got_hits] == [hit["document"] for hit in want_hits], fact.question
+
+
+def test_torch_backend_flags_are_documented_and_faiss_gpu_is_refused_with_it(tmp_path: Path):
+    index, corpus = tmp_path / "i.index", tmp_path / "c.jsonl"
+    index.touch()
+    corpus.touch()
+    base = [sys.executable, str(SERVER), "--index_path", str(index), "--corpus_path", str(corpus)]
+    refused = subprocess.run(
+        [*base, "--backend", "torch", "--faiss_gpu"], capture_output=True, text=True, timeout=60, cwd=PROJECT
+    )
+    assert refused.returncode == 2 and "--faiss_gpu is for --backend faiss" in refused.stderr
+    zero = subprocess.run([*base, "--torch_memory_gb", "0"], capture_output=True, text=True, timeout=60, cwd=PROJECT)
+    assert zero.returncode == 2 and "--torch_memory_gb: must be > 0, got 0" in zero.stderr
+    help_text = subprocess.run(
+        [sys.executable, str(SERVER), "--help"], capture_output=True, text=True, timeout=60, cwd=PROJECT
+    ).stdout
+    for flag in ("--backend {faiss,torch}", "--torch_dtype", "--torch_memory_gb", "--torch_chunk_rows"):
+        assert flag in help_text
 
 
 def test_cli_rejects_missing_files_and_help_lists_every_flag(tmp_path: Path):

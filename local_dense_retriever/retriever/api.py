@@ -195,6 +195,11 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
                 query_max_length=settings.query_max_length,
                 encode_batch_size=settings.encode_batch_size,
                 cache_dir=settings.cache_dir,
+                backend=settings.backend,
+                torch_dtype=settings.torch_dtype,
+                torch_memory_gb=settings.torch_memory_gb,
+                torch_chunk_rows=settings.torch_chunk_rows,
+                max_queries=max(settings.max_batch_size, settings.max_queries),
             )
 
     started = time.monotonic()

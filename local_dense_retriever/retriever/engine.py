@@ -4,21 +4,59 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from .corpus import Corpus
 from .encoder import Encoder
 from .index import SearchIndex
+
+BACKENDS = ("faiss", "torch")
 
 logger = logging.getLogger(__name__)
 
 Hit = tuple[dict[str, Any], float]
 
 
+class VectorIndex(Protocol):
+    """What the engine needs of an index: SearchIndex (FAISS) and TorchFlatIndex (torch) both provide it."""
+
+    ntotal: int
+    dim: int
+    kind: str
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def open_index(
+    index_path: str | Path,
+    backend: str = "faiss",
+    faiss_gpu: bool = False,
+    mmap: bool = True,
+    torch_dtype: str = "auto",
+    torch_memory_gb: float | None = None,
+    torch_chunk_rows: int = 0,
+    max_queries: int = 1024,
+) -> VectorIndex:
+    """The index of ``backend``; torch is imported only for it, and refuses --faiss_gpu (a FAISS-only flag)."""
+    if backend == "faiss":
+        return SearchIndex(index_path, use_gpu=faiss_gpu, mmap=mmap)
+    if backend != "torch":
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if faiss_gpu:
+        raise ValueError("--faiss_gpu shards a FAISS index; --backend torch uses every visible GPU itself: drop one")
+    from .torch_index import TorchFlatIndex
+
+    return TorchFlatIndex(
+        index_path, dtype=torch_dtype, memory_gb=torch_memory_gb, chunk_rows=torch_chunk_rows, max_queries=max_queries
+    )
+
+
 class RetrievalEngine:
     """The whole retrieval path, synchronous and single-threaded (GPU FAISS and torch are not shared)."""
 
-    def __init__(self, encoder: Encoder, index: SearchIndex, corpus: Corpus, model_name: str = ""):
+    def __init__(self, encoder: Encoder, index: VectorIndex, corpus: Corpus, model_name: str = ""):
         if index.ntotal > len(corpus):
             raise ValueError(
                 f"index has {index.ntotal} vectors but the corpus only {len(corpus)} lines: "
@@ -46,9 +84,26 @@ class RetrievalEngine:
         encode_batch_size: int = 256,
         cache_dir: str | Path | None = None,
         mmap: bool = True,
+        backend: str = "faiss",
+        torch_dtype: str = "auto",
+        torch_memory_gb: float | None = None,
+        torch_chunk_rows: int = 0,
+        max_queries: int = 1024,
     ) -> RetrievalEngine:
-        """Open every part; the index is memory-mapped and the corpus offsets sidecar reused when fresh."""
-        index = SearchIndex(index_path, use_gpu=faiss_gpu, mmap=mmap)
+        """Open every part; the index is memory-mapped and the corpus offsets sidecar reused when fresh.
+
+        ``max_queries`` is the largest batch the torch backend plans its workspace for (larger ones are split).
+        """
+        index = open_index(
+            index_path,
+            backend=backend,
+            faiss_gpu=faiss_gpu,
+            mmap=mmap,
+            torch_dtype=torch_dtype,
+            torch_memory_gb=torch_memory_gb,
+            torch_chunk_rows=torch_chunk_rows,
+            max_queries=max_queries,
+        )
         logger.info("index %s: %s, %d x %d", index_path, index.kind, index.ntotal, index.dim)
         corpus = Corpus(corpus_path, cache_dir=cache_dir)
         logger.info("corpus %s: %d passages", corpus_path, len(corpus))

@@ -57,6 +57,11 @@ class Settings:
     port: int = 8000
     faiss_gpu: bool = False
     fp16: bool = False
+    # search backend: faiss (default) or torch (torch_index.py; exact inner product, sharded over the GPUs)
+    backend: str = "faiss"
+    torch_dtype: str = "auto"
+    torch_memory_gb: float | None = None
+    torch_chunk_rows: int = 0
     # batching
     batching: bool = True
     max_batch_size: int = 256
