@@ -97,9 +97,13 @@ class MemoryPlan:
             if part.fits:
                 continue
             if part.resident_bytes > part.budget_bytes:
+                room = part.budget_bytes - part.workspace_bytes
+                total = self.ntotal * self.dim * DTYPE_BYTES[self.dtype]
+                gpus = f"at least {-(-total // room)} GPUs with this budget" if room > 0 else "more memory per GPU"
                 fix = (
-                    "the vectors alone do not fit: make more GPUs visible (CUDA_VISIBLE_DEVICES), free GPU memory "
-                    "(lower SGLang's --mem-fraction-static), or raise --torch_memory_gb if it caps this below free"
+                    f"the vectors alone do not fit ({gpus}): make more GPUs visible (CUDA_VISIBLE_DEVICES), free "
+                    "GPU memory (lower SGLang's --mem-fraction-static), or raise --torch_memory_gb if it caps this "
+                    "below free"
                 )
             else:
                 fix = "lower --torch_chunk_rows or --max_batch_size/--max_queries (smaller workspace), or free memory"
