@@ -67,6 +67,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def retriever():
+    """A fake retriever (``tests/fake_retriever.py``) served on 127.0.0.1 for the module; ``.url`` is its address."""
+    from fake_retriever import FakeRetriever, serve_fake_retriever
+
+    fake = FakeRetriever()
+    with serve_fake_retriever(fake) as url:
+        fake.url = url
+        yield fake
+
+
 @pytest.fixture
 def port() -> int:
     return free_port()

@@ -88,14 +88,6 @@ async def _close_clients():
 
 
 @pytest.fixture(scope="module")
-def retriever():
-    fake = FakeRetriever()
-    with serve_fake_retriever(fake) as url:
-        fake.url = url
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def two_workers(qwen_tokenizer, real_venv, tmp_path_factory):
     """Two test servers behind one real router: ``(router_url, [mock_a, mock_b])``."""
     mocks = [MockSGLang(qwen_tokenizer, version="0.5.15") for _ in range(2)]

@@ -56,14 +56,6 @@ def mock(request, qwen_tokenizer):
         yield mock
 
 
-@pytest.fixture(scope="module")
-def retriever():
-    fake = FakeRetriever()
-    with serve_fake_retriever(fake) as url:
-        fake.url = url
-        yield fake
-
-
 @pytest.fixture
 def settings(retriever) -> Settings:
     return dataclasses.replace(FAST, retrieval_urls=(retriever.url,))
