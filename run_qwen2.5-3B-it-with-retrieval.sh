@@ -33,7 +33,8 @@
 #   TRAIN_SCRIPT             training script [run_qwen2.5-3B-it.sh next to this file]
 #   TMPDIR                   where the run's private folder (environment file, exit status) is made [/tmp]
 #   plus every variable of local_dense_retriever/start_server.sh (SAVE_PATH, INDEX_PATH, CORPUS_PATH,
-#   RETRIEVER_MODEL, TOPK, FAISS_GPU, FP16, RETRIEVER_PYTHON) and of the training script.
+#   RETRIEVER_MODEL, TOPK, FAISS_GPU, FP16, RETRIEVER_BACKEND, RETRIEVER_ARGS, RETRIEVER_PYTHON) and of the
+#   training script.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

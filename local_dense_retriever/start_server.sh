@@ -29,6 +29,8 @@
 #                     index, streamed to every visible GPU in fp16, float32 on CPU; prints a memory plan per GPU
 #                     at start and refuses before allocating when it does not fit; tune with
 #                     -- --torch_memory_gb N --torch_dtype bfloat16 --torch_chunk_rows N)
+#   RETRIEVER_ARGS    more retrieval_server.py flags, split on spaces, before those after -- (how the training
+#                     wrapper passes them), e.g. RETRIEVER_ARGS="--torch_memory_gb 10" [none]
 #   RETRIEVER_PYTHON  python that runs the server [default local_dense_retriever/.venv/bin/python]
 set -euo pipefail
 
@@ -106,7 +108,8 @@ if [[ -n "${RETRIEVER_BACKEND:-}" ]]; then
     die "RETRIEVER_BACKEND must be faiss or torch (got '$RETRIEVER_BACKEND')"
   cmd+=(--backend "$RETRIEVER_BACKEND")
 fi
-cmd+=("${EXTRA[@]}")
+read -r -a env_args <<<"${RETRIEVER_ARGS:-}"
+cmd+=("${env_args[@]}" "${EXTRA[@]}")
 
 if [[ -n "$LOG_FILE" ]]; then
   mkdir -p "$(dirname "$LOG_FILE")"

@@ -226,6 +226,30 @@ def test_start_server_passes_retriever_backend(tmp_path: Path, backend: str, exp
     assert "RETRIEVER_BACKEND" in help_text
 
 
+def test_start_server_passes_retriever_args_before_the_ones_after_dashes(tmp_path: Path):
+    """The training wrapper cannot put flags after ``--``: RETRIEVER_ARGS carries them."""
+    (tmp_path / "e5.index").touch()
+    (tmp_path / "c.jsonl").touch()
+    env = {
+        **os.environ,
+        "INDEX_PATH": str(tmp_path / "e5.index"),
+        "CORPUS_PATH": str(tmp_path / "c.jsonl"),
+        "RETRIEVER_PYTHON": str(_fake_python(tmp_path)),
+        "RETRIEVER_MODEL": "m",
+        "RETRIEVER_ARGS": "--backend torch  --torch_memory_gb 10",
+    }
+    done = subprocess.run(
+        ["bash", str(START_SERVER), "--", "--torch_memory_gb", "12"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    args = next(line for line in done.stdout.splitlines() if line.startswith("ARGS:"))
+    assert args.endswith("--backend torch --torch_memory_gb 10 --torch_memory_gb 12")  # the later flag wins
+
+
 def test_gpu_bench_runs_on_cpu_and_reports_both_floors():
     done = subprocess.run(
         [sys.executable, str(BENCH), "--device", "cpu", "--n", "3000", "--dim", "64", "--batches", "1,8",
