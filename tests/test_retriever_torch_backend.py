@@ -203,18 +203,24 @@ def _fake_python(tmp_path: Path) -> Path:
     return script
 
 
-@pytest.mark.parametrize(("backend", "expect"), [("torch", "--backend torch"), ("", None), ("cuvs", "must be")])
-def test_start_server_passes_retriever_backend(tmp_path: Path, backend: str, expect: str | None):
+def _start_server_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """start_server.sh's environment with placeholder data files and the printing python, plus ``settings``."""
     (tmp_path / "e5.index").touch()
     (tmp_path / "c.jsonl").touch()
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in {"FAISS_GPU", "FP16", "LOG_FILE"}},
+    inherited = {k: v for k, v in os.environ.items() if k not in {"FAISS_GPU", "FP16", "LOG_FILE", "RETRIEVER_ARGS"}}
+    return {
+        **inherited,
         "INDEX_PATH": str(tmp_path / "e5.index"),
         "CORPUS_PATH": str(tmp_path / "c.jsonl"),
         "RETRIEVER_PYTHON": str(_fake_python(tmp_path)),
-        "RETRIEVER_BACKEND": backend,
         "RETRIEVER_MODEL": "m",
+        **settings,
     }
+
+
+@pytest.mark.parametrize(("backend", "expect"), [("torch", "--backend torch"), ("", None), ("cuvs", "must be")])
+def test_start_server_passes_retriever_backend(tmp_path: Path, backend: str, expect: str | None):
+    env = _start_server_env(tmp_path, RETRIEVER_BACKEND=backend)
     done = subprocess.run(["bash", str(START_SERVER)], env=env, capture_output=True, text=True, timeout=30)
     if expect == "must be":
         assert done.returncode == 1 and "RETRIEVER_BACKEND must be faiss or torch (got 'cuvs')" in done.stderr
@@ -228,16 +234,7 @@ def test_start_server_passes_retriever_backend(tmp_path: Path, backend: str, exp
 
 def test_start_server_passes_retriever_args_before_the_ones_after_dashes(tmp_path: Path):
     """The training wrapper cannot put flags after ``--``: RETRIEVER_ARGS carries them."""
-    (tmp_path / "e5.index").touch()
-    (tmp_path / "c.jsonl").touch()
-    env = {
-        **os.environ,
-        "INDEX_PATH": str(tmp_path / "e5.index"),
-        "CORPUS_PATH": str(tmp_path / "c.jsonl"),
-        "RETRIEVER_PYTHON": str(_fake_python(tmp_path)),
-        "RETRIEVER_MODEL": "m",
-        "RETRIEVER_ARGS": "--backend torch  --torch_memory_gb 10",
-    }
+    env = _start_server_env(tmp_path, RETRIEVER_ARGS="--backend torch  --torch_memory_gb 10")
     done = subprocess.run(
         ["bash", str(START_SERVER), "--", "--torch_memory_gb", "12"],
         env=env,
