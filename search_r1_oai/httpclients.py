@@ -154,21 +154,30 @@ async def request_json(
 
 
 def error_detail(response: httpx.Response, limit: int = 500) -> str:
-    """The server's own error message (FastAPI ``detail``, OpenAI ``error.message``) or the start of the body."""
+    """The server's own error message (SGLang's or our retriever's ``message``, FastAPI's ``detail``: a validation
+    list becomes ``field: problem; ...``, OpenAI's ``error.message``) or the start of the body."""
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return response.text[:limit]
     if isinstance(body, dict):
-        for key in ("detail", "message"):
-            if key in body:
-                return str(body[key])[:limit]
+        for key in ("message", "detail"):
+            value = body.get(key)
+            if isinstance(value, str):
+                return value[:limit]
+            if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+                return "; ".join(_validation_item(item) for item in value[:5])[:limit]
         error = body.get("error")
         if isinstance(error, dict) and "message" in error:
             return str(error["message"])[:limit]
         if error is not None:
             return str(error)[:limit]
     return json.dumps(body)[:limit]
+
+
+def _validation_item(item: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
+    return f"{where}: {item.get('msg', 'invalid')}"
 
 
 def describe_error(exc: BaseException) -> str:

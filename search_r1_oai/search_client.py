@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from search_r1_oai.config import Settings
-from search_r1_oai.httpclients import RequestFailed, describe_error, post_json, shared_client
+from search_r1_oai.httpclients import RequestFailed, describe_error, error_detail, post_json, shared_client
 from search_r1_oai.replicas import ReplicaSet, shared_replicas
 
 logger = logging.getLogger(__name__)
@@ -134,32 +134,8 @@ def scrub_addresses(text: str, hosts: tuple[str, ...] = ()) -> str:
 
 
 def server_reason(response: httpx.Response, limit: int = 300) -> str:
-    """What the server said, in one line: our retriever's ``message``, FastAPI's ``detail`` (a validation list
-    becomes ``field: problem``), or the start of the body."""
-    return " ".join(_server_text(response).split())[:limit]
-
-
-def _server_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:2000]
-    if isinstance(body, dict):
-        for key in ("message", "detail"):
-            value = body.get(key)
-            if isinstance(value, str):
-                return value
-            if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-                return "; ".join(_validation_item(item) for item in value[:5])
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
-    return str(body)[:2000]
-
-
-def _validation_item(item: dict[str, Any]) -> str:
-    where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
-    return f"{where}: {item.get('msg', 'invalid')}"
+    """What the server said (:func:`~search_r1_oai.httpclients.error_detail`), on one line."""
+    return " ".join(error_detail(response, limit=2000).split())[:limit]
 
 
 def failure_reason(exc: BaseException, timeout_s: float) -> str:
