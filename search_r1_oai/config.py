@@ -1,170 +1,489 @@
-"""Rollout and reward settings, read from the environment once: the one place every knob lives.
+"""Rollout and reward settings: one table, the fields of :class:`Settings`, each naming its variable and its help.
 
-Ray workers do not inherit the launching shell, so the run script forwards ``RETRIEVAL_SERVER_URL`` and every
-``SEARCH_R1_*`` variable into the job's runtime environment. Unset variables take the defaults below.
-
-Environment variables:
-
-``RETRIEVAL_SERVER_URL`` (default ``http://127.0.0.1:8000``)
-    Base URL of the retriever (``POST /retrieve``). A comma-separated list names several replicas; the attempts of
-    a search step through them, and a replica that refused a connection or answered 503 is skipped by every rollout
-    of the process for a few seconds (``search_r1_oai.replicas``).
-``SEARCH_R1_TOPK`` (default ``3``)
-    Passages returned per search query.
-``SEARCH_R1_MAX_TURNS`` (default ``4``)
-    Most assistant turns (policy calls) per trajectory; a trajectory still calling tools after the last one
-    stops TRUNCATED.
-``SEARCH_R1_CONTEXT_BUDGET`` (default ``16384``)
-    Most tokens in a whole trajectory (prompt + every turn + tool results). Each turn's ``max_tokens`` is
-    ``max_new_tokens`` from slime's sampling params, capped by what is left of this budget.
-``SEARCH_R1_POLICY_MODEL`` (default ``default``)
-    ``model`` field sent to ``/v1/chat/completions`` (SGLang serves its one model under any name).
-``SEARCH_R1_POLICY_TIMEOUT_S`` (default ``600``)
-    Read timeout of one policy call (a whole turn's generation), seconds.
-``SEARCH_R1_RETRIEVAL_TIMEOUT_S`` (default ``30``)
-    Timeout of one ``/retrieve`` call, seconds.
-``SEARCH_R1_CONNECT_TIMEOUT_S`` (default ``10``)
-    TCP connect timeout for both servers, seconds.
-``SEARCH_R1_CONCURRENCY`` (default ``256``)
-    Most concurrent requests expected per server (policy, retriever); match slime's rollout concurrency. Requests
-    are spread over ``ceil(N / 8)`` pooled clients, each allowed N connections (why: ``httpclients``).
-``SEARCH_R1_POLICY_RETRIES`` (default ``3``)
-    Extra attempts after a policy call fails with a connection error, timeout, 5xx or 429. Other 4xx are never
-    retried: the sample fails at once with the server's message.
-``SEARCH_R1_RETRIEVAL_RETRIES`` (default ``3``)
-    Extra attempts after a retriever call fails the same way; after the last one the tool message says so.
-``SEARCH_R1_RETRY_INITIAL_WAIT_S`` (default ``0.5``) and ``SEARCH_R1_RETRY_MAX_WAIT_S`` (default ``8``)
-    Exponential backoff (with jitter) between attempts: first wait, and the cap of any one wait.
-``SEARCH_R1_LOG_EVERY`` (default ``100``)
-    Log one trajectory turn by turn (through ``logging``, logger ``search_r1_oai.rollout``) every N samples;
-    ``0`` turns it off.
-``SEARCH_R1_ALLOW_REENCODE_FALLBACK`` (default ``0``)
-    ``1`` lets the rollout run against an SGLang older than 0.5.13 (no token ids in the response) by
-    re-encoding text; the trajectory is then NOT token-exact and the drift is counted in
-    ``sample.metadata["drift_tokens"]``. With ``0`` such a server fails every sample with a message naming the
-    version needed.
-``SEARCH_R1_VERIFY_PROMPT_IDS`` (default ``0``)
-    ``1`` asks the server for its prompt ids on every turn and checks them id for id against ours (costs JSON
-    proportional to the conversation per turn). By default only the first turn's ids come from the server;
-    later turns send ``input_ids``, which SGLang uses verbatim, and are checked by count (``prompt_tokens``).
-``SEARCH_R1_FORMAT_SCORE`` (default ``0.2``)
-    Reward of a well-formed trajectory whose answer is wrong (Search-R1's format reward); ``0`` disables it.
-``SEARCH_R1_TOOL_CALL_START`` / ``SEARCH_R1_TOOL_CALL_END`` (defaults ``<tool_call>`` / ``</tool_call>``)
-    Markers of a tool call in the model's raw output, used to find calls the server's parser rejected
-    (malformed JSON, unknown tool) so that they become an error message instead of a silent final answer.
+A setting is read from slime's ``args`` first (slime copies every key of ``--custom-config-path FILE.yaml`` onto
+``args``, and ``args`` reaches every Ray worker), then from the environment, then the default. The README table, the
+run script's ``--help`` and an example config are printed from the same fields (``--markdown``, ``--help-text``,
+``--yaml``). Standard library only: the run script runs this file with whatever ``python3`` the node has.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import difflib
+import json
+import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import sys
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TypeVar
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 DEFAULT_RETRIEVAL_URL = "http://127.0.0.1:8000"
 ENV_PREFIX = "SEARCH_R1_"
+KEY_PREFIX = "search_r1_"
+# The run script's variable naming a user config file; it is not a setting itself.
+CONFIG_FILE_VARIABLE = "SEARCH_R1_CONFIG"
+_KNOBS = "search_r1_knobs"
 
 
 class ConfigError(ValueError):
-    """A setting in the environment has a value that cannot be used."""
+    """A setting has a value that cannot be used; the message names it, where it came from and what is allowed."""
 
 
-_Number = TypeVar("_Number", int, float)
+@dataclass(frozen=True)
+class Knob:
+    """One row of the table: a variable, its parser and help. ``part`` is the position in a tuple-valued field."""
+
+    env: str
+    kind: str  # int | float | bool | str | urls
+    help: str
+    minimum: float | None = None
+    part: int | None = None
+    attr: str = ""
+    default: Any = None
+
+    @property
+    def key(self) -> str:
+        """Its name in a slime config YAML (and on slime's ``args``)."""
+        return self.env.lower()
+
+    def allowed(self) -> str:
+        return {
+            "int": f"an integer >= {self.minimum}",
+            "float": f"a finite number >= {self.minimum}",
+            "bool": "a boolean (true/false, 1/0, yes/no, on/off)",
+            "str": "a non-empty string",
+            "urls": "http:// or https:// URLs, as a YAML list or one comma-separated string",
+        }[self.kind]
 
 
-def _number(env: Mapping[str, str], name: str, default: _Number, minimum: _Number) -> _Number:
-    """An int or float setting, parsed as the type of ``default``."""
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    kind = type(default)
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean (use 1/0, true/false)")
-
-
-def _urls(raw: str) -> tuple[str, ...]:
-    urls = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
-    if not urls:
-        raise ConfigError("RETRIEVAL_SERVER_URL names no URL")
-    for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"RETRIEVAL_SERVER_URL entry {url!r} must start with http:// or https://")
-    return urls
+def _setting(default: Any, env: str, kind: str, help: str, minimum: float | None = None) -> Any:
+    return field(default=default, metadata={_KNOBS: (Knob(env, kind, help, minimum),)})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every rollout/reward knob; build it with :meth:`from_env` (or directly in tests). The defaults here are the
-    only ones: :meth:`from_env` falls back to them."""
+    """Every rollout/reward knob. Build it with :func:`load_settings` (or directly in tests); the defaults here are
+    the only ones."""
 
-    retrieval_urls: tuple[str, ...] = (DEFAULT_RETRIEVAL_URL,)
-    topk: int = 3
-    max_turns: int = 4
-    context_budget: int = 16384
-    policy_model: str = "default"
-    policy_timeout_s: float = 600.0
-    retrieval_timeout_s: float = 30.0
-    connect_timeout_s: float = 10.0
-    concurrency: int = 256
-    policy_retries: int = 3
-    retrieval_retries: int = 3
-    retry_initial_wait_s: float = 0.5
-    retry_max_wait_s: float = 8.0
-    log_every: int = 100
-    allow_reencode_fallback: bool = False
-    verify_prompt_ids: bool = False
-    format_score: float = 0.2
-    tool_call_markers: tuple[str, str] = ("<tool_call>", "</tool_call>")
+    retrieval_urls: tuple[str, ...] = _setting(
+        (DEFAULT_RETRIEVAL_URL,),
+        "RETRIEVAL_SERVER_URL",
+        "urls",
+        "Retriever base URL (POST /retrieve). Several (comma-separated, or a YAML list) are replicas: each search "
+        "steps through them, and one that refused a connection or answered 503 is skipped by every rollout of the "
+        "process for a few seconds (then one search probes it).",
+    )
+    topk: int = _setting(
+        3,
+        "SEARCH_R1_TOPK",
+        "int",
+        "Passages per search query, sent in every request; the training wrapper starts its retriever with the same "
+        "--topk.",
+        1,
+    )
+    max_turns: int = _setting(
+        4,
+        "SEARCH_R1_MAX_TURNS",
+        "int",
+        "Most assistant turns (policy calls) per trajectory; one still calling tools after the last is TRUNCATED.",
+        1,
+    )
+    context_budget: int = _setting(
+        16384,
+        "SEARCH_R1_CONTEXT_BUDGET",
+        "int",
+        "Most tokens in a whole trajectory (prompt, turns, tool results); each turn's max_tokens is slime's "
+        "max_new_tokens capped by what is left. Unset, it is slime's --rollout-max-context-len when that is given.",
+        16,
+    )
+    policy_model: str = _setting(
+        "default",
+        "SEARCH_R1_POLICY_MODEL",
+        "str",
+        "The model field of /v1/chat/completions requests (SGLang serves its one model under any name).",
+    )
+    policy_timeout_s: float = _setting(
+        600.0, "SEARCH_R1_POLICY_TIMEOUT_S", "float", "Read timeout of one policy call (a whole turn), seconds.", 0.001
+    )
+    retrieval_timeout_s: float = _setting(
+        30.0, "SEARCH_R1_RETRIEVAL_TIMEOUT_S", "float", "Timeout of one /retrieve call, seconds.", 0.001
+    )
+    connect_timeout_s: float = _setting(
+        10.0, "SEARCH_R1_CONNECT_TIMEOUT_S", "float", "TCP connect timeout for both servers, seconds.", 0.001
+    )
+    concurrency: int = _setting(
+        256,
+        "SEARCH_R1_CONCURRENCY",
+        "int",
+        "Most concurrent requests per server (policy, retriever) from one rollout process; match slime's rollout "
+        "concurrency. Requests are spread over ceil(N/8) pooled HTTP clients (one big httpx pool burns a core at "
+        "~50 req/s).",
+        1,
+    )
+    policy_retries: int = _setting(
+        3,
+        "SEARCH_R1_POLICY_RETRIES",
+        "int",
+        "Extra attempts after a policy call fails with a connection error, timeout, 5xx or 429; other 4xx fail the "
+        "sample at once with the server's message.",
+        0,
+    )
+    retrieval_retries: int = _setting(
+        3,
+        "SEARCH_R1_RETRIEVAL_RETRIES",
+        "int",
+        "The same for the retriever; after the last attempt the tool message says what failed.",
+        0,
+    )
+    retry_initial_wait_s: float = _setting(
+        0.5, "SEARCH_R1_RETRY_INITIAL_WAIT_S", "float", "First wait of the exponential backoff (with jitter).", 0.0
+    )
+    retry_max_wait_s: float = _setting(
+        8.0, "SEARCH_R1_RETRY_MAX_WAIT_S", "float", "Longest single wait of the exponential backoff.", 0.0
+    )
+    log_every: int = _setting(
+        100,
+        "SEARCH_R1_LOG_EVERY",
+        "int",
+        "Log one trajectory turn by turn (logger search_r1_oai.rollout) every N samples; 0 turns it off.",
+        0,
+    )
+    allow_reencode_fallback: bool = _setting(
+        False,
+        "SEARCH_R1_ALLOW_REENCODE_FALLBACK",
+        "bool",
+        "true runs against an SGLang older than 0.5.13 (no token ids) by re-encoding text: NOT token-exact, the "
+        "drift is counted in sample.metadata['drift_tokens']. false fails every sample naming the version needed.",
+    )
+    verify_prompt_ids: bool = _setting(
+        False,
+        "SEARCH_R1_VERIFY_PROMPT_IDS",
+        "bool",
+        "true compares the server's prompt ids with ours id for id on every turn (JSON proportional to the "
+        "conversation); false takes them from the server on turn 1 and checks later turns by count.",
+    )
+    format_score: float = _setting(
+        0.2,
+        "SEARCH_R1_FORMAT_SCORE",
+        "float",
+        "Reward of a well-formed trajectory whose answer is wrong (Search-R1's format reward); 0 disables it.",
+        0.0,
+    )
+    tool_call_markers: tuple[str, str] = field(
+        default=("<tool_call>", "</tool_call>"),
+        metadata={
+            _KNOBS: (
+                Knob(
+                    "SEARCH_R1_TOOL_CALL_START",
+                    "str",
+                    "Start marker of a tool call in the model's raw output: calls the server's parser rejected "
+                    "(bad JSON, unknown tool) become an error message instead of a silent final answer.",
+                    part=0,
+                ),
+                Knob("SEARCH_R1_TOOL_CALL_END", "str", "End marker of a tool call in the model's raw output.", part=1),
+            )
+        },
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read the variables documented in this module; a bad value raises :class:`ConfigError` naming it."""
-        env = os.environ if env is None else env
-        d, p = cls(), ENV_PREFIX
-        return cls(
-            retrieval_urls=_urls(env.get("RETRIEVAL_SERVER_URL") or DEFAULT_RETRIEVAL_URL),
-            topk=_number(env, p + "TOPK", d.topk, 1),
-            max_turns=_number(env, p + "MAX_TURNS", d.max_turns, 1),
-            context_budget=_number(env, p + "CONTEXT_BUDGET", d.context_budget, 16),
-            policy_model=env.get(p + "POLICY_MODEL") or d.policy_model,
-            policy_timeout_s=_number(env, p + "POLICY_TIMEOUT_S", d.policy_timeout_s, 0.001),
-            retrieval_timeout_s=_number(env, p + "RETRIEVAL_TIMEOUT_S", d.retrieval_timeout_s, 0.001),
-            connect_timeout_s=_number(env, p + "CONNECT_TIMEOUT_S", d.connect_timeout_s, 0.001),
-            concurrency=_number(env, p + "CONCURRENCY", d.concurrency, 1),
-            policy_retries=_number(env, p + "POLICY_RETRIES", d.policy_retries, 0),
-            retrieval_retries=_number(env, p + "RETRIEVAL_RETRIES", d.retrieval_retries, 0),
-            retry_initial_wait_s=_number(env, p + "RETRY_INITIAL_WAIT_S", d.retry_initial_wait_s, 0.0),
-            retry_max_wait_s=_number(env, p + "RETRY_MAX_WAIT_S", d.retry_max_wait_s, 0.0),
-            log_every=_number(env, p + "LOG_EVERY", d.log_every, 0),
-            allow_reencode_fallback=_bool(env, p + "ALLOW_REENCODE_FALLBACK", d.allow_reencode_fallback),
-            verify_prompt_ids=_bool(env, p + "VERIFY_PROMPT_IDS", d.verify_prompt_ids),
-            format_score=_number(env, p + "FORMAT_SCORE", d.format_score, 0.0),
-            tool_call_markers=(
-                env.get(p + "TOOL_CALL_START") or d.tool_call_markers[0],
-                env.get(p + "TOOL_CALL_END") or d.tool_call_markers[1],
-            ),
-        )
+        """The settings of the environment alone (``os.environ`` by default); kept for callers without ``args``."""
+        return load_settings(None, env)
+
+
+def _table() -> tuple[Knob, ...]:
+    knobs = []
+    for f in dataclasses.fields(Settings):
+        for knob in f.metadata[_KNOBS]:
+            default = f.default if knob.part is None else f.default[knob.part]
+            knobs.append(dataclasses.replace(knob, attr=f.name, default=default))
+    return tuple(knobs)
+
+
+SETTINGS: tuple[Knob, ...] = _table()
+"""Every setting, in table order: the single source of the README table, ``--help`` and the example config."""
+KEYS = frozenset(knob.key for knob in SETTINGS)
+ENV_NAMES = frozenset(knob.env for knob in SETTINGS)
+
+
+@dataclass(frozen=True)
+class _Source:
+    values: Mapping[str, Any]
+    by_key: bool  # looked up by config key (args, YAML) rather than by variable name
+    label: str
+
+    def name(self, knob: Knob) -> str:
+        return knob.key if self.by_key else knob.env
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _parse(knob: Knob, value: Any, name: str, label: str) -> Any:
+    """``value`` (a string from the environment, or a YAML native) as ``knob``'s type, or a :class:`ConfigError`."""
+
+    def bad(detail: str = "") -> ConfigError:
+        return ConfigError(f"{name}={value!r} in {label}: expected {knob.allowed()}{detail}")
+
+    if knob.kind in ("int", "float"):
+        if isinstance(value, bool):
+            raise bad()
+        try:
+            number = (int if knob.kind == "int" else float)(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise bad() from None
+        if knob.kind == "int" and isinstance(value, float) and number != value:
+            raise bad()
+        if not math.isfinite(number) or (knob.minimum is not None and number < knob.minimum):
+            raise bad()
+        return number
+    if knob.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        lowered = str(value).strip().lower() if isinstance(value, str | int) else None
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise bad()
+    if knob.kind == "str":
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    parts: list[Any] = [value] if isinstance(value, str) else list(value) if isinstance(value, list | tuple) else []
+    if not parts or not all(isinstance(part, str) for part in parts):
+        raise bad()
+    urls = tuple(piece.strip().rstrip("/") for part in parts for piece in part.split(",") if piece.strip())
+    if not urls:
+        raise bad(" (it names no URL)")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise bad(f" ({url!r} must start with http:// or https://)")
+    return urls
+
+
+def _resolve(sources: Sequence[_Source]) -> dict[Knob, tuple[Any, _Source | None]]:
+    """For each knob: its value from the first source that sets it (blank counts as unset), else its default."""
+    chosen: dict[Knob, tuple[Any, _Source | None]] = {}
+    for knob in SETTINGS:
+        chosen[knob] = (knob.default, None)
+        for source in sources:
+            raw = source.values.get(source.name(knob))
+            if not _blank(raw):
+                chosen[knob] = (_parse(knob, raw, source.name(knob), source.label), source)
+                break
+    return chosen
+
+
+def _unknown(names: Sequence[str], known: frozenset[str], prefix: str, label: str) -> None:
+    """A misspelt setting would otherwise do nothing, silently: refuse it, with the closest real name."""
+    for name in names:
+        if name.startswith(prefix) and name not in known and name != CONFIG_FILE_VARIABLE:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{name} in {label} is not a setting{hint} (python search_r1_oai/config.py --help-text)")
+
+
+def load_settings(args: Any | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """The settings a rollout uses: slime's ``args`` (keys of the config YAML) first, then ``env``
+    (``os.environ`` by default), then the defaults. ``context_budget`` set in neither is slime's
+    ``--rollout-max-context-len`` when that is given. A bad value raises :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    sources = []
+    if args is not None:
+        label = "the slime config (--custom-config-path, on args)"
+        _unknown(list(getattr(args, "__dict__", {})), KEYS, KEY_PREFIX, label)
+        sources.append(_Source({knob.key: getattr(args, knob.key, None) for knob in SETTINGS}, True, label))
+    sources.append(_Source(env, False, "the environment"))
+    chosen = _resolve(sources)
+    budget = next(knob for knob in SETTINGS if knob.attr == "context_budget")
+    max_context = getattr(args, "rollout_max_context_len", None)
+    if chosen[budget][1] is None and isinstance(max_context, int) and not isinstance(max_context, bool):
+        value = _parse(budget, max_context, "rollout_max_context_len", "slime's args (--rollout-max-context-len)")
+        chosen[budget] = (value, None)
+    return _build(chosen)
+
+
+def _build(chosen: Mapping[Knob, tuple[Any, _Source | None]]) -> Settings:
+    values: dict[str, Any] = {}
+    for knob, (value, _) in chosen.items():
+        if knob.part is None:
+            values[knob.attr] = value
+        else:
+            values.setdefault(knob.attr, {})[knob.part] = value
+    for name, value in values.items():
+        if isinstance(value, dict):
+            values[name] = tuple(value[i] for i in sorted(value))
+    return Settings(**values)
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read from the environment on first use (``get_settings.cache_clear()`` re-reads)."""
-    return Settings.from_env()
+    """The process-wide settings of the environment, read on first use (``get_settings.cache_clear()`` re-reads).
+    Code that has slime's ``args`` calls :func:`load_settings` with them instead."""
+    return load_settings()
+
+
+# ---- rendering: the README table, the run script's --help, the example config ---------------------------------
+
+
+def _shown(knob: Knob) -> str:
+    """A default as it is written in a config (and, for the URL list, in the variable)."""
+    if isinstance(knob.default, tuple):
+        return ",".join(knob.default)
+    if isinstance(knob.default, bool):
+        return "true" if knob.default else "false"
+    return f"{knob.default:g}" if isinstance(knob.default, float) else str(knob.default)
+
+
+def render_markdown() -> str:
+    """The README's settings table."""
+    rows = ["| Variable / config key | Default | Meaning |", "| --- | --- | --- |"]
+    for knob in SETTINGS:
+        text = knob.help.replace("|", "\\|")
+        rows.append(f"| `{knob.env}` / `{knob.key}` | `{_shown(knob)}` | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_help_text(width: int = 116) -> str:
+    """The settings part of the run script's ``--help``."""
+    lines = []
+    for knob in SETTINGS:
+        lines.append(f"  {knob.env} / {knob.key} [{_shown(knob)}]")
+        lines.extend(textwrap.wrap(knob.help, width, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_scalar(value: Any) -> str:
+    """``value`` in YAML that PyYAML reads back as the same type (JSON, except floats like ``1e-05``, which
+    PyYAML's YAML 1.1 resolver would read as a string)."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        text = repr(value)
+        if "e" in text and "." not in text:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}.0e{exponent if exponent[0] in '+-' else '+' + exponent}"
+        return text
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_yaml_scalar(item) for item in value) + "]"
+    return json.dumps(value)
+
+
+def render_yaml() -> str:
+    """An example slime config with every setting at its default (pass it with ``--custom-config-path``)."""
+    lines = [
+        "# search-r1-oai rollout settings (python search_r1_oai/config.py --yaml). A key here wins over its variable."
+    ]
+    for knob in SETTINGS:
+        lines.extend("# " + line for line in textwrap.wrap(f"{knob.help} [{knob.env}]", 114))
+        value = list(knob.default) if isinstance(knob.default, tuple) else knob.default
+        entry = f"{knob.key}: {_yaml_scalar(value)}"
+        if knob.attr == "context_budget":  # set, it would hide slime's --rollout-max-context-len
+            entry = "# " + entry
+        lines.append(entry)
+    return "\n".join(lines) + "\n"
+
+
+# ---- the run script's config file ------------------------------------------------------------------------------
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A user's slime config YAML (PyYAML is imported only here: slime's image has it)."""
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(f"{CONFIG_FILE_VARIABLE}={path} needs PyYAML, which this python3 lacks") from None
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as error:
+        raise ConfigError(f"{CONFIG_FILE_VARIABLE}={path} cannot be read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{CONFIG_FILE_VARIABLE}={path} is not valid YAML: {' '.join(str(error).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{CONFIG_FILE_VARIABLE}={path} must hold a mapping of keys to values")
+    return data
+
+
+def slime_config(
+    env: Mapping[str, str], base: Mapping[str, Any] | None = None, base_label: str = "", check_env: bool = True
+) -> dict[str, Any]:
+    """The slime config the run script passes with ``--custom-config-path``: ``base`` (a user's file, every key of
+    it, slime's own too) with each setting given in ``env`` on top: the variable is the more specific act. Only
+    settings that are set appear, so unset ones keep their defaults (and the context budget its slime fallback)."""
+    base = dict(base or {})
+    label = base_label or "the config file"
+    if check_env:
+        _unknown(sorted(env), ENV_NAMES, ENV_PREFIX, "the environment")
+    _unknown([str(key) for key in base], KEYS, KEY_PREFIX, label)
+    chosen = _resolve([_Source(env, False, "the environment"), _Source(base, True, label)])
+    merged = dict(base)
+    for knob, (value, source) in chosen.items():
+        if source is not None:
+            merged[knob.key] = list(value) if isinstance(value, tuple) else value
+    load_settings(
+        SimpleNamespace(**{str(k): v for k, v in merged.items()}), {}
+    )  # what a worker will do with it: must not fail there
+    return merged
+
+
+def dump_slime_config(config: Mapping[str, Any], use_yaml: bool) -> str:
+    """One line of YAML: PyYAML's flow style when a user's file brought arbitrary values, else our own emitter."""
+    if use_yaml:
+        import yaml
+
+        return yaml.safe_dump(dict(config), default_flow_style=True, width=1 << 30, sort_keys=False).strip()
+    return "{" + ", ".join(f"{json.dumps(str(k))}: {_yaml_scalar(v)}" for k, v in config.items()) + "}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the settings table, or build the run script's config.")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--markdown", action="store_true", help="the README table")
+    mode.add_argument("--help-text", action="store_true", help="the run script's --help block")
+    mode.add_argument("--yaml", action="store_true", help="an example slime config with every default")
+    mode.add_argument(
+        "--slime-config", action="store_true", help="one-line YAML: --base FILE with the environment's settings on top"
+    )
+    mode.add_argument(
+        "--value", metavar="VARIABLE", help="one setting as the run scripts see it (env > --base > default)"
+    )
+    parser.add_argument(
+        "--base", metavar="FILE", help=f"a user's slime config YAML (the run script's {CONFIG_FILE_VARIABLE})"
+    )
+    options = parser.parse_args(argv)
+    if options.markdown:
+        sys.stdout.write(render_markdown())
+    elif options.help_text:
+        sys.stdout.write(render_help_text())
+    elif options.yaml:
+        sys.stdout.write(render_yaml())
+    else:
+        try:
+            base = read_config_file(options.base) if options.base else {}
+            label = f"{CONFIG_FILE_VARIABLE}={options.base}"
+            config = slime_config(os.environ, base, label, check_env=options.slime_config)
+            if options.slime_config:
+                print(dump_slime_config(config, use_yaml=bool(options.base)))
+                return 0
+            knob = next((knob for knob in SETTINGS if knob.env == options.value), None)
+            if knob is None:
+                raise ConfigError(f"{options.value} is not a setting")
+            value = getattr(load_settings(SimpleNamespace(**{str(k): v for k, v in config.items()}), {}), knob.attr)
+            print(",".join(value) if knob.kind == "urls" else value[knob.part] if knob.part is not None else value)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

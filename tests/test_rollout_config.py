@@ -1,13 +1,16 @@
-"""Settings come from the environment once, with documented names, defaults and clear errors."""
+"""Settings: one table, read from slime's args (its config YAML) before the environment, with clear errors."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from argparse import Namespace
 
 import pytest
+import yaml
 
 from search_r1_oai import config
-from search_r1_oai.config import ConfigError, Settings, get_settings
+from search_r1_oai.config import ConfigError, Settings, get_settings, load_settings
 
 
 def test_defaults_without_environment() -> None:
@@ -63,8 +66,8 @@ def test_every_variable_is_read() -> None:
     )
 
 
-def test_every_variable_is_documented() -> None:
-    doc = config.__doc__ or ""
+def test_every_variable_is_in_the_table() -> None:
+    """One row per variable, its config key the variable lower-cased, and the table's defaults are the dataclass's."""
     names = ["RETRIEVAL_SERVER_URL"] + [
         "SEARCH_R1_" + name
         for name in [
@@ -88,23 +91,28 @@ def test_every_variable_is_documented() -> None:
             "TOOL_CALL_END",
         ]
     ]
-    assert [name for name in names if f"``{name}``" not in doc] == []
+    assert [knob.env for knob in config.SETTINGS] == names
+    assert all(knob.key == knob.env.lower() and knob.help for knob in config.SETTINGS)
+    assert {knob.attr for knob in config.SETTINGS} == {f.name for f in dataclasses.fields(Settings)}
     assert len(dataclasses.fields(Settings)) == 18
+    text = config.render_help_text() + config.render_markdown() + config.render_yaml()
+    assert [name for name in names if name not in text or name.lower() not in text] == []
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"SEARCH_R1_TOPK": "three"}, "SEARCH_R1_TOPK='three' is not an integer"),
-        ({"SEARCH_R1_MAX_TURNS": "0"}, "SEARCH_R1_MAX_TURNS=0 must be >= 1"),
-        ({"SEARCH_R1_FORMAT_SCORE": "x"}, "SEARCH_R1_FORMAT_SCORE='x' is not a number"),
-        ({"SEARCH_R1_ALLOW_REENCODE_FALLBACK": "maybe"}, "is not a boolean"),
+        ({"SEARCH_R1_TOPK": "three"}, "SEARCH_R1_TOPK='three' in the environment: expected an integer >= 1"),
+        ({"SEARCH_R1_MAX_TURNS": "0"}, "SEARCH_R1_MAX_TURNS='0' in the environment: expected an integer >= 1"),
+        ({"SEARCH_R1_FORMAT_SCORE": "x"}, "SEARCH_R1_FORMAT_SCORE='x' in the environment: expected a finite number"),
+        ({"SEARCH_R1_POLICY_TIMEOUT_S": "nan"}, "expected a finite number >= 0.001"),
+        ({"SEARCH_R1_ALLOW_REENCODE_FALLBACK": "maybe"}, "expected a boolean"),
         ({"RETRIEVAL_SERVER_URL": "localhost:8000"}, "must start with http://"),
         ({"RETRIEVAL_SERVER_URL": " , "}, "names no URL"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.from_env(env)
 
 
@@ -117,3 +125,107 @@ def test_process_settings_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None
         assert get_settings().topk == 7
     finally:
         get_settings.cache_clear()
+
+
+def test_slime_args_win_over_the_environment_which_wins_over_the_default() -> None:
+    args = Namespace(search_r1_topk=5, retrieval_server_url=None, lr=1e-6)  # None: not in the YAML
+    env = {"SEARCH_R1_TOPK": "7", "SEARCH_R1_MAX_TURNS": "6", "RETRIEVAL_SERVER_URL": "http://env:1"}
+    settings = load_settings(args, env)
+    assert (settings.topk, settings.max_turns, settings.retrieval_urls) == (5, 6, ("http://env:1",))
+    assert settings.policy_model == "default"  # neither: the default
+    assert load_settings(Namespace(), {}) == Settings()
+
+
+def test_yaml_native_types_and_strings_are_both_accepted() -> None:
+    native = Namespace(
+        retrieval_server_url=["http://a:1/", "http://b:2"],
+        search_r1_topk=4,
+        search_r1_policy_timeout_s=12,  # YAML reads 12 as an int
+        search_r1_retry_initial_wait_s=0.25,
+        search_r1_allow_reencode_fallback=True,
+        search_r1_verify_prompt_ids=1,
+        search_r1_tool_call_start="<call>",
+    )
+    strings = Namespace(
+        retrieval_server_url="http://a:1, http://b:2",
+        search_r1_topk="4",
+        search_r1_policy_timeout_s="12",
+        search_r1_retry_initial_wait_s="0.25",
+        search_r1_allow_reencode_fallback="yes",
+        search_r1_verify_prompt_ids="on",
+        search_r1_tool_call_start="<call>",
+    )
+    expected = Settings(
+        retrieval_urls=("http://a:1", "http://b:2"),
+        topk=4,
+        policy_timeout_s=12.0,
+        retry_initial_wait_s=0.25,
+        allow_reencode_fallback=True,
+        verify_prompt_ids=True,
+        tool_call_markers=("<call>", "</tool_call>"),
+    )
+    assert load_settings(native, {}) == expected == load_settings(strings, {})
+    assert isinstance(load_settings(native, {}).policy_timeout_s, float)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("search_r1_topk", True, "search_r1_topk=True in the slime config"),
+        ("search_r1_topk", 2.5, "expected an integer >= 1"),
+        ("search_r1_max_turns", 0, "search_r1_max_turns=0 in the slime config (--custom-config-path, on args): "),
+        ("search_r1_verify_prompt_ids", 2, "expected a boolean"),
+        ("search_r1_policy_model", 7, "expected a non-empty string"),
+        ("retrieval_server_url", ["http://a:1", 3], "expected http:// or https:// URLs"),
+        ("retrieval_server_url", {"a": 1}, "expected http:// or https:// URLs"),
+        ("search_r1_top_k", 5, "search_r1_top_k in the slime config (--custom-config-path, on args) is not a "
+         "setting; did you mean search_r1_topk?"),
+    ],
+)  # fmt: skip
+def test_bad_config_values_name_the_key_and_the_slime_config(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(Namespace(**{key: value}), {})
+
+
+def test_context_budget_falls_back_to_slimes_max_context_len() -> None:
+    assert load_settings(Namespace(rollout_max_context_len=8192), {}).context_budget == 8192
+    assert load_settings(Namespace(rollout_max_context_len=None), {}).context_budget == 16384
+    # set either way, the setting wins
+    assert (
+        load_settings(Namespace(rollout_max_context_len=8192), {"SEARCH_R1_CONTEXT_BUDGET": "4096"}).context_budget
+        == 4096
+    )
+    both = Namespace(rollout_max_context_len=8192, search_r1_context_budget=2048)
+    assert load_settings(both, {}).context_budget == 2048
+    with pytest.raises(ConfigError, match=re.escape("rollout_max_context_len=8 in slime's args")):
+        load_settings(Namespace(rollout_max_context_len=8), {})
+
+
+def test_the_example_config_reads_back_as_the_defaults() -> None:
+    example = yaml.safe_load(config.render_yaml())
+    assert set(example) == {knob.key for knob in config.SETTINGS} - {"search_r1_context_budget"}
+    assert load_settings(Namespace(**example), {}) == Settings()
+
+
+def test_the_run_scripts_config_puts_the_environment_over_the_users_file() -> None:
+    base = {"lr": 1e-6, "search_r1_topk": 5, "search_r1_max_turns": 2}
+    env = {
+        "SEARCH_R1_MAX_TURNS": "6",
+        "SEARCH_R1_RETRY_MAX_WAIT_S": "1e-5",
+        "RETRIEVAL_SERVER_URL": "http://a:1,http://b:2",
+    }
+    merged = config.slime_config(env, base, "SEARCH_R1_CONFIG=f.yaml")
+    assert merged == {
+        "lr": 1e-6,
+        "search_r1_topk": 5,
+        "search_r1_max_turns": 6,
+        "search_r1_retry_max_wait_s": 1e-5,
+        "retrieval_server_url": ["http://a:1", "http://b:2"],
+    }
+    for use_yaml in (True, False):
+        text = config.dump_slime_config(merged, use_yaml=use_yaml)
+        assert "\n" not in text and yaml.safe_load(text) == merged
+    with pytest.raises(ConfigError, match=re.escape("search_r1_topk=0 in SEARCH_R1_CONFIG=f.yaml: expected")):
+        config.slime_config({}, {"search_r1_topk": 0}, "SEARCH_R1_CONFIG=f.yaml")
+    with pytest.raises(ConfigError, match="SEARCH_R1_MAX_TURN in the environment is not a setting; did you mean"):
+        config.slime_config({"SEARCH_R1_MAX_TURN": "3", "SEARCH_R1_CONFIG": "x"}, {})
