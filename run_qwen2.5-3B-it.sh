@@ -5,8 +5,8 @@
 #
 #   bash run_qwen2.5-3B-it.sh [--dry-run] [extra slime flags...]
 #
-#   --dry-run     print the Ray commands, the job's runtime environment (WANDB_API_KEY masked) and the train
-#                 command, then exit without touching Ray
+#   --dry-run     check the settings, print the slime config, the Ray commands, the job's runtime environment
+#                 (WANDB_API_KEY masked) and the train command, then exit without touching Ray
 #   -h, --help    this text
 #   extra arguments are appended to slime's flags (later flags win)
 #
@@ -41,14 +41,24 @@
 #                             the running cluster reports
 #   RAY_START_ARGS            extra flags for `ray start --head`, split on spaces (e.g. other ports, --temp-dir) [none]
 #   RAY_CLUSTER_TIMEOUT       seconds to wait for the cluster to answer and have its GPUs [600]
-#   RETRIEVAL_SERVER_URL      retriever, comma-separated for replicas [http://127.0.0.1:8000]
-#   SEARCH_R1_*               rollout settings (README, Settings); forwarded to the Ray job with RETRIEVAL_SERVER_URL
+#   RETRIEVAL_SERVER_URL, SEARCH_R1_*   rollout settings, listed below
+#   SEARCH_R1_CONFIG          a slime config YAML of your own (rollout settings by key, slime flags too) [none]
 #   WANDB_API_KEY             set to log to wandb (WANDB_PROJECT [search-r1-oai], WANDB_GROUP [qwen2.5-3B-it]); reaches
 #                             the job through a private runtime-env file, never a command line
+#
+# Rollout settings reach the job as a slime config: the script writes the keys of SEARCH_R1_CONFIG, with each setting
+# exported in this shell on top (the variable wins), to a private YAML and passes --custom-config-path FILE (do not
+# pass it yourself); slime copies its keys onto `args`, which every Ray worker receives. Bad values stop the script
+# before Ray is touched (--dry-run too). Unset settings keep their defaults (variable / config key [default]):
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-usage() { bash "$SCRIPT_DIR/scripts/print_usage.sh" "${BASH_SOURCE[0]}"; }
+# config.py imports only the standard library, so any python3 prints the settings table.
+usage() {
+  bash "$SCRIPT_DIR/scripts/print_usage.sh" "${BASH_SOURCE[0]}"
+  python3 "$SCRIPT_DIR/search_r1_oai/config.py" --help-text 2>/dev/null ||
+    echo "  (python3 could not print them: see the Settings section of README.md)"
+}
 DRY_RUN=0
 case "${1:-}" in
   --dry-run) DRY_RUN=1; shift ;;
@@ -73,7 +83,8 @@ RAY_PORT="${RAY_PORT:-6379}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 RAY_CLUSTER_TIMEOUT="${RAY_CLUSTER_TIMEOUT:-600}"
 read -r -a RAY_START_EXTRA <<<"${RAY_START_ARGS:-}"
-export RETRIEVAL_SERVER_URL="${RETRIEVAL_SERVER_URL:-http://127.0.0.1:8000}"
+SEARCH_R1_CONFIG="${SEARCH_R1_CONFIG:-}"
+if [[ -n "$SEARCH_R1_CONFIG" ]]; then SEARCH_R1_CONFIG="$(absolute "$SEARCH_R1_CONFIG")"; fi
 
 for name in NUM_NODES NUM_GPUS TP_SIZE RAY_PORT RAY_DASHBOARD_PORT RAY_CLUSTER_TIMEOUT; do
   [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, got '${!name}'"
@@ -83,6 +94,15 @@ if [[ -z "${MASTER_ADDR:-}" ]]; then
     "other nodes reach (hostname -I lists them)"
   MASTER_ADDR=127.0.0.1
 fi
+for arg in "$@"; do
+  [[ "$arg" != --custom-config-path* ]] ||
+    die "--custom-config-path is set by this script; name your YAML with SEARCH_R1_CONFIG=FILE instead"
+done
+# The same code the rollout workers run reads the settings now, so a bad value is one line here, not a failed job.
+# Output: the slime config as one line of YAML.
+config_args=(--slime-config)
+if [[ -n "$SEARCH_R1_CONFIG" ]]; then config_args+=(--base "$SEARCH_R1_CONFIG"); fi
+SLIME_CONFIG_TEXT="$(python3 "$SCRIPT_DIR/search_r1_oai/config.py" "${config_args[@]}")" || exit 1
 TOTAL_GPUS=$((NUM_NODES * NUM_GPUS))
 WORKER_CMD=(ray start --address "${MASTER_ADDR}:${RAY_PORT}" --num-gpus "$NUM_GPUS")
 
@@ -189,8 +209,9 @@ if [[ -n "${WANDB_API_KEY:-}" ]]; then
 fi
 
 # A Ray job runs where the cluster's head was started, not where it was submitted: `env --chdir` pins the job to
-# SLIME_DIR (slime resolves some paths against it), and train.py is named by its absolute path.
-TRAIN_CMD=(
+# SLIME_DIR (slime resolves some paths against it), and train.py is named by its absolute path. The train command
+# gets --custom-config-path and the extra flags last (train_cmd).
+TRAIN_BASE=(
   env "--chdir=${SLIME_DIR}" python3 "${SLIME_DIR}/train.py"
   --actor-num-nodes "$NUM_NODES"
   --actor-num-gpus-per-node "$NUM_GPUS"
@@ -206,7 +227,6 @@ TRAIN_CMD=(
   "${SGLANG_ARGS[@]}"
   "${MISC_ARGS[@]}"
   "${CUSTOM_ARGS[@]}"
-  "$@"
 )
 
 HEAD_CMD=(
@@ -215,9 +235,9 @@ HEAD_CMD=(
 )
 JOB_ID="search-r1-oai-$(date +%Y%m%d-%H%M%S)-$$"
 
-# Ray workers do not inherit this shell's variables: the project's settings (RETRIEVAL_SERVER_URL, every SEARCH_R1_*
-# variable read by search_r1_oai/config.py) and WANDB_API_KEY travel in the job's runtime environment. The real one
-# goes to a 0600 file (argument 2); `masked` prints it with the key replaced, for --dry-run.
+# Ray workers do not inherit this shell's variables: WANDB_API_KEY travels in the job's runtime environment (the
+# settings travel in the slime config). The real one goes to a 0600 file (argument 2); `masked` prints it with the
+# key replaced, for --dry-run.
 runtime_env() {
   PYTHONPATH_VALUE="${MEGATRON_DIR}:${SCRIPT_DIR}" python3 - "$@" <<'PY'
 import json
@@ -225,7 +245,6 @@ import os
 import sys
 
 env = {"PYTHONPATH": os.environ["PYTHONPATH_VALUE"], "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
-env.update({k: v for k, v in sorted(os.environ.items()) if k == "RETRIEVAL_SERVER_URL" or k.startswith("SEARCH_R1_")})
 masked = sys.argv[1] == "masked"
 if os.environ.get("WANDB_API_KEY"):
     env["WANDB_API_KEY"] = "***" if masked else os.environ["WANDB_API_KEY"]
@@ -240,6 +259,8 @@ PY
 }
 
 if [[ "$DRY_RUN" -eq 1 ]]; then
+  TRAIN_CMD=("${TRAIN_BASE[@]}" --custom-config-path PRIVATE_DIR/slime_config.yaml "$@")
+  echo "slime config (--custom-config-path PRIVATE_DIR/slime_config.yaml): $SLIME_CONFIG_TEXT"
   echo "runtime_env: $(runtime_env masked)"
   printf 'ray head (unless a cluster answers at %s):' "${MASTER_ADDR}:${RAY_PORT}"
   printf ' %q' "${HEAD_CMD[@]}"
@@ -260,6 +281,9 @@ fi
 # ---- live run: everything started below is stopped by cleanup, by PID ----
 PRIVATE_DIR="$(mktemp -d -t search-r1-oai-launch.XXXXXX)"  # mode 0700
 RUNTIME_ENV_FILE="$PRIVATE_DIR/runtime_env.json"
+# slime's driver reads it at start (it runs on this, the head, node), then pickles `args` to every worker.
+SLIME_CONFIG_FILE="$PRIVATE_DIR/slime_config.yaml"
+TRAIN_CMD=("${TRAIN_BASE[@]}" --custom-config-path "$SLIME_CONFIG_FILE" "$@")
 head_pid=""      # `ray start --head --block` when this script started the head; its session holds the cluster
 bg_pid=""        # the helper or log follower being waited for
 DASHBOARD_URL=""
@@ -341,6 +365,7 @@ answers() {  # something accepts TCP connections at host $1, port $2
 }
 
 runtime_env file "$RUNTIME_ENV_FILE"
+(umask 077 && printf '%s\n' "$SLIME_CONFIG_TEXT" >"$SLIME_CONFIG_FILE")
 
 if answers "$MASTER_ADDR" "$RAY_PORT"; then
   log "reusing the Ray cluster at ${MASTER_ADDR}:${RAY_PORT} (it keeps running after this script)"

@@ -8,20 +8,32 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
+import yaml
+
+from search_r1_oai import config
+from search_r1_oai.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "run_qwen2.5-3B-it.sh"
 WRAPPER = ROOT / "run_qwen2.5-3B-it-with-retrieval.sh"
 
 
+def settings_free_env(**env: str) -> dict[str, str]:
+    """This process's environment without any setting a developer may have exported, plus ``env``."""
+    kept = {k: v for k, v in os.environ.items() if k not in config.ENV_NAMES and not k.startswith("SEARCH_R1_")}
+    return {**kept, **env}
+
+
 def dry_run_lines(*args: str, **env: str) -> dict[str, str]:
     """The --dry-run output as {label: rest of the line}, e.g. {"train command": "env --chdir=... python3 ..."}."""
     result = subprocess.run(
         ["bash", str(TRAIN), "--dry-run", *args],
-        env={**os.environ, **env},
+        env=settings_free_env(**env),
         capture_output=True,
         text=True,
         timeout=30,
@@ -54,17 +66,123 @@ def test_train_command_uses_the_oai_hook_and_message_prompts() -> None:
     assert flag(argv, "--sglang-tool-call-parser") == "qwen25"
 
 
-def test_settings_and_extra_flags_reach_the_ray_job(monkeypatch: pytest.MonkeyPatch) -> None:
+def slime_config(**env: str) -> dict:
+    """The slime config the script would pass with --custom-config-path, read as slime reads it."""
+    return yaml.safe_load(dry_run_lines(**env)["slime config"])
+
+
+def test_settings_reach_the_job_in_the_slime_config_and_extra_flags_go_last(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    runtime_env, argv = dry_run(
+    lines = dry_run_lines(
         "--num-rollout", "7", RETRIEVAL_SERVER_URL="http://a:1,http://b:2", SEARCH_R1_MAX_TURNS="3", NUM_GPUS="2"
     )
+    runtime_env, argv = json.loads(lines["runtime_env"]), shlex.split(lines["train command"])
+    assert yaml.safe_load(lines["slime config"]) == {
+        "retrieval_server_url": ["http://a:1", "http://b:2"],
+        "search_r1_max_turns": 3,
+    }
+    assert flag(argv, "--custom-config-path") == "PRIVATE_DIR/slime_config.yaml"
     env_vars = runtime_env["env_vars"]
-    assert env_vars["RETRIEVAL_SERVER_URL"] == "http://a:1,http://b:2"
-    assert env_vars["SEARCH_R1_MAX_TURNS"] == "3"
+    # no settings in the runtime environment: the config is their one channel
+    assert not [k for k in env_vars if k.startswith("SEARCH_R1_") or k == "RETRIEVAL_SERVER_URL"]
     assert str(ROOT) in env_vars["PYTHONPATH"].split(":")  # slime imports generate_with_search_oai from here
     assert argv[-2:] == ["--num-rollout", "7"]
     assert flag(argv, "--rollout-num-gpus") == "2" and "--use-wandb" not in argv
+
+
+def test_the_slime_config_reads_back_as_the_settings_the_environment_gave() -> None:
+    env = {
+        "RETRIEVAL_SERVER_URL": "http://a:1/, http://b:2",
+        "SEARCH_R1_TOPK": "5",
+        "SEARCH_R1_CONTEXT_BUDGET": "8192",
+        "SEARCH_R1_POLICY_MODEL": "qwen: 3B # not a comment",
+        "SEARCH_R1_POLICY_TIMEOUT_S": "12.5",
+        "SEARCH_R1_RETRY_INITIAL_WAIT_S": "1e-5",
+        "SEARCH_R1_LOG_EVERY": "0",
+        "SEARCH_R1_ALLOW_REENCODE_FALLBACK": "yes",
+        "SEARCH_R1_FORMAT_SCORE": "0",
+        "SEARCH_R1_TOOL_CALL_START": "<call 'x'>",
+    }
+    written = slime_config(**env)
+    assert load_settings(Namespace(**written), {}) == load_settings(None, env)
+    assert written["search_r1_topk"] == 5 and written["search_r1_allow_reencode_fallback"] is True  # native types
+    assert slime_config() == {}  # nothing set: nothing written, defaults (and slime's context fallback) apply
+
+
+def test_a_users_config_file_is_merged_under_the_environment(tmp_path: Path) -> None:
+    user = tmp_path / "my.yaml"
+    user.write_text("lr: 1.0e-6\nsearch_r1_topk: 5\nsearch_r1_max_turns: 2\nretrieval_server_url: [http://a:1]\n")
+    written = slime_config(SEARCH_R1_CONFIG=str(user), SEARCH_R1_MAX_TURNS="6")
+    assert written == {
+        "lr": 1e-6,
+        "search_r1_topk": 5,
+        "search_r1_max_turns": 6,
+        "retrieval_server_url": ["http://a:1"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SEARCH_R1_TOPK": "three"}, "SEARCH_R1_TOPK='three' in the environment: expected an integer >= 1"),
+        ({"RETRIEVAL_SERVER_URL": "host:8000"}, "'host:8000' must start with http:// or https://"),
+        ({"SEARCH_R1_TOP_K": "3"}, "SEARCH_R1_TOP_K in the environment is not a setting; did you mean SEARCH_R1_TOPK?"),
+        ({"SEARCH_R1_CONFIG": "/nonexistent.yaml"}, "SEARCH_R1_CONFIG=/nonexistent.yaml cannot be read"),
+    ],
+    ids=["bad-int", "bad-url", "misspelt", "missing-config-file"],
+)
+def test_bad_rollout_settings_fail_the_dry_run_with_one_line(env: dict[str, str], message: str) -> None:
+    result = subprocess.run(
+        ["bash", str(TRAIN), "--dry-run"], env=settings_free_env(**env), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_bad_values_in_the_users_config_file_name_the_file(tmp_path: Path) -> None:
+    user = tmp_path / "my.yaml"
+    user.write_text("search_r1_max_turns: 0\n")
+    result = subprocess.run(
+        ["bash", str(TRAIN), "--dry-run"],
+        env=settings_free_env(SEARCH_R1_CONFIG=str(user)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert f"search_r1_max_turns=0 in SEARCH_R1_CONFIG={user}: expected an integer >= 1" in result.stderr
+
+
+def test_the_script_owns_custom_config_path() -> None:
+    result = subprocess.run(
+        ["bash", str(TRAIN), "--dry-run", "--custom-config-path", "x.yaml"],
+        env=settings_free_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and "name your YAML with SEARCH_R1_CONFIG=FILE" in result.stderr
+
+
+def test_help_lists_every_setting_from_the_table() -> None:
+    """Printed from config.py by the python3 on PATH, which may lack every project dependency."""
+    out = subprocess.run(["bash", str(TRAIN), "--help"], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert config.render_help_text() in out
+    missing = [knob.env for knob in config.SETTINGS if f"{knob.env} / {knob.key} [" not in out]
+    assert not missing, missing
+
+
+def test_config_py_runs_as_a_script_without_project_dependencies(tmp_path: Path) -> None:
+    """The scripts run search_r1_oai/config.py by path: it must import only the standard library, and no module
+    beside it may shadow one of the standard library's (its folder comes first on sys.path)."""
+    shadowing = [p.stem for p in (ROOT / "search_r1_oai").glob("*.py") if p.stem in sys.stdlib_module_names]
+    assert shadowing == []
+    script = ROOT / "search_r1_oai" / "config.py"  # -S: no site-packages, so only the standard library imports
+    result = subprocess.run(
+        [sys.executable, "-S", str(script), "--help-text"], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "SEARCH_R1_TOPK / search_r1_topk [3]" in result.stdout
 
 
 def test_wandb_key_never_appears_on_the_command_line() -> None:
