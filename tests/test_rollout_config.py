@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 import yaml
@@ -229,3 +230,11 @@ def test_the_run_scripts_config_puts_the_environment_over_the_users_file() -> No
         config.slime_config({}, {"search_r1_topk": 0}, "SEARCH_R1_CONFIG=f.yaml")
     with pytest.raises(ConfigError, match="SEARCH_R1_MAX_TURN in the environment is not a setting; did you mean"):
         config.slime_config({"SEARCH_R1_MAX_TURN": "3", "SEARCH_R1_CONFIG": "x"}, {})
+
+
+def test_the_readme_table_is_the_generated_one() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start, end = "<!-- settings-table:start -->\n", "<!-- settings-table:end -->"
+    assert readme.count(start) == 1 and readme.count(end) == 1
+    table = readme[readme.index(start) + len(start) : readme.index(end)]
+    assert table == config.render_markdown(), "regenerate it: python3 search_r1_oai/config.py --markdown"
