@@ -24,6 +24,10 @@
 #                            replicas. The first one is started here, on the URL's port, when its host is this
 #                            machine (localhost, 127.x.x.x, ::1, 0.0.0.0, this machine's hostname or addresses);
 #                            any other host is only health-checked. Every replica must answer GET /health first
+#   SEARCH_R1_TOPK           the rollout's passages per query [3]; the retriever started here gets it as --topk
+#                            (the default for requests that name none), so TOPK, if set, must equal it
+#   SEARCH_R1_CONFIG         the training script's settings YAML; its retrieval_server_url and search_r1_topk count
+#                            here too, below the variables (as in the training script)
 #   TMUX_SESSION             tmux session name [slime-search-r1]
 #   LOG_DIR                  where retriever-*.log and training-*.log go [logs/ next to this file]
 #   RETRIEVER_READY_TIMEOUT  seconds to wait for GET /health of every replica [600]
@@ -43,7 +47,7 @@ TMUX_SESSION="${TMUX_SESSION:-slime-search-r1}"
 LOG_DIR="${LOG_DIR:-$ROOT/logs}"
 RETRIEVER_READY_TIMEOUT="${RETRIEVER_READY_TIMEOUT:-600}"
 TRAIN_SCRIPT="${TRAIN_SCRIPT:-$ROOT/run_qwen2.5-3B-it.sh}"
-export RETRIEVAL_SERVER_URL="${RETRIEVAL_SERVER_URL:-http://127.0.0.1:8000}"
+SEARCH_R1_CONFIG="${SEARCH_R1_CONFIG:-}"
 
 usage() { bash "$ROOT/scripts/print_usage.sh" "${BASH_SOURCE[0]}"; }
 log() { echo "[with-retrieval] $*"; }
@@ -69,6 +73,25 @@ TMUX_BIN="$(command -v tmux)"
 ENV_BIN="$(command -v env)"
 [[ "$RETRIEVER_READY_TIMEOUT" =~ ^[0-9]+$ ]] ||
   die "RETRIEVER_READY_TIMEOUT must be a whole number of seconds (got '$RETRIEVER_READY_TIMEOUT')"
+# The training window starts in $ROOT: a relative SEARCH_R1_CONFIG is made absolute for it.
+if [[ -n "$SEARCH_R1_CONFIG" ]]; then
+  [[ "$SEARCH_R1_CONFIG" == /* ]] || export SEARCH_R1_CONFIG="$PWD/$SEARCH_R1_CONFIG"
+fi
+# A setting as the rollout will see it (variable, else SEARCH_R1_CONFIG's key, else the default), read by the same
+# table the training script uses.
+setting() {
+  local args=(--value "$1") out
+  if [[ -n "$SEARCH_R1_CONFIG" ]]; then args+=(--base "$SEARCH_R1_CONFIG"); fi
+  out="$(python3 "$ROOT/search_r1_oai/config.py" "${args[@]}" 2>&1)" || die "${out#error: }"
+  printf '%s' "$out"
+}
+RETRIEVAL_URLS="$(setting RETRIEVAL_SERVER_URL)"
+# One top-k: the retriever started here serves the rollout's as its default.
+ROLLOUT_TOPK="$(setting SEARCH_R1_TOPK)"
+if [[ -n "${TOPK:-}" && "$TOPK" != "$ROLLOUT_TOPK" ]]; then
+  die "TOPK=$TOPK differs from the rollout's top-k $ROLLOUT_TOPK: the retriever started here uses the rollout's;" \
+    "set SEARCH_R1_TOPK (or search_r1_topk in SEARCH_R1_CONFIG) instead of TOPK"
+fi
 [[ -f "$TRAIN_SCRIPT" ]] || die "training script not found: TRAIN_SCRIPT=$TRAIN_SCRIPT"
 train_script="$(cd "$(dirname "$TRAIN_SCRIPT")" && pwd)/$(basename "$TRAIN_SCRIPT")"
 mkdir -p "$LOG_DIR" || die "cannot create LOG_DIR=$LOG_DIR"
@@ -91,7 +114,7 @@ fi
 
 # One line per replica: local|remote, port, address to bind, URL. A host is local when it is a loopback or
 # wildcard address, localhost, this machine's hostname, or resolves to an address this machine can bind.
-replicas="$(python3 - "$RETRIEVAL_SERVER_URL" <<'PY'
+replicas="$(python3 - "$RETRIEVAL_URLS" <<'PY'
 import ipaddress
 import socket
 import sys
@@ -151,7 +174,7 @@ for url in (part.strip().rstrip("/") for part in sys.argv[1].split(",")):
         bind = "0.0.0.0"
     print(f"local\t{port}\t{bind}\t{url}")
 PY
-)" || die "could not read RETRIEVAL_SERVER_URL=$RETRIEVAL_SERVER_URL"
+)" || die "could not read RETRIEVAL_SERVER_URL=$RETRIEVAL_URLS"
 URLS=()
 LOCAL_URLS=() # reached without a proxy
 START_LOCAL=0
@@ -164,7 +187,7 @@ while IFS=$'\t' read -r kind port bind url; do
   fi
   URLS+=("$url")
 done <<<"$replicas"
-((${#URLS[@]})) || die "RETRIEVAL_SERVER_URL names no URL (got '$RETRIEVAL_SERVER_URL')"
+((${#URLS[@]})) || die "RETRIEVAL_SERVER_URL names no URL (got '$RETRIEVAL_URLS')"
 
 if ((START_LOCAL)); then
   # start_server.sh's own checks: index, corpus, its python, and a port nobody listens on (HTTP or not).
@@ -271,6 +294,7 @@ if ((START_LOCAL)); then
   {
     printf '. %q\n' "$ENV_FILE"
     if [[ -n "${RETRIEVER_GPUS:-}" ]]; then printf 'export CUDA_VISIBLE_DEVICES=%q\n' "$RETRIEVER_GPUS"; fi
+    printf 'export TOPK=%q\n' "$ROLLOUT_TOPK"
     printf 'exec %s\n' "$(printf '%q ' "$BASH" "$START_SERVER" --port "$RETRIEVER_PORT" --host "$RETRIEVER_HOST" \
       --log "$RETRIEVER_LOG")"
   } >"$RUN_DIR/retriever.sh"

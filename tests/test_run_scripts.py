@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from argparse import Namespace
 from pathlib import Path
 
@@ -294,3 +295,72 @@ def test_help_names_every_environment_variable_the_script_reads(script: Path, tm
     read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", script.read_text()))
     missing = sorted(name for name in read if name not in result.stdout)
     assert read and not missing, f"--help of {script.name} does not mention {missing}"
+
+
+def wrapper_run(tmp_path: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """The tmux wrapper, for real, on a tmux server of its own, a fake retriever that records how it was started
+    (it answers /health) and a training script that exits at once."""
+    from tests.support import wrapper_fakes
+    from tests.support.live_server import free_port
+
+    tmux_dir = Path(tempfile.mkdtemp(prefix="wrs-", dir="/tmp"))  # tmux socket paths are limited to ~100 bytes
+    train = tmp_path / "train.sh"
+    train.write_text("#!/usr/bin/env bash\nexit 0\n")
+    for name in ("data.index", "corpus.jsonl"):
+        (tmp_path / name).touch()
+    base = {k: v for k, v in settings_free_env().items() if k not in {"TMUX", "TMUX_PANE", "TOPK", "HOST"}}
+    base = {k: v for k, v in base.items() if "proxy" not in k.lower()}
+    try:
+        return subprocess.run(
+            ["bash", str(WRAPPER)],
+            env={
+                **base,
+                "TMUX_TMPDIR": str(tmux_dir),
+                "TMUX_SESSION": "topk-test",
+                "LOG_DIR": str(tmp_path / "logs"),
+                "RETRIEVAL_SERVER_URL": f"http://127.0.0.1:{free_port()}",
+                "RETRIEVER_PYTHON": str(wrapper_fakes.retriever_python(tmp_path / "python", tmp_path / "record")),
+                "INDEX_PATH": str(tmp_path / "data.index"),
+                "CORPUS_PATH": str(tmp_path / "corpus.jsonl"),
+                "RETRIEVER_READY_TIMEOUT": "30",
+                "TRAIN_SCRIPT": str(train),
+                **env,
+            },
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    finally:
+        subprocess.run(["tmux", "kill-server"], env={**base, "TMUX_TMPDIR": str(tmux_dir)}, capture_output=True)
+        shutil.rmtree(tmux_dir, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_the_wrappers_retriever_serves_the_rollouts_top_k(tmp_path: Path) -> None:
+    user = tmp_path / "my.yaml"
+    user.write_text("search_r1_topk: 7\n")
+    result = wrapper_run(tmp_path, SEARCH_R1_CONFIG=str(user))
+    assert result.returncode == 0, result.stdout + result.stderr
+    started = json.loads((tmp_path / "record" / "retriever.json").read_text())
+    assert flag(started["argv"], "--topk") == "7" and started["env"]["TOPK"] == "7"
+
+    result = wrapper_run(tmp_path, SEARCH_R1_TOPK="4", TOPK="4")  # the same value twice is fine
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert flag(json.loads((tmp_path / "record" / "retriever.json").read_text())["argv"], "--topk") == "4"
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TOPK": "5"}, "TOPK=5 differs from the rollout's top-k 3"),
+        ({"SEARCH_R1_TOPK": "0"}, "SEARCH_R1_TOPK='0' in the environment: expected an integer >= 1"),
+    ],
+    ids=["server-topk-differs", "bad-rollout-topk"],
+)
+def test_the_wrapper_refuses_two_top_ks_before_starting_anything(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    result = wrapper_run(tmp_path, timeout=30, **env)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "record").exists()
