@@ -389,13 +389,42 @@ def test_cli_rejects_missing_files_and_help_lists_every_flag(tmp_path: Path):
         assert flag in help_text
 
 
+def test_every_settings_field_is_a_flag_with_its_help_and_defaults_round_trip(tmp_path: Path):
+    """The CLI is generated from the Settings fields: each one is a flag that --help explains, and parsing no
+    optional flag gives the dataclass's defaults."""
+    import retrieval_server
+
+    parser = retrieval_server.build_parser()
+    help_text = " ".join(parser.format_help().split())
+    for f in dataclasses.fields(Settings):
+        assert f"--{f.name}" in help_text
+        assert " ".join(f.metadata["flag"].help.split("%(default)s")[0].split()) in help_text, f.name
+    index, corpus = tmp_path / "i.index", tmp_path / "c.jsonl"
+    index.touch()
+    corpus.touch()
+    parsed = retrieval_server.settings_from_args(
+        parser.parse_args(["--index_path", str(index), "--corpus_path", str(corpus)])
+    )
+    assert parsed == Settings(index_path=str(index), corpus_path=str(corpus))
+    changed = retrieval_server.settings_from_args(
+        parser.parse_args(
+            ["--index_path", str(index), "--corpus_path", str(corpus), "--batching", "off", "--fp16", "--topk", "9",
+             "--torch_memory_gb", "1.5", "--log_level", "debug", "--access_log"]
+        )
+    )  # fmt: skip
+    assert (changed.batching, changed.fp16, changed.topk, changed.torch_memory_gb) == (False, True, 9, 1.5)
+    assert (changed.log_level, changed.access_log) == ("debug", True)
+
+
 # -- in-process: control over loading and failures -------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def toy_engine(toy_index, minilm_dir: Path) -> RetrievalEngine:
     index, corpus = toy_index
-    return RetrievalEngine.load(index, corpus, str(minilm_dir), "e5")
+    return RetrievalEngine.load(
+        Settings(index_path=str(index), corpus_path=str(corpus), retriever_model=str(minilm_dir), retriever_name="e5")
+    )
 
 
 def serve_in_process(settings: Settings, load_engine: Callable) -> AbstractContextManager[str]:

@@ -185,22 +185,7 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
             from .engine import RetrievalEngine
 
             set_cpu_threads(settings.num_threads)
-            return RetrievalEngine.load(
-                settings.index_path,
-                settings.corpus_path,
-                settings.retriever_model,
-                retriever_name=settings.retriever_name,
-                faiss_gpu=settings.faiss_gpu,
-                fp16=settings.fp16,
-                query_max_length=settings.query_max_length,
-                encode_batch_size=settings.encode_batch_size,
-                cache_dir=settings.cache_dir,
-                backend=settings.backend,
-                torch_dtype=settings.torch_dtype,
-                torch_memory_gb=settings.torch_memory_gb,
-                torch_chunk_rows=settings.torch_chunk_rows,
-                max_queries=max(settings.max_batch_size, settings.max_queries),
-            )
+            return RetrievalEngine.load(settings)
 
     started = time.monotonic()
     state: dict[str, Any] = {"engine": None, "error": None, "ready_after_s": None}

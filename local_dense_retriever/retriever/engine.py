@@ -11,6 +11,7 @@ import numpy as np
 from .corpus import Corpus
 from .encoder import Encoder
 from .index import SearchIndex
+from .settings import Settings
 
 BACKENDS = ("faiss", "torch")
 
@@ -72,49 +73,38 @@ class RetrievalEngine:
         self.model_name = model_name
 
     @classmethod
-    def load(
-        cls,
-        index_path: str | Path,
-        corpus_path: str | Path,
-        retriever_model: str,
-        retriever_name: str = "e5",
-        faiss_gpu: bool = False,
-        fp16: bool = False,
-        query_max_length: int = 256,
-        encode_batch_size: int = 256,
-        cache_dir: str | Path | None = None,
-        mmap: bool = True,
-        backend: str = "faiss",
-        torch_dtype: str = "auto",
-        torch_memory_gb: float | None = None,
-        torch_chunk_rows: int = 0,
-        max_queries: int = 1024,
-    ) -> RetrievalEngine:
-        """Open every part; the index is memory-mapped and the corpus offsets sidecar reused when fresh.
+    def load(cls, settings: Settings, mmap: bool = True) -> RetrievalEngine:
+        """Open every part the server's settings name; the index is memory-mapped (unless ``mmap`` is false) and
+        the corpus offsets sidecar reused when fresh.
 
-        ``max_queries`` is the largest batch the torch backend plans its workspace for (larger ones are split).
+        The torch backend plans its workspace for the largest batch the server can form: the larger of
+        ``max_batch_size`` and ``max_queries`` (larger ones are split).
         """
         index = open_index(
-            index_path,
-            backend=backend,
-            faiss_gpu=faiss_gpu,
+            settings.index_path,
+            backend=settings.backend,
+            faiss_gpu=settings.faiss_gpu,
             mmap=mmap,
-            torch_dtype=torch_dtype,
-            torch_memory_gb=torch_memory_gb,
-            torch_chunk_rows=torch_chunk_rows,
-            max_queries=max_queries,
+            torch_dtype=settings.torch_dtype,
+            torch_memory_gb=settings.torch_memory_gb,
+            torch_chunk_rows=settings.torch_chunk_rows,
+            max_queries=max(settings.max_batch_size, settings.max_queries),
         )
-        logger.info("index %s: %s, %d x %d", index_path, index.kind, index.ntotal, index.dim)
-        corpus = Corpus(corpus_path, cache_dir=cache_dir)
-        logger.info("corpus %s: %d passages", corpus_path, len(corpus))
+        logger.info("index %s: %s, %d x %d", settings.index_path, index.kind, index.ntotal, index.dim)
+        corpus = Corpus(settings.corpus_path, cache_dir=settings.cache_dir)
+        logger.info("corpus %s: %d passages", settings.corpus_path, len(corpus))
         encoder = Encoder(
-            retriever_model, retriever_name, fp16=fp16, max_length=query_max_length, batch_size=encode_batch_size
+            settings.retriever_model,
+            settings.retriever_name,
+            fp16=settings.fp16,
+            max_length=settings.query_max_length,
+            batch_size=settings.encode_batch_size,
         )
-        logger.info("encoder %s (%s) on %s", retriever_model, retriever_name, encoder.device)
+        logger.info("encoder %s (%s) on %s", settings.retriever_model, settings.retriever_name, encoder.device)
         # Warm the encoder only: a warm-up search would scan the whole memory-mapped index (61 GB for
         # wiki-18) before the server reports ready; the first real query pays that page-in instead.
         encoder.encode_queries(["warm up"])
-        return cls(encoder, index, corpus, model_name=retriever_model)
+        return cls(encoder, index, corpus, model_name=settings.retriever_model)
 
     @property
     def size(self) -> int:
