@@ -1,19 +1,47 @@
 """slime entry points: ``--custom-generate-function-path generate_with_search_oai.generate`` and
 ``--custom-rm-path generate_with_search_oai.reward_func``.
 
-The only module that imports slime; the logic lives in ``search_r1_oai`` (importable and tested without slime).
+The only module that knows slime: it maps a ``Sample`` to the core's inputs (messages, tools, saved state) and the
+core's :class:`~search_r1_oai.result.RolloutResult` back onto the ``Sample`` (tokens, loss mask, logprobs, status,
+metadata for monitoring and for resuming a partial rollout). Everything else lives in ``search_r1_oai`` and runs
+without slime. slime is imported where it is used, so the mapping functions are importable (and tested) without it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from argparse import Namespace
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from slime.rollout.sglang_rollout import GenerateState
-from slime.utils.types import Sample
-
-from search_r1_oai import reward as _reward
+from search_r1_oai.config import Settings, load_settings
+from search_r1_oai.context import RolloutContext
+from search_r1_oai.result import Outcome, RolloutResult, RolloutStats
+from search_r1_oai.reward import is_well_formed, score
 from search_r1_oai.rollout import run_rollout
+from search_r1_oai.state import RolloutState
+from search_r1_oai.trajectory import TrajectoryError
+
+if TYPE_CHECKING:
+    from slime.utils.types import Sample
+
+logger = logging.getLogger(__name__)
+
+# metadata key of the state an ABORTED sample resumes from (slime's partial rollout hands the sample back).
+STATE_KEY = "search_r1_state"
+
+_CONTEXT: RolloutContext | None = None
+
+
+def rollout_context(args: Namespace, tokenizer: Any) -> RolloutContext:
+    """The process's one context, built on the first sample from slime's args (settings from ``--custom-config-path``
+    YAML keys, then the environment) and its tokenizer."""
+    global _CONTEXT
+    if _CONTEXT is None or _CONTEXT.tokenizer is not tokenizer:
+        policy_url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}"
+        _CONTEXT = RolloutContext(load_settings(args), tokenizer, policy_url)
+    return _CONTEXT
 
 
 async def generate(
@@ -23,16 +51,120 @@ async def generate(
 
     ``evaluation`` is named so that slime passes it (it inspects the signature). Never raises.
     """
-    return await run_rollout(
-        sample,
-        sampling_params,
-        tokenizer=GenerateState(args).tokenizer,
-        policy_url=f"http://{args.sglang_router_ip}:{args.sglang_router_port}",
-        is_aborted=lambda: GenerateState(args).aborted,
-        evaluation=evaluation,
+    from slime.rollout.sglang_rollout import GenerateState
+
+    context = rollout_context(args, GenerateState(args).tokenizer)
+    return await rollout_sample(
+        context, sample, sampling_params, is_aborted=lambda: GenerateState(args).aborted, evaluation=evaluation
     )
 
 
 async def reward_func(args: Namespace, sample: Sample | list[Sample], **kwargs: Any) -> float | list[float]:
     """Search-R1 exact-match reward with format score; a list of samples gives a list of rewards in order."""
-    return await _reward.reward_func(args, sample, **kwargs)
+    settings: Settings = kwargs.get("settings") or load_settings(args)
+    if isinstance(sample, list):
+        return [score_sample(s, settings.format_score) for s in sample]
+    return score_sample(sample, settings.format_score)
+
+
+# ---- Sample -> core -> Sample --------------------------------------------------------------------------------------
+
+
+async def rollout_sample(
+    context: RolloutContext,
+    sample: Sample,
+    sampling_params: dict[str, Any],
+    *,
+    is_aborted: Callable[[], bool] = lambda: False,
+    evaluation: bool = False,
+) -> Sample:
+    """Run the core on ``sample`` and write the result onto it (in place; returned for slime)."""
+    if sample.metadata is None:
+        sample.metadata = {}
+    state = _resume_state(sample)
+    result = await run_rollout(
+        context,
+        sample.prompt if state is None else [],
+        sampling_params,
+        tools=_tools_of(sample.metadata),
+        state=state,
+        is_aborted=is_aborted,
+        evaluation=evaluation,
+    )
+    apply_result(sample, result)
+    return sample
+
+
+def _tools_of(metadata: dict[str, Any]) -> list[dict] | None:
+    """slime puts the parquet ``tools`` column (a JSON string) in ``metadata["tools"]``."""
+    tools = metadata.get("tools")
+    if isinstance(tools, str):
+        tools = json.loads(tools)
+    return list(tools) if tools else None
+
+
+def _resume_state(sample: Sample) -> RolloutState | None:
+    """The state an ABORTED sample saved, or ``None`` to start over (also when the saved state is unusable)."""
+    saved = sample.metadata.get(STATE_KEY)
+    if sample.status != sample.Status.ABORTED or not isinstance(saved, dict):
+        return None
+    try:
+        return RolloutState.from_saved(
+            saved,
+            tokens=sample.tokens,
+            loss_mask=sample.loss_mask,
+            log_probs=sample.rollout_log_probs,
+            response_length=sample.response_length,
+            response=sample.response,
+        )
+    except (TrajectoryError, ValueError) as exc:
+        logger.warning("sample %s: saved rollout state unusable (%s); starting over", sample.index, exc)
+        sample.metadata["resume_discarded"] = str(exc)
+        return None
+
+
+def apply_result(sample: Sample, result: RolloutResult) -> None:
+    """Write a result onto its sample: token state, status, and metadata (the counters for monitoring, the stop
+    reason and error, the state to resume from)."""
+    sample.status = getattr(sample.Status, result.outcome.name)
+    if result.tokens or result.outcome is not Outcome.ABORTED:
+        sample.tokens = list(result.tokens)
+        sample.response_length = result.response_length
+        sample.loss_mask = list(result.loss_mask)
+        sample.rollout_log_probs = list(result.log_probs)
+        sample.response = result.response
+    if not result.train and hasattr(sample, "remove_sample"):
+        sample.remove_sample = True
+    metadata = sample.metadata
+    metadata.update(result.stats.to_dict())
+    metadata["stop_reason"] = result.stop_reason
+    if result.error is not None:
+        metadata["error"] = result.error
+    else:
+        metadata.pop("error", None)
+    if result.saved_state is not None:
+        metadata[STATE_KEY] = result.saved_state
+    else:
+        metadata.pop(STATE_KEY, None)
+
+
+def score_sample(sample: Sample, format_score: float) -> float:
+    """The reward of one sample, read from what :func:`apply_result` wrote; EM, F1 and the predicted answer are
+    added to its metadata for evaluation."""
+    if sample.metadata is None:
+        sample.metadata = {}
+    metadata = sample.metadata
+    stats = RolloutStats.from_dict(metadata)
+    final_text = str(metadata["final_content"]) if "final_content" in metadata else (sample.response or "")
+    status = getattr(getattr(sample, "status", None), "name", "")
+    # PENDING: a sample that never went through generate() (its text is judged as it stands).
+    outcome = Outcome[status] if status in Outcome.__members__ else None
+    well_formed = (outcome is not None or status == "PENDING") and is_well_formed(
+        final_text, outcome, metadata.get("stop_reason", "answer"), stats.bad_tool_calls
+    )
+    result = score(final_text, sample.label, well_formed=well_formed, format_score=format_score)
+    metadata.update(em=result.em, f1=result.f1, pred_answer=result.pred_answer)
+    if result.error is not None:
+        logger.error("sample %s: unusable label, reward 0: %s", getattr(sample, "index", None), result.error)
+        metadata["reward_error"] = result.error
+    return result.reward

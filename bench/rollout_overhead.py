@@ -12,7 +12,7 @@ answers like SGLang 0.5.15 (``prompt_token_ids``, ``meta_info.output_token_logpr
 
 Prints CPU milliseconds per turn for both, the ratio, and the floor any method pays (tokenizing the tool results).
 Passages default to wiki-18's 100-word chunks, turns to ~130 words of reasoning plus a search call.
-Run: ``.venv/bin/python bench/rollout_overhead.py`` (``--tokenizer DIR`` for a real Qwen2.5 checkpoint).
+Run from the project root: ``.venv/bin/python -m bench.rollout_overhead`` (``--tokenizer DIR`` for a real Qwen2.5 checkpoint).
 """
 
 from __future__ import annotations
@@ -21,30 +21,20 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-PROJECT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(PROJECT), str(PROJECT / "tests")]
-
-from search_r1_oai.chat_client import ChatClient, TurnOutput, encode_request, parse_chat_response  # noqa: E402
-from search_r1_oai.config import Settings  # noqa: E402
-from search_r1_oai.prompts import SEARCH_TOOL, build_messages  # noqa: E402
-from search_r1_oai.rollout import run_rollout  # noqa: E402
-from search_r1_oai.search_client import Passage, RetrievalResult, SearchClient  # noqa: E402
-from search_r1_oai.toy_data import make_toy_corpus  # noqa: E402
-from search_r1_oai.trajectory import encode_text, render_chat  # noqa: E402
+from search_r1_oai.chat_client import ChatClient, TurnOutput, encode_request, parse_chat_response
+from search_r1_oai.config import Settings
+from search_r1_oai.context import RolloutContext
+from search_r1_oai.prompts import SEARCH_TOOL, build_messages
+from search_r1_oai.rollout import run_rollout
+from search_r1_oai.search_client import Passage, RetrievalResult, SearchClient
+from search_r1_oai.toy_data import make_toy_corpus
+from search_r1_oai.trajectory import encode_text, render_chat
 
 QUESTION = "Who wrote the novel Zorvathkel?"
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_new_tokens": 1024}
-
-
-def _new_sample() -> Any:
-    from slime_stub import Sample
-
-    return Sample(index=0, prompt=build_messages(QUESTION), metadata={"tools": [SEARCH_TOOL]})
 
 
 def build_script(turns: int, doc_words: int, think_words: int, topk: int) -> tuple[list[str], list[Passage]]:
@@ -67,7 +57,7 @@ def build_script(turns: int, doc_words: int, think_words: int, topk: int) -> tup
 
 
 def _sglang_like_reply(tokenizer: Any, prompt_ids: list[int], text: str, body: dict) -> dict:
-    from sglang_mock import mock_logprob, parse_qwen25_tool_calls
+    from tests.support.sglang_mock import mock_logprob, parse_qwen25_tool_calls
 
     output_ids = encode_text(tokenizer, text)
     pieces = [tokenizer.decode([i]) for i in output_ids]
@@ -130,18 +120,16 @@ class CannedSearch(SearchClient):
 
 
 async def _ours(tokenizer: Any, replies: list[str], docs: list[Passage], settings: Settings) -> tuple[float, Any]:
-    sample = _new_sample()
-    started = time.process_time()
-    await run_rollout(
-        sample,
-        dict(SAMPLING),
-        tokenizer=tokenizer,
-        policy_url="http://replay",
-        settings=settings,
-        chat=ReplayChat(replies, settings),
+    context = RolloutContext(
+        settings,
+        tokenizer,
+        "http://replay",
         search=CannedSearch(docs, settings),
+        chat_factory=lambda: ReplayChat(replies, settings),
     )
-    return time.process_time() - started, sample
+    started = time.process_time()
+    result = await run_rollout(context, build_messages(QUESTION), dict(SAMPLING), tools=[SEARCH_TOOL])
+    return time.process_time() - started, result
 
 
 def _naive(tokenizer: Any, replies: list[str], docs: list[Passage]) -> tuple[float, list[int]]:
@@ -193,7 +181,7 @@ def _load_tokenizer(path: str | None) -> Any:
     from transformers import AutoTokenizer
 
     if path is None:
-        import offline_assets
+        from tests.support import offline_assets
 
         path = str(offline_assets.qwen25_tokenizer_dir())
     return AutoTokenizer.from_pretrained(path)
@@ -222,19 +210,12 @@ def main() -> None:
     texts, docs = build_script(args.turns, args.doc_words, args.think_words, args.topk)
 
     recorder = RecordingChat(tokenizer, texts, settings)
-    recorded = asyncio.run(
-        run_rollout(
-            _new_sample(),
-            dict(SAMPLING),
-            tokenizer=tokenizer,
-            policy_url="http://recording",
-            settings=settings,
-            chat=recorder,
-            search=CannedSearch(docs, settings),
-        )
+    context = RolloutContext(
+        settings, tokenizer, "http://recording", search=CannedSearch(docs, settings), chat_factory=lambda: recorder
     )
-    if recorded.status.name != "COMPLETED" or len(recorder.replies) != args.turns:
-        raise SystemExit(f"recording failed: {recorded.status} {recorded.metadata.get('error')}")
+    recorded = asyncio.run(run_rollout(context, build_messages(QUESTION), dict(SAMPLING), tools=[SEARCH_TOOL]))
+    if recorded.outcome.name != "COMPLETED" or len(recorder.replies) != args.turns:
+        raise SystemExit(f"recording failed: {recorded.outcome.name} {recorded.error}")
 
     ours_runs, naive_runs, floor_runs = [], [], []
     for _ in range(args.repeats):

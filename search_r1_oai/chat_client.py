@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from search_r1_oai.config import Settings
-from search_r1_oai.httpclients import RequestFailed, post_json, shared_client
+from search_r1_oai.httpclients import DEFAULT_POOLS, ClientPools, RequestFailed, post_json
 
 if TYPE_CHECKING:
     from search_r1_oai.policy_route import PolicyRoute, PolicySession
@@ -144,10 +144,17 @@ class ChatClient:
     Without one they go to ``base_url`` as given.
     """
 
-    def __init__(self, base_url: str, settings: Settings, route: PolicyRoute | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        settings: Settings,
+        route: PolicyRoute | None = None,
+        pools: ClientPools | None = None,
+    ) -> None:
         self.url = base_url.rstrip("/") + CHAT_PATH
         self._settings = settings
         self._route = route
+        self._pools = pools or DEFAULT_POOLS
         self._session: PolicySession | None = None
 
     def build_request(
@@ -189,7 +196,7 @@ class ChatClient:
                 self._session = self._route.session()
             url, on_failure = self._session.url, self._session.on_failure
             headers.update(self._session.headers)
-        client = shared_client("policy", self._settings, self._settings.policy_timeout_s)
+        client = self._pools.client("policy", self._settings, self._settings.policy_timeout_s)
         content = encode_request(body, input_ids_json)
         started = time.perf_counter()
         try:

@@ -30,9 +30,6 @@ from search_r1_oai.config import Settings
 # Concurrent requests per client shard, so each httpcore pool only ever tracks a handful of connections.
 CONNECTIONS_PER_SHARD = 8
 
-_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, list[httpx.AsyncClient]]] = (
-    weakref.WeakKeyDictionary()
-)
 _NEXT_SHARD = itertools.count()
 
 
@@ -42,35 +39,55 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def shared_client(purpose: str, settings: Settings, read_timeout_s: float) -> httpx.AsyncClient:
-    """A pooled client for ``purpose`` on the running loop; successive calls rotate over
-    ``ceil(concurrency / CONNECTIONS_PER_SHARD)`` shards, created on first use.
+class ClientPools:
+    """Pooled client shards per event loop and purpose; a rollout context owns one, so closing it closes them all."""
 
-    Each shard may open up to ``settings.concurrency`` connections, so an uneven spread never makes a request wait
-    for a connection while another shard has room; the callers' own concurrency bounds the total.
-    """
-    loop = asyncio.get_running_loop()
-    per_loop = _CLIENTS.setdefault(loop, {})
-    key = (purpose, settings.concurrency, read_timeout_s, settings.connect_timeout_s)
-    shards = per_loop.get(key)
-    if shards is None or shards[0].is_closed:
-        limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
-        timeout = httpx.Timeout(read_timeout_s, connect=settings.connect_timeout_s)
-        count = -(-settings.concurrency // CONNECTIONS_PER_SHARD)
-        shards = [
-            httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False, verify=_ssl_context())
-            for _ in range(count)
-        ]
-        per_loop[key] = shards
-    return shards[next(_NEXT_SHARD) % len(shards)]
+    def __init__(self) -> None:
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, list[httpx.AsyncClient]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def client(self, purpose: str, settings: Settings, read_timeout_s: float) -> httpx.AsyncClient:
+        """A pooled client for ``purpose`` on the running loop; successive calls rotate over
+        ``ceil(concurrency / CONNECTIONS_PER_SHARD)`` shards, created on first use.
+
+        Each shard may open up to ``settings.concurrency`` connections, so an uneven spread never makes a request
+        wait for a connection while another shard has room; the callers' own concurrency bounds the total.
+        """
+        per_loop = self._per_loop.setdefault(asyncio.get_running_loop(), {})
+        key = (purpose, settings.concurrency, read_timeout_s, settings.connect_timeout_s)
+        shards = per_loop.get(key)
+        if shards is None or shards[0].is_closed:
+            limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
+            timeout = httpx.Timeout(read_timeout_s, connect=settings.connect_timeout_s)
+            count = -(-settings.concurrency // CONNECTIONS_PER_SHARD)
+            shards = [
+                httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False, verify=_ssl_context())
+                for _ in range(count)
+            ]
+            per_loop[key] = shards
+        return shards[next(_NEXT_SHARD) % len(shards)]
+
+    async def aclose(self) -> None:
+        """Close every client of the running loop."""
+        per_loop = self._per_loop.pop(asyncio.get_running_loop(), {})
+        for shards in per_loop.values():
+            for client in shards:
+                await client.aclose()
+
+
+# For clients used on their own (tests, tools); a rollout context brings its own pools.
+DEFAULT_POOLS = ClientPools()
+
+
+def shared_client(purpose: str, settings: Settings, read_timeout_s: float) -> httpx.AsyncClient:
+    """A client from :data:`DEFAULT_POOLS` (see :meth:`ClientPools.client`)."""
+    return DEFAULT_POOLS.client(purpose, settings, read_timeout_s)
 
 
 async def aclose_clients() -> None:
-    """Close every client of the running loop (tests and clean shutdowns call this)."""
-    per_loop = _CLIENTS.pop(asyncio.get_running_loop(), {})
-    for shards in per_loop.values():
-        for client in shards:
-            await client.aclose()
+    """Close every client :func:`shared_client` made on the running loop."""
+    await DEFAULT_POOLS.aclose()
 
 
 def is_retryable(exc: BaseException) -> bool:

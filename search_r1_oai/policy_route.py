@@ -20,7 +20,6 @@ import asyncio
 import logging
 import time
 import uuid
-import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,7 +27,7 @@ import httpx
 
 from search_r1_oai.chat_client import CHAT_PATH, PolicyError, parse_chat_response
 from search_r1_oai.config import Settings
-from search_r1_oai.httpclients import RequestFailed, is_retryable, request_json, shared_client
+from search_r1_oai.httpclients import DEFAULT_POOLS, ClientPools, RequestFailed, is_retryable, request_json
 from search_r1_oai.replicas import ReplicaSet
 from search_r1_oai.trajectory import render_prompt_ids
 
@@ -58,10 +57,11 @@ class ProbeResult:
 class PolicyRoute:
     """The route to one policy URL, shared by every trajectory of the process (on one event loop)."""
 
-    def __init__(self, base_url: str, settings: Settings, tokenizer: Any) -> None:
+    def __init__(self, base_url: str, settings: Settings, tokenizer: Any, pools: ClientPools | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.settings = settings
         self.tokenizer = tokenizer
+        self.pools = pools or DEFAULT_POOLS
         self.mode: RouteMode | None = None
         self.workers = ReplicaSet([])
         self._workers_read_at = 0.0
@@ -132,7 +132,7 @@ class PolicyRoute:
 
         Raises :class:`PolicyError` when the policy cannot be reached (after the policy retries): not a verdict on
         the route, so it is not remembered."""
-        client = shared_client("policy-admin", self.settings, self.settings.connect_timeout_s)
+        client = self.pools.client("policy-admin", self.settings, self.settings.connect_timeout_s)
         url = self.base_url + "/workers"
         try:
             reply = await request_json(client, "GET", url, self.settings.policy_retries, self.settings)
@@ -165,7 +165,7 @@ class PolicyRoute:
             "return_meta_info": True,
             "stream": False,
         }
-        client = shared_client("policy-admin", self.settings, _PROBE_TIMEOUT_S)
+        client = self.pools.client("policy-admin", self.settings, _PROBE_TIMEOUT_S)
         try:
             reply = await request_json(
                 client, "POST", url + CHAT_PATH, self.settings.policy_retries, self.settings, json=body
@@ -247,16 +247,3 @@ class PolicySession:
             # Move on now rather than retrying a worker that just failed; later turns stay on the new one.
             others = [w for w in self.route.workers.order() if w != worker]
             self.worker = others[0]
-
-
-_ROUTES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, PolicyRoute]] = weakref.WeakKeyDictionary()
-
-
-def policy_route(base_url: str, settings: Settings, tokenizer: Any) -> PolicyRoute:
-    """The process's route to ``base_url`` on the running loop (created on first use; resolved lazily)."""
-    per_loop = _ROUTES.setdefault(asyncio.get_running_loop(), {})
-    key = (base_url.rstrip("/"), settings, id(tokenizer))
-    route = per_loop.get(key)
-    if route is None:
-        route = per_loop[key] = PolicyRoute(base_url, settings, tokenizer)
-    return route

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-_VOCABS: dict[int, tuple[Any, dict[str, int], dict[str, int]]] = {}
-
 
 def byte_level_alphabet() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (the alphabet of byte-level BPE vocabularies)."""
@@ -29,23 +27,24 @@ def byte_level_alphabet() -> dict[int, str]:
 _BYTE_TO_UNICODE = byte_level_alphabet()
 
 
-def _vocabs(tokenizer: Any) -> tuple[dict[str, int], dict[str, int]]:
-    """``(added tokens by text, whole vocabulary by byte-level string)``, cached per tokenizer."""
-    cached = _VOCABS.get(id(tokenizer))
-    if cached is None or cached[0] is not tokenizer:
-        cached = (tokenizer, dict(tokenizer.get_added_vocab()), dict(tokenizer.get_vocab()))
-        _VOCABS[id(tokenizer)] = cached
-    return cached[1], cached[2]
+class TokenVocab:
+    """A tokenizer's added tokens by text and whole vocabulary by byte-level string (built once per tokenizer: the
+    rollout context keeps one)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.added: dict[str, int] = dict(tokenizer.get_added_vocab())
+        self.by_bytes: dict[str, int] = dict(tokenizer.get_vocab())
 
 
-def ids_from_logprob_content(tokenizer: Any, entries: list[dict]) -> tuple[list[int], list[float], int]:
+def ids_from_logprob_content(vocab: TokenVocab, entries: list[dict]) -> tuple[list[int], list[float], int]:
     """``(ids, logprobs, drift)`` for OpenAI ``logprobs.content`` entries.
 
     An entry found in the vocabulary (as an added token, or by its bytes in byte-level form) gives its one id.
     Any other entry is re-encoded from its text: the first id gets the entry's logprob, the rest 0.0, and the
     entry counts as one unit of drift.
     """
-    added, vocab = _vocabs(tokenizer)
+    tokenizer = vocab.tokenizer
     ids: list[int] = []
     log_probs: list[float] = []
     drift = 0
@@ -53,9 +52,9 @@ def ids_from_logprob_content(tokenizer: Any, entries: list[dict]) -> tuple[list[
         token = entry.get("token") or ""
         raw_bytes = entry.get("bytes")
         logprob = float(entry.get("logprob") or 0.0)
-        token_id = added.get(token)
+        token_id = vocab.added.get(token)
         if token_id is None and raw_bytes:
-            token_id = vocab.get("".join(_BYTE_TO_UNICODE[b] for b in raw_bytes))
+            token_id = vocab.by_bytes.get("".join(_BYTE_TO_UNICODE[b] for b in raw_bytes))
         if token_id is not None:
             ids.append(token_id)
             log_probs.append(logprob)

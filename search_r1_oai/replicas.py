@@ -171,18 +171,3 @@ class AttemptPlan:
     def _least_tried_usable(self) -> str:
         usable = [url for url in self._order if not self._replicas.is_skipped(url)] or self._order
         return min(usable, key=lambda url: self._uses[url])
-
-
-_SHARED: dict[tuple[str, tuple[str, ...]], ReplicaSet] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_replicas(purpose: str, urls: Iterable[str]) -> ReplicaSet:
-    """The process's one :class:`ReplicaSet` for ``purpose`` and this URL list, so that every rollout (and every
-    client object) benefits from what any of them learned about a replica."""
-    key = (purpose, tuple(dict.fromkeys(url.rstrip("/") for url in urls)))
-    with _SHARED_LOCK:
-        replicas = _SHARED.get(key)
-        if replicas is None:
-            replicas = _SHARED[key] = ReplicaSet(key[1])
-        return replicas

@@ -4,22 +4,20 @@ Score 1.0 when the normalised answer equals any normalised gold answer; ``format
 answer is wrong but the trajectory is well formed (final turn has exactly one ``<answer>`` and no tool calls,
 every earlier turn made well-formed search calls, nothing was cut by length or budget); 0.0 otherwise. A search
 the retriever failed to answer does not cost the format score: the call was well formed, the outage is not the
-policy's doing (``metadata["bad_tool_calls"]`` counts only malformed calls; ``tool_errors`` counts both). EM and
-token F1 are recorded in ``sample.metadata`` for evaluation.
+policy's doing (``RolloutStats.bad_tool_calls`` counts only malformed calls; ``tool_errors`` counts both). EM and
+token F1 come with the reward for evaluation.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from search_r1_oai.config import Settings, get_settings
-
-logger = logging.getLogger(__name__)
+from search_r1_oai.labels import gold_answers
+from search_r1_oai.result import Outcome, RolloutResult
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -44,24 +42,6 @@ def extract_answer(text: str) -> str | None:
     return answers[-1].strip() if answers else None
 
 
-def gold_answers(label: Any) -> list[str]:
-    """Gold answers from slime's label: ``{"ground_truth": {"target": [...]}}``, a dict with ``target``, a str or
-    a list (parquet may hand lists over as numpy arrays)."""
-    if isinstance(label, dict):
-        if "ground_truth" in label:
-            return gold_answers(label["ground_truth"])
-        if "target" in label:
-            return gold_answers(label["target"])
-        raise ValueError(f"label dict has neither 'ground_truth' nor 'target': {sorted(label)}")
-    if isinstance(label, str):
-        return [label]
-    if hasattr(label, "tolist"):
-        label = label.tolist()
-    if isinstance(label, Iterable):
-        return [str(item) for item in label]
-    raise ValueError(f"unsupported label type {type(label).__name__}")
-
-
 def exact_match(prediction: str, golds: list[str]) -> bool:
     """Whether the normalised prediction equals any normalised gold answer."""
     normalized = normalize_answer(prediction)
@@ -82,45 +62,42 @@ def f1(prediction: str, golds: list[str]) -> float:
     return best
 
 
-def _final_text(sample: Any) -> str:
-    metadata = sample.metadata or {}
-    if "final_content" in metadata:
-        return str(metadata["final_content"])
-    return sample.response or ""
+@dataclass(frozen=True)
+class Score:
+    """The reward of one trajectory and the numbers evaluation reports."""
+
+    reward: float
+    em: float
+    f1: float
+    pred_answer: str | None
+    error: str | None = None
 
 
-def is_well_formed(sample: Any) -> bool:
-    """Final turn: exactly one answer, no tool calls; earlier turns: only well-formed searches; nothing cut off."""
-    metadata = sample.metadata or {}
-    status = getattr(getattr(sample, "status", None), "name", "")
-    if status not in ("COMPLETED", "PENDING"):
+def is_well_formed(final_text: str, outcome: Outcome | None, stop_reason: str, bad_tool_calls: int) -> bool:
+    """Final turn: exactly one answer, no tool calls; earlier turns: only well-formed calls; nothing cut off.
+
+    ``outcome`` ``None`` is a sample that was never rolled out here (its text is judged as it stands)."""
+    if outcome not in (Outcome.COMPLETED, None):
         return False
-    if metadata.get("stop_reason", "answer") != "answer" or metadata.get("bad_tool_calls", 0):
+    if stop_reason != "answer" or bad_tool_calls:
         return False
-    return len(extract_answers(_final_text(sample))) == 1
+    return len(extract_answers(final_text)) == 1
 
 
-def score_sample(sample: Any, format_score: float) -> float:
-    """The reward of one sample; stores ``em``, ``f1`` and ``pred_answer`` in its metadata."""
-    if sample.metadata is None:
-        sample.metadata = {}
+def score(final_text: str, label: Any, *, well_formed: bool, format_score: float) -> Score:
+    """1.0 for an exact match, ``format_score`` for a well-formed wrong answer, 0.0 otherwise."""
     try:
-        golds = gold_answers(sample.label)
+        golds = gold_answers(label)
     except ValueError as exc:
-        logger.error("sample %s: unusable label, reward 0: %s", getattr(sample, "index", None), exc)
-        sample.metadata.update(em=0.0, f1=0.0, pred_answer=None, reward_error=str(exc))
-        return 0.0
-    answer = extract_answer(_final_text(sample))
+        return Score(reward=0.0, em=0.0, f1=0.0, pred_answer=None, error=str(exc))
+    answer = extract_answer(final_text)
     em = answer is not None and exact_match(answer, golds)
-    sample.metadata.update(em=float(em), f1=f1(answer, golds) if answer is not None else 0.0, pred_answer=answer)
-    if em:
-        return 1.0
-    return format_score if is_well_formed(sample) else 0.0
+    reward = 1.0 if em else (format_score if well_formed else 0.0)
+    return Score(reward=reward, em=float(em), f1=f1(answer, golds) if answer is not None else 0.0, pred_answer=answer)
 
 
-async def reward_func(args: Any, sample: Any, **kwargs: Any) -> float | list[float]:
-    """slime's ``--custom-rm-path`` hook: one sample -> float, a list of samples -> list of floats in order."""
-    settings: Settings = kwargs.get("settings") or get_settings()
-    if isinstance(sample, list):
-        return [score_sample(s, settings.format_score) for s in sample]
-    return score_sample(sample, settings.format_score)
+def score_result(result: RolloutResult, label: Any, format_score: float) -> Score:
+    """The reward of a finished rollout."""
+    stats = result.stats
+    well_formed = is_well_formed(stats.final_content, result.outcome, result.stop_reason, stats.bad_tool_calls)
+    return score(stats.final_content, label, well_formed=well_formed, format_score=format_score)

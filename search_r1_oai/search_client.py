@@ -25,8 +25,15 @@ from urllib.parse import urlsplit
 import httpx
 
 from search_r1_oai.config import Settings
-from search_r1_oai.httpclients import RequestFailed, describe_error, error_detail, post_json, shared_client
-from search_r1_oai.replicas import ReplicaSet, shared_replicas
+from search_r1_oai.httpclients import (
+    DEFAULT_POOLS,
+    ClientPools,
+    RequestFailed,
+    describe_error,
+    error_detail,
+    post_json,
+)
+from search_r1_oai.replicas import ReplicaSet
 
 logger = logging.getLogger(__name__)
 
@@ -189,12 +196,16 @@ _warn_search_failed = _ThrottledWarning(LOG_EVERY_S)
 class SearchClient:
     """Calls ``/retrieve`` on the configured replicas; one instance can serve many concurrent rollouts.
 
-    ``replicas`` defaults to the process's shared :class:`ReplicaSet` for ``settings.retrieval_urls``.
+    ``replicas`` is what the searches of a process learn about ``settings.retrieval_urls`` (the rollout context
+    shares one set between all of its searches); a new set by default.
     """
 
-    def __init__(self, settings: Settings, replicas: ReplicaSet | None = None) -> None:
+    def __init__(
+        self, settings: Settings, replicas: ReplicaSet | None = None, pools: ClientPools | None = None
+    ) -> None:
         self._settings = settings
-        self._replicas = replicas or shared_replicas("retriever", settings.retrieval_urls)
+        self._replicas = replicas or ReplicaSet(settings.retrieval_urls)
+        self._pools = pools or DEFAULT_POOLS
         self._hosts = tuple(sorted({urlsplit(url).hostname or "" for url in self._replicas.urls} - {""}))
 
     def _record_failure(self, url: str, exc: BaseException) -> None:
@@ -204,7 +215,7 @@ class SearchClient:
         """Top-k passages for every query in one call; raises :class:`SearchError` with the reason on failure."""
         if not queries:
             raise SearchError("no queries to search")
-        client = shared_client("retriever", self._settings, self._settings.retrieval_timeout_s)
+        client = self._pools.client("retriever", self._settings, self._settings.retrieval_timeout_s)
         payload = {"queries": queries, "topk": self._settings.topk, "return_scores": False}
         plan = self._replicas.plan()
         started = time.perf_counter()

@@ -1,5 +1,5 @@
 """Tool calls of one assistant turn, from the server's parsed ``tool_calls`` or, when its parser rejected them,
-from the raw output text; and the ``search`` arguments they carry.
+from the raw output text.
 
 A call the server's parser rejects (bad JSON, unknown function) disappears from the response, yet its tokens
 were generated. Finding it in the raw text lets the policy be told what was wrong instead of the turn silently
@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
-
-from search_r1_oai.prompts import SEARCH_TOOL_NAME
 
 
 @dataclass(frozen=True)
@@ -75,28 +73,3 @@ def _call_from_block(call_id: str, body: str, closed: bool, end: str) -> ToolCal
             error='the tool call must be a JSON object {"name": ..., "arguments": {...}}',
         )
     return ToolCall(id=call_id, name=parsed["name"], arguments=parsed.get("arguments"))
-
-
-def search_queries(call: ToolCall) -> tuple[list[str], str | None]:
-    """The queries of a ``search`` call (``queries`` list or a plain ``query`` string), or an error to report."""
-    if call.error is not None:
-        return [], call.error
-    if call.name != SEARCH_TOOL_NAME:
-        return [], f"unknown tool {call.name!r}; the only available tool is {SEARCH_TOOL_NAME!r}"
-    arguments = call.arguments
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError as exc:
-            return [], f"the arguments of {SEARCH_TOOL_NAME!r} are not valid JSON ({exc.msg})"
-    if not isinstance(arguments, dict):
-        return [], f'the arguments of {SEARCH_TOOL_NAME!r} must be an object like {{"queries": ["..."]}}'
-    raw = arguments.get("queries", arguments.get("query"))
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not all(isinstance(q, str) for q in raw):
-        return [], f'{SEARCH_TOOL_NAME!r} needs "queries": a list of strings'
-    queries = [q.strip() for q in raw if q.strip()]
-    if not queries:
-        return [], f'{SEARCH_TOOL_NAME!r} got no non-empty query; pass "queries": ["..."]'
-    return queries, None

@@ -12,7 +12,6 @@ grow with the conversation.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,19 +92,6 @@ class ToolTurnTemplate:
         return encode_text(self._tokenizer, self.delta_text(tool_messages, last_sampled_id == self.eos_id))
 
 
-_TEMPLATES: dict[tuple[int, str], tuple[Any, ToolTurnTemplate]] = {}
-
-
-def tool_turn_template(tokenizer: Any, tools: list[dict] | None) -> ToolTurnTemplate:
-    """The cached :class:`ToolTurnTemplate` for this tokenizer and tools list."""
-    key = (id(tokenizer), json.dumps(tools, sort_keys=True))
-    cached = _TEMPLATES.get(key)
-    if cached is None or cached[0] is not tokenizer:
-        cached = (tokenizer, ToolTurnTemplate(tokenizer, tools))
-        _TEMPLATES[key] = cached
-    return cached[1]
-
-
 @dataclass
 class Trajectory:
     """``tokens = prompt + response``; ``loss_mask`` and ``log_probs`` cover the response only."""
@@ -175,27 +161,3 @@ class Trajectory:
             raise TrajectoryError(
                 f"response_length={n}, loss_mask={len(self.loss_mask)}, log_probs={len(self.log_probs)}"
             )
-
-    def write_to(self, sample: Any) -> None:
-        """Store the token state on a slime ``Sample`` (tokens, response_length, loss_mask, rollout_log_probs)."""
-        self.validate()
-        sample.tokens = list(self.tokens)
-        sample.response_length = self.response_length
-        sample.loss_mask = list(self.loss_mask)
-        sample.rollout_log_probs = list(self.log_probs)
-
-    @classmethod
-    def from_sample(cls, sample: Any, prompt_length: int) -> Trajectory:
-        """The token state slime hands back for a partial rollout (its loss mask may have been zeroed since)."""
-        tokens = list(sample.tokens or [])
-        n = len(tokens) - prompt_length
-        mask = list(sample.loss_mask) if sample.loss_mask is not None else []
-        log_probs = list(sample.rollout_log_probs) if sample.rollout_log_probs is not None else []
-        trajectory = cls(tokens=tokens, prompt_length=prompt_length, loss_mask=mask, log_probs=log_probs)
-        if prompt_length <= 0 or n != sample.response_length:
-            raise TrajectoryError(
-                f"saved state does not match the sample: {len(tokens)} tokens, prompt {prompt_length}, "
-                f"response_length {sample.response_length}"
-            )
-        trajectory.validate()
-        return trajectory

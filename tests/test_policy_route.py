@@ -19,17 +19,24 @@ from pathlib import Path
 import fastapi
 import httpx
 import pytest
-from conftest import free_port
-from fake_retriever import FakeRetriever, serve_fake_retriever
 from fastapi.responses import JSONResponse
-from live_server import serve_app
-from rollout_helpers import FAST, IM_END, SAMPLING, answer, assert_token_exact, call, new_sample
-from sglang_mock import MockSGLang, RecordedRequest, serve_mock_sglang
-from slime_stub import Sample
 
-from search_r1_oai.httpclients import aclose_clients
 from search_r1_oai.policy_route import PROBE_TEXT, ROUTING_KEY_HEADER
-from search_r1_oai.rollout import run_rollout
+from tests.support.fake_retriever import FakeRetriever, serve_fake_retriever
+from tests.support.live_server import free_port, serve_app
+from tests.support.rollout_helpers import (
+    FAST,
+    IM_END,
+    SAMPLING,
+    answer,
+    assert_token_exact,
+    call,
+    close_contexts,
+    new_sample,
+    run_sample,
+)
+from tests.support.sglang_mock import MockSGLang, RecordedRequest, serve_mock_sglang
+from tests.support.slime_stub import Sample
 
 ROUTER_START_TIMEOUT_S = 60.0
 
@@ -84,7 +91,7 @@ def real_router(real_venv: Path, worker_urls: list[str], log: Path) -> Iterator[
 @pytest.fixture(autouse=True)
 async def _close_clients():
     yield
-    await aclose_clients()
+    await close_contexts()
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +112,7 @@ def settings(retriever):
 
 
 async def rollout(policy_url: str, tokenizer, settings, question: str) -> Sample:
-    return await run_rollout(
+    return await run_sample(
         new_sample(question), dict(SAMPLING), tokenizer=tokenizer, policy_url=policy_url, settings=settings
     )
 

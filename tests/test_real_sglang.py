@@ -1,4 +1,4 @@
-"""What the rollout relies on that only SGLang's real serving code can show (scripted engine, tests/real_sglang.py).
+"""What the rollout relies on that only SGLang's real serving code can show (scripted engine, tests/support/real_sglang.py).
 
 The rollout scenarios themselves run against these servers in ``test_rollout.py`` and the mock is diffed against
 them in ``test_sglang_mock_vs_real.py``; here: slime's abort path through ``/abort_request``, the router check the
@@ -12,14 +12,24 @@ import dataclasses
 
 import httpx
 import pytest
-from fake_retriever import FakeRetriever, serve_fake_retriever
-from real_sglang import SGLANG_VERSIONS, RealSGLang
-from rollout_helpers import FAST, IM_END, SAMPLING, answer, assert_token_exact, call, new_sample, observation_texts
-from sglang_mock import Reply
-from slime_stub import Sample
 
-from search_r1_oai.httpclients import aclose_clients
-from search_r1_oai.rollout import STATE_KEY, run_rollout
+from generate_with_search_oai import STATE_KEY
+from tests.support.fake_retriever import FakeRetriever, serve_fake_retriever
+from tests.support.real_sglang import SGLANG_VERSIONS, RealSGLang
+from tests.support.rollout_helpers import (
+    FAST,
+    IM_END,
+    SAMPLING,
+    answer,
+    assert_token_exact,
+    call,
+    close_contexts,
+    new_sample,
+    observation_texts,
+    run_sample,
+)
+from tests.support.sglang_mock import Reply
+from tests.support.slime_stub import Sample
 
 # A request held by the engine this long after its first token gives the test time to abort it (never waited out).
 HOLD_S = 30.0
@@ -28,7 +38,7 @@ HOLD_S = 30.0
 @pytest.fixture(autouse=True)
 async def _close_clients():
     yield
-    await aclose_clients()
+    await close_contexts()
 
 
 @pytest.fixture(scope="module", params=SGLANG_VERSIONS, ids=lambda v: f"sglang-{v}")
@@ -64,7 +74,7 @@ async def test_abort_request_mid_turn_gives_a_resumable_aborted_sample(real, qwe
             assert response.status_code == 200, response.text
 
         aborter = asyncio.create_task(abort_second_turn())
-        sample = await run_rollout(
+        sample = await run_sample(
             new_sample(q), dict(SAMPLING), tokenizer=qwen_tokenizer, policy_url=real.url, settings=settings
         )
         await aborter
@@ -83,7 +93,7 @@ async def test_abort_request_mid_turn_gives_a_resumable_aborted_sample(real, qwe
         assert sample.metadata[STATE_KEY]["pending_turn_start"] is not None
 
         real.script(q, [" the archive.\n" + answer("Gold")])
-        sample = await run_rollout(
+        sample = await run_sample(
             sample, dict(SAMPLING), tokenizer=qwen_tokenizer, policy_url=real.url, settings=settings
         )
         records = real.requests_for(q)

@@ -8,12 +8,13 @@ import threading
 import httpx
 import pytest
 
+from search_r1_oai.config import Settings
+from search_r1_oai.context import RolloutContext
 from search_r1_oai.replicas import (
     DEFAULT_SKIP_S,
     AttemptPlan,
     ReplicaSet,
     means_replica_down,
-    shared_replicas,
 )
 
 A, B, C = "http://a:1", "http://b:2", "http://c:3"
@@ -200,11 +201,12 @@ def test_one_dead_replica_of_two_costs_at_most_one_attempt_per_skip_period(clock
     assert failed_attempts <= 3
 
 
-def test_shared_replicas_is_one_set_per_purpose_and_list() -> None:
-    first = shared_replicas("test-purpose", ["http://x:1", "http://y:2/"])
-    assert shared_replicas("test-purpose", ["http://x:1/", "http://y:2"]) is first
-    assert shared_replicas("other-purpose", ["http://x:1", "http://y:2"]) is not first
-    assert shared_replicas("test-purpose", ["http://y:2", "http://x:1"]) is not first
+def test_a_rollout_context_has_one_set_of_retriever_replicas() -> None:
+    """Every search of a process's rollouts shares what any of them learned about a replica."""
+    context = RolloutContext(Settings(retrieval_urls=("http://x:1", "http://y:2/")), None, "http://policy:1")
+    first = context.retrieval_replicas
+    assert context.search._replicas is first and context.retrieval_replicas is first
+    assert RolloutContext(Settings(retrieval_urls=("http://x:1",)), None, "http://p:1").retrieval_replicas is not first
     assert first.urls == ("http://x:1", "http://y:2")
 
 

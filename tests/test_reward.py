@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from slime_stub import Sample
 
+from generate_with_search_oai import reward_func, score_sample
 from search_r1_oai.config import Settings
-from search_r1_oai.reward import extract_answer, f1, gold_answers, normalize_answer, reward_func, score_sample
+from search_r1_oai.reward import extract_answer, f1, gold_answers, normalize_answer
+from tests.support.slime_stub import Sample
 
 LABEL = {"ground_truth": {"target": ["The Beatles", "Beatles"]}, "style": "rule"}
 

@@ -1,7 +1,7 @@
 """Scenario tests of the rollout: real httpx against an SGLang server and the fake retriever on 127.0.0.1.
 
 Each scenario runs three times: against the SGLang mock, and against SGLang's real serving code of each release
-in ``real_sglang.SGLANG_VERSIONS`` with a scripted engine (``tests/real_sglang.py``, see tests/SGLANG_VERSIONS.md).
+in ``real_sglang.SGLANG_VERSIONS`` with a scripted engine (``tests/support/real_sglang.py``, see tests/SGLANG_VERSIONS.md).
 Every scenario checks the token-exact invariant with :func:`assert_token_exact`, which recomputes it
 independently from what the server recorded (the engine's conditioning ids, sampled ids and logprobs).
 """
@@ -17,19 +17,28 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from conftest import free_port
-from fake_retriever import FakeRetriever, serve_fake_retriever
-from real_sglang import SGLANG_VERSIONS
-from rollout_helpers import FAST, IM_END, SAMPLING, answer, assert_token_exact, call, new_sample, observation_texts
-from sglang_mock import TOP_K_ALL, MockSGLang, Reply, serve_mock_sglang
-from slime_stub import Sample
 
+from generate_with_search_oai import STATE_KEY, reward_func
 from search_r1_oai.chat_client import NEUTRAL_SAMPLING, ChatClient, TurnOutput
 from search_r1_oai.config import Settings
-from search_r1_oai.httpclients import aclose_clients
 from search_r1_oai.prompts import build_messages, tools_json
-from search_r1_oai.reward import reward_func
-from search_r1_oai.rollout import STATE_KEY, run_rollout
+from tests.support.fake_retriever import FakeRetriever, serve_fake_retriever
+from tests.support.live_server import free_port
+from tests.support.real_sglang import SGLANG_VERSIONS
+from tests.support.rollout_helpers import (
+    FAST,
+    IM_END,
+    SAMPLING,
+    answer,
+    assert_token_exact,
+    call,
+    close_contexts,
+    new_sample,
+    observation_texts,
+    run_sample,
+)
+from tests.support.sglang_mock import TOP_K_ALL, MockSGLang, Reply, serve_mock_sglang
+from tests.support.slime_stub import Sample
 
 # ---- fixtures ---------------------------------------------------------------------------------------------------
 
@@ -37,13 +46,13 @@ from search_r1_oai.rollout import STATE_KEY, run_rollout
 @pytest.fixture(autouse=True)
 async def _close_clients():
     yield
-    await aclose_clients()
+    await close_contexts()
 
 
 @pytest.fixture(scope="module", params=["mock", *SGLANG_VERSIONS], ids=lambda v: v if v == "mock" else f"sglang-{v}")
 def mock(request, qwen_tokenizer):
     """The policy server of the scenarios: the mock, then SGLang's real serving code of each release the tests run
-    (scripted engine, see tests/real_sglang.py); all three expose the same scripting and recording API."""
+    (scripted engine, see tests/support/real_sglang.py); all three expose the same scripting and recording API."""
     if request.param != "mock":
         try:
             yield request.getfixturevalue("real_sglang_servers").get(request.param)
@@ -69,7 +78,7 @@ async def rollout(
     sampling: dict | None = None,
     is_aborted: Callable[[], bool] = lambda: False,
 ) -> Sample:
-    result = await run_rollout(
+    result = await run_sample(
         sample,
         dict(sampling or SAMPLING),
         tokenizer=tokenizer,
@@ -613,7 +622,7 @@ async def test_server_prefilling_something_else_is_caught(retriever, settings, q
             )
 
     chat = MiscountingChat()
-    sample = await run_rollout(
+    sample = await run_sample(
         new_sample("Who holds Gorse keep?"),
         dict(SAMPLING),
         tokenizer=qwen_tokenizer,

@@ -11,16 +11,14 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from conftest import free_port
-from fake_retriever import FakeRetriever, serve_fake_retriever
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from live_server import serve_app
 
 from search_r1_oai import search_client
 from search_r1_oai.config import Settings
+from search_r1_oai.context import RolloutContext
 from search_r1_oai.httpclients import aclose_clients, shared_client
-from search_r1_oai.replicas import ReplicaSet, shared_replicas
+from search_r1_oai.replicas import ReplicaSet
 from search_r1_oai.search_client import (
     Passage,
     RetrievalResult,
@@ -31,6 +29,8 @@ from search_r1_oai.search_client import (
     passage_from_item,
     scrub_addresses,
 )
+from tests.support.fake_retriever import FakeRetriever, serve_fake_retriever
+from tests.support.live_server import free_port, serve_app
 
 FAST = Settings(retry_initial_wait_s=0.01, retry_max_wait_s=0.05, retrieval_retries=2, retrieval_timeout_s=5)
 
@@ -214,11 +214,14 @@ async def test_a_dead_replica_is_skipped_by_every_later_search_and_client() -> N
         assert [r.attempts for r in later] == [1] * 10 and {r.replica for r in later} == {url}
 
         shared = settings_for(f"http://127.0.0.1:{free_port()}", url)
-        await SearchClient(shared).retrieve(["learn"])
-        await SearchClient(shared).retrieve(["learn"])
-        assert shared_replicas("retriever", shared.retrieval_urls).is_skipped(shared.retrieval_urls[0])
-        other = [await SearchClient(shared).retrieve([f"r{i}"]) for i in range(4)]
+        context = RolloutContext(shared, None, "http://unused")
+        await context.search.retrieve(["learn"])
+        await context.search.retrieve(["learn"])
+        assert context.retrieval_replicas.is_skipped(shared.retrieval_urls[0])
+        another = SearchClient(shared, replicas=context.retrieval_replicas)
+        other = [await another.retrieve([f"r{i}"]) for i in range(4)]
         assert [r.attempts for r in other] == [1] * 4, "another client shares the process's view of the replicas"
+        await context.aclose()
 
 
 async def test_a_replica_that_comes_back_rejoins_after_its_probe() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-from slime_stub import Sample
 
+from search_r1_oai.config import Settings
+from search_r1_oai.context import RolloutContext
 from search_r1_oai.prompts import SEARCH_TOOL, build_messages
+from search_r1_oai.state import RolloutState
 from search_r1_oai.trajectory import (
     TemplateError,
     ToolTurnTemplate,
@@ -15,7 +17,6 @@ from search_r1_oai.trajectory import (
     TrajectoryError,
     encode_text,
     render_chat,
-    tool_turn_template,
 )
 
 IM_END = 151645
@@ -119,8 +120,9 @@ def test_only_text_rendering_is_used(qwen_tokenizer) -> None:
 
 
 def test_template_cache_is_per_tokenizer_and_tools(qwen_tokenizer) -> None:
-    assert tool_turn_template(qwen_tokenizer, [SEARCH_TOOL]) is tool_turn_template(qwen_tokenizer, [SEARCH_TOOL])
-    assert tool_turn_template(qwen_tokenizer, [SEARCH_TOOL]) is not tool_turn_template(qwen_tokenizer, None)
+    context = RolloutContext(Settings(), qwen_tokenizer, "http://unused")
+    assert context.template([SEARCH_TOOL]) is context.template([SEARCH_TOOL])
+    assert context.template([SEARCH_TOOL]) is not context.template(None)
 
 
 def test_trajectory_masks_logprobs_and_lengths() -> None:
@@ -133,11 +135,19 @@ def test_trajectory_masks_logprobs_and_lengths() -> None:
     assert trajectory.loss_mask == [1, 1, 0, 0, 0, 1]
     assert trajectory.log_probs == [-0.5, -0.25, 0.0, 0.0, 0.0, -1.0]
 
-    sample = Sample()
-    trajectory.write_to(sample)
-    assert sample.tokens == trajectory.tokens and sample.response_length == 6
-    assert sample.loss_mask == trajectory.loss_mask and sample.rollout_log_probs == trajectory.log_probs
-    assert Trajectory.from_sample(sample, prompt_length=3) == trajectory
+    # What an aborted rollout saves and a resumed one loads (tokens, mask and logprobs travel as slime keeps them).
+    state = RolloutState.start(build_messages("Who?"))
+    state.trajectory = trajectory
+    restored = RolloutState.from_saved(
+        state.to_saved(),
+        tokens=trajectory.tokens,
+        loss_mask=trajectory.loss_mask,
+        log_probs=trajectory.log_probs,
+        response_length=6,
+        response="",
+    )
+    assert restored.trajectory == trajectory and restored.messages == state.messages
+    assert restored.stats.resumed == 1
 
 
 def test_trajectory_refuses_inconsistent_state() -> None:
@@ -151,6 +161,8 @@ def test_trajectory_refuses_inconsistent_state() -> None:
         trajectory.check_conditioning([1, 2])
     with pytest.raises(TrajectoryError, match="empty prompt"):
         Trajectory.from_prompt([])
-    sample = Sample(tokens=[1, 2, 3, 4], response_length=2, loss_mask=[1], rollout_log_probs=[0.0])
+    saved = {"prompt_length": 3, "messages": [], "prompt_messages": 0}
     with pytest.raises(TrajectoryError):
-        Trajectory.from_sample(sample, prompt_length=3)
+        RolloutState.from_saved(
+            saved, tokens=[1, 2, 3, 4], loss_mask=[1], log_probs=[0.0], response_length=2, response=""
+        )

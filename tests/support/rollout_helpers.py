@@ -3,13 +3,19 @@ recomputed from what an SGLang-compatible server recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import weakref
+from collections.abc import Callable
+from typing import Any
 
-from sglang_mock import RecordedRequest, mock_logprob
-from slime_stub import Sample
-
+from generate_with_search_oai import rollout_sample
+from search_r1_oai.chat_client import ChatClient
 from search_r1_oai.config import Settings
+from search_r1_oai.context import RolloutContext
 from search_r1_oai.prompts import build_messages, tools_json
+from tests.support.sglang_mock import RecordedRequest, mock_logprob
+from tests.support.slime_stub import Sample
 
 IM_END = "<|im_end|>"
 SAMPLING = {
@@ -107,3 +113,44 @@ def new_sample(question: str, gold: str = "Gold") -> Sample:
         label={"ground_truth": {"target": [gold]}},
         metadata={"tools": json.loads(tools_json())},
     )
+
+
+# ---- running a slime sample through the adapter ---------------------------------------------------------------------
+
+_CONTEXTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, RolloutContext]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def context_for(policy_url: str, settings: Settings, tokenizer: Any) -> RolloutContext:
+    """One context per policy URL, settings and tokenizer on the running loop, as a slime worker has one."""
+    per_loop = _CONTEXTS.setdefault(asyncio.get_running_loop(), {})
+    key = (policy_url, settings, id(tokenizer))
+    if key not in per_loop:
+        per_loop[key] = RolloutContext(settings, tokenizer, policy_url)
+    return per_loop[key]
+
+
+async def close_contexts() -> None:
+    """Close the HTTP clients of every context :func:`context_for` made on the running loop."""
+    for context in _CONTEXTS.pop(asyncio.get_running_loop(), {}).values():
+        await context.aclose()
+
+
+async def run_sample(
+    sample: Sample,
+    sampling_params: dict,
+    *,
+    tokenizer: Any,
+    policy_url: str,
+    settings: Settings,
+    is_aborted: Callable[[], bool] = lambda: False,
+    chat: ChatClient | None = None,
+) -> Sample:
+    """A slime sample through ``generate_with_search_oai.rollout_sample`` (what slime's ``generate`` runs);
+    ``chat`` replaces the policy client for this one sample."""
+    if chat is None:
+        context = context_for(policy_url, settings, tokenizer)
+    else:
+        context = RolloutContext(settings, tokenizer, policy_url, chat_factory=lambda: chat)
+    return await rollout_sample(context, sample, sampling_params, is_aborted=is_aborted)
