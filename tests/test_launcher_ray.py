@@ -2,8 +2,9 @@
 
 What a user of the launcher relies on, each checked with real Ray clusters:
 - the job runs slime's train.py from SLIME_DIR whatever folder the script is called from and whichever cluster it
-  uses (one it starts, or one already running), with the project's settings and WANDB_API_KEY in its environment,
-  and the key on no command line and in no output;
+  uses (one it starts, or one already running), with the project's settings in its slime config
+  (--custom-config-path, read by load_settings(args) in the job) and WANDB_API_KEY in its environment, and the key
+  on no command line and in no output;
 - the script's exit code is the job's outcome, and Ctrl-C / TERM stop the job;
 - a cluster the script started is gone after it, a cluster it reused keeps running, and another Ray cluster on the
   machine is never touched (the script never runs `ray stop`);
@@ -319,7 +320,15 @@ class Standin:
     real_venv: Path
     shim_bin: Path
 
-    def env(self, report: Path, **settings: str) -> dict[str, str]:
+    def env(self, report: Path, config: dict | None = None, **settings: str) -> dict[str, str]:
+        """The launcher's environment. The job's environment carries no settings, so the stand-in is steered
+        through the slime config like the rollout: ``STANDIN_*`` arguments and ``config`` become keys of a user
+        YAML (``standin_exit: 3``) named by SEARCH_R1_CONFIG, which the launcher merges into the job's config."""
+        user = {"standin_report": str(report), **(config or {})}
+        user.update({name.lower(): value for name, value in settings.items() if name.startswith("STANDIN_")})
+        config_file = report.with_suffix(".user-config.yaml")
+        config_file.write_text(json.dumps(user))  # JSON is YAML
+        settings = {name: value for name, value in settings.items() if not name.startswith("STANDIN_")}
         return {
             **minimal_env(self.real_venv, self.shim_bin),
             "SLIME_DIR": str(self.slime),
@@ -332,7 +341,7 @@ class Standin:
             "TP_SIZE": "1",
             "RAY_CLUSTER_TIMEOUT": str(int(START_TIMEOUT)),
             "RAY_ARGV_LOG": str(report.with_suffix(".ray-calls.jsonl")),
-            "SEARCH_R1_STANDIN_REPORT": str(report),
+            "SEARCH_R1_CONFIG": str(config_file),
             **settings,
         }
 
@@ -435,6 +444,7 @@ def test_job_runs_train_py_in_slime_dir_with_the_settings_and_the_key_off_every_
     # to the address the cluster reports, not to MASTER_ADDR:RAY_DASHBOARD_PORT.
     env = standin.env(
         report,
+        {"search_r1_topk": 5, "search_r1_max_turns": 9},  # a user's YAML; the variable below wins over its 9
         MASTER_ADDR=reused_cluster.node_ip(),
         RAY_PORT=str(reused_cluster.gcs_port),
         WANDB_API_KEY=SECRET,
@@ -448,8 +458,12 @@ def test_job_runs_train_py_in_slime_dir_with_the_settings_and_the_key_off_every_
     assert job["cwd"] == str(standin.slime)
     assert job["argv"][0] == str(standin.slime / "train.py")
     assert job["env"]["WANDB_API_KEY"] == SECRET and "--use-wandb" in job["argv"]
-    assert job["env"]["SEARCH_R1_MAX_TURNS"] == "3"
-    assert job["env"]["RETRIEVAL_SERVER_URL"] == "http://10.0.0.1:8000,http://10.0.0.2:8000"
+    # The settings reached the job through slime's --custom-config-path, not its environment: load_settings(args)
+    # there sees the variables exported here over the user's YAML.
+    assert not [name for name in job["env"] if name.startswith("SEARCH_R1_") or name == "RETRIEVAL_SERVER_URL"]
+    assert (job["settings"]["max_turns"], job["settings"]["topk"]) == (3, 5)
+    assert job["settings"]["retrieval_urls"] == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+    config_file = Path(job["argv"][job["argv"].index("--custom-config-path") + 1])
     assert job["env"]["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"
     assert job["env"]["PYTHONPATH"].split(":")[:2] == [str(standin.megatron), str(ROOT)]
     assert "--standin-model-args" in job["argv"]  # slime's scripts/models/qwen2.5-3B.sh was sourced
@@ -465,13 +479,14 @@ def test_job_runs_train_py_in_slime_dir_with_the_settings_and_the_key_off_every_
     assert (submit["file_mode"], submit["dir_mode"]) == (0o600, 0o700)
     assert json.loads(submit["file_content"])["env_vars"]["WANDB_API_KEY"] == SECRET
     runtime_env_file = Path(submit["argv"][submit["argv"].index("--runtime-env") + 1])
+    assert config_file.parent == runtime_env_file.parent  # the launcher's private folder
     assert not runtime_env_file.parent.exists()  # removed on exit
 
 
 def test_a_failing_job_makes_the_launcher_fail_with_its_exit_code(
     reused_cluster: RayCluster, standin: Standin, report: Path, tmp_path: Path, launches: list[Launch]
 ) -> None:
-    env = standin.env(report, RAY_PORT=str(reused_cluster.gcs_port), SEARCH_R1_STANDIN_EXIT="3")
+    env = standin.env(report, RAY_PORT=str(reused_cluster.gcs_port), STANDIN_EXIT="3")
     launches.append(launch := Launch.start(env, cwd=tmp_path))
 
     assert launch.finish() == 3, launch.output
@@ -489,7 +504,7 @@ def test_interrupting_the_launcher_stops_its_job_and_leaves_a_reused_cluster_run
     sig: signal.Signals,
     code: int,
 ) -> None:
-    env = standin.env(report, RAY_PORT=str(reused_cluster.gcs_port), SEARCH_R1_STANDIN_SLEEP="600")
+    env = standin.env(report, RAY_PORT=str(reused_cluster.gcs_port), STANDIN_SLEEP="600")
     launches.append(launch := Launch.start(env, cwd=tmp_path))
     wait_until(report.exists, START_TIMEOUT, "the job to start")
     train_pid = json.loads(report.read_text())["pid"]
@@ -521,7 +536,7 @@ def test_interrupting_the_launcher_stops_the_cluster_it_started_and_no_other(
         RAY_PORT=str(gcs_port),
         RAY_DASHBOARD_PORT=str(dashboard_port),
         RAY_START_ARGS=" ".join([*node_port_flags(head=True), f"--temp-dir={temp_dir}"]),
-        SEARCH_R1_STANDIN_SLEEP="600",
+        STANDIN_SLEEP="600",
     )
     launches.append(launch := Launch.start(env, cwd=tmp_path))
     wait_until(report.exists, START_TIMEOUT, "the job to start")

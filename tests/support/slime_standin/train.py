@@ -1,29 +1,54 @@
-"""Stand-in for slime's train.py: reports how the Ray job ran it, then sleeps and exits as the test asks.
+"""Stand-in for slime's train.py: loads ``--custom-config-path`` as slime does, reports how the Ray job ran it and
+what the rollout's settings are there, then sleeps and exits as the test asks.
 
-The launcher forwards every SEARCH_R1_* variable to the job, so the test steers this script through them:
-SEARCH_R1_STANDIN_REPORT (where to write the report), SEARCH_R1_STANDIN_SLEEP (seconds to stay running, so the
-test can interrupt the launcher mid-job) and SEARCH_R1_STANDIN_EXIT (the exit code, to test failed jobs).
+slime copies every key of the config YAML onto ``args``; the launcher puts the rollout settings there, and the
+test steers this script through the same file: ``standin_report`` (where to write the report), ``standin_sleep``
+(seconds to stay running, so the test can interrupt the launcher mid-job) and ``standin_exit`` (the exit code, to
+test failed jobs).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 
+import yaml
+
 FORWARDED = ("WANDB_API_KEY", "RETRIEVAL_SERVER_URL", "PYTHONPATH", "CUDA_DEVICE_MAX_CONNECTIONS")
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The two flags of slime's that matter here; everything else is ignored."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--custom-config-path", default=None)
+    parser.add_argument("--rollout-max-context-len", type=int, default=None)
+    args, _ = parser.parse_known_args(argv)
+    if args.custom_config_path:  # what slime/utils/arguments.py does after parsing
+        with open(args.custom_config_path) as f:
+            data = yaml.safe_load(f) or {}
+        for key, value in data.items():
+            setattr(args, key, value)
+    return args
+
+
 def main() -> int:
-    report = os.environ["SEARCH_R1_STANDIN_REPORT"]
+    args = parse_args(sys.argv[1:])
+    # What a rollout worker will see: the job's environment carries no settings, so they come from args.
+    from search_r1_oai.config import load_settings
+
+    settings = dataclasses.asdict(load_settings(args))
     env = {k: v for k, v in os.environ.items() if k in FORWARDED or k.startswith("SEARCH_R1_")}
+    report = args.standin_report
     # Written whole, then renamed: the test polls for the file and must never read half of it.
     with open(report + ".tmp", "w") as f:
-        json.dump({"cwd": os.getcwd(), "argv": sys.argv, "env": env, "pid": os.getpid()}, f)
+        json.dump({"cwd": os.getcwd(), "argv": sys.argv, "env": env, "pid": os.getpid(), "settings": settings}, f)
     os.replace(report + ".tmp", report)
-    time.sleep(float(os.environ.get("SEARCH_R1_STANDIN_SLEEP", "0")))
-    return int(os.environ.get("SEARCH_R1_STANDIN_EXIT", "0"))
+    time.sleep(float(getattr(args, "standin_sleep", 0)))
+    return int(getattr(args, "standin_exit", 0))
 
 
 if __name__ == "__main__":
