@@ -1,5 +1,7 @@
-"""slime entry points: ``--custom-generate-function-path generate_with_search_oai.generate`` and
-``--custom-rm-path generate_with_search_oai.reward_func``.
+"""slime entry points: ``--custom-generate-function-path generate_with_search_oai.generate``,
+``--custom-rm-path generate_with_search_oai.reward_func``, and the search metrics
+``--custom-rollout-log-function-path generate_with_search_oai.log_rollout_metrics`` and
+``--custom-eval-rollout-log-function-path generate_with_search_oai.log_eval_metrics``.
 
 The only module that knows slime: it maps a ``Sample`` to the core's inputs (messages, tools, saved state) and the
 core's :class:`~search_r1_oai.result.RolloutResult` back onto the ``Sample`` (tokens, loss mask, logprobs, status,
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from search_r1_oai.config import Settings, load_settings
 from search_r1_oai.context import RolloutContext
+from search_r1_oai.metrics import Finished, search_metrics
 from search_r1_oai.result import Outcome, RolloutResult, RolloutStats
 from search_r1_oai.reward import is_well_formed, score
 from search_r1_oai.rollout import run_rollout
@@ -168,3 +171,68 @@ def score_sample(sample: Sample, format_score: float) -> float:
         logger.error("sample %s: unusable label, reward 0: %s", getattr(sample, "index", None), result.error)
         metadata["reward_error"] = result.error
     return result.reward
+
+
+# ---- search metrics into slime's logging --------------------------------------------------------------------------
+
+
+def finished_of(sample: Sample) -> Finished:
+    """What the metrics read of a finished (and scored) sample."""
+    metadata = sample.metadata or {}
+    status = getattr(getattr(sample, "status", None), "name", "")
+    reward = sample.reward if isinstance(sample.reward, int | float) else None
+    return Finished(
+        data_source=str(metadata.get("data_source") or "unknown"),
+        outcome=Outcome[status] if status in Outcome.__members__ else None,
+        stats=RolloutStats.from_dict(metadata),
+        reward=None if reward is None else float(reward),
+        em=metadata.get("em"),
+        f1=metadata.get("f1"),
+    )
+
+
+def _flat(samples: Any) -> list[Sample]:
+    """slime hands over a flat list, or a list of groups."""
+    out: list[Sample] = []
+    for item in samples or []:
+        out.extend(_flat(item) if isinstance(item, list | tuple) else [item])
+    return out
+
+
+def _publish(args: Namespace, rollout_id: int, metrics: dict[str, float], extra: dict | None, step_key: str) -> None:
+    """Into the dict slime is about to log when it passed one; else logged on our own at slime's step."""
+    logger.info("search metrics %s %s: %s", step_key.split("/")[0], rollout_id, json.dumps(metrics, sort_keys=True))
+    if extra is not None:
+        extra.update(metrics)
+        return
+    from slime.observability.logging_utils import log
+    from slime.observability.metric_utils import compute_rollout_step
+
+    log(args, {**metrics, step_key: compute_rollout_step(args, rollout_id)}, step_key=step_key)
+
+
+def log_rollout_metrics(
+    rollout_id: int, args: Namespace, samples: list[Sample], rollout_extra_metrics: dict | None, rollout_time: float
+) -> bool:
+    """slime's ``--custom-rollout-log-function-path``: adds ``rollout/search/*``; returns False so slime still
+    logs its own metrics."""
+    finished = [finished_of(s) for s in _flat(samples)]
+    metrics = search_metrics(finished, load_settings(args).format_score)
+    _publish(
+        args, rollout_id, {f"rollout/search/{k}": v for k, v in metrics.items()}, rollout_extra_metrics, "rollout/step"
+    )
+    return False
+
+
+def log_eval_metrics(
+    rollout_id: int, args: Namespace, data: dict[str, dict], extra_metrics: dict | None = None
+) -> bool:
+    """slime's ``--custom-eval-rollout-log-function-path``: adds ``eval/<set>/search/*`` per evaluation set;
+    returns False so slime still logs its own eval rewards."""
+    format_score = load_settings(args).format_score
+    metrics: dict[str, float] = {}
+    for name, result in data.items():
+        finished = [finished_of(s) for s in _flat(result.get("samples"))]
+        metrics |= {f"eval/{name}/search/{k}": v for k, v in search_metrics(finished, format_score).items()}
+    _publish(args, rollout_id, metrics, extra_metrics, "eval/step")
+    return False

@@ -42,6 +42,9 @@ class RolloutStats:
     search_replicas: list[str] = field(default_factory=list)
     # Failed /retrieve calls with the addresses tried (for operators; the policy's tool message names none).
     search_errors: list[str] = field(default_factory=list)
+    # Seconds each /retrieve call took (successful ones), for latency percentiles.
+    search_latencies_s: list[float] = field(default_factory=list)
+    tool_calls: int = 0
     tool_errors: int = 0
     # Calls the policy got wrong (bad JSON, unknown tool, no query); a retriever outage is not counted here.
     bad_tool_calls: int = 0

@@ -92,6 +92,7 @@ async def run_search(calls: list[ToolCall], context: RolloutContext, stats: Roll
             stats.searches += 1
             stats.search_queries += len(all_queries)
             stats.retrieval_latency_s += result.latency_s
+            stats.search_latencies_s.append(result.latency_s)
             stats.search_attempts.append(result.attempts)
             stats.search_replicas.append(result.replica)
         except SearchError as exc:
@@ -137,6 +138,7 @@ async def run_tool_calls(
         answers = await context.tools[name].run([calls[i] for i in indices], context, stats)
         replies.update(zip(indices, answers, strict=True))
 
+    stats.tool_calls += len(calls)
     messages = []
     for i, call in enumerate(calls):
         reply = replies[i]
