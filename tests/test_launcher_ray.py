@@ -35,6 +35,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
+pytestmark = pytest.mark.e2e  # a real CPU Ray cluster and job
+
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "run_qwen2.5-3B-it.sh"
 STANDIN = Path(__file__).resolve().parent / "support" / "slime_standin"

@@ -38,6 +38,8 @@ from tests.support.rollout_helpers import (
 from tests.support.sglang_mock import MockSGLang, RecordedRequest, serve_mock_sglang
 from tests.support.slime_stub import Sample
 
+pytestmark = pytest.mark.e2e  # slime's real router binary
+
 ROUTER_START_TIMEOUT_S = 60.0
 
 

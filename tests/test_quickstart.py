@@ -7,6 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.e2e  # runs quickstart.sh: every step as a newcomer runs it
 
 ROOT = Path(__file__).resolve().parent.parent
 

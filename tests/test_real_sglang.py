@@ -31,6 +31,8 @@ from tests.support.rollout_helpers import (
 from tests.support.sglang_mock import Reply
 from tests.support.slime_stub import Sample
 
+pytestmark = pytest.mark.e2e  # SGLang's real serving code, one server per release
+
 # A request held by the engine this long after its first token gives the test time to abort it (never waited out).
 HOLD_S = 30.0
 

@@ -24,6 +24,8 @@ from sglang_mock import MockSGLang, serve_mock_sglang
 from search_r1_oai.chat_client import NEUTRAL_SAMPLING, chat_sampling_fields
 from search_r1_oai.prompts import SEARCH_TOOL, build_messages
 
+pytestmark = pytest.mark.e2e  # the mock against SGLang's real serving code
+
 # The mock version that claims to behave like each real release.
 MOCK_VERSION = {"0.5.15.post1": "0.5.15", "0.5.23": "0.5.23"}
 # Per-request values that legitimately differ between two servers (random ids, clocks, latencies).

@@ -26,6 +26,8 @@ import httpx
 import pytest
 import wrapper_fakes
 
+pytestmark = pytest.mark.e2e  # the training wrapper in real tmux sessions
+
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "run_qwen2.5-3B-it-with-retrieval.sh"
 
