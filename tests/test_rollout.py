@@ -49,7 +49,11 @@ async def _close_clients():
     await close_contexts()
 
 
-@pytest.fixture(scope="module", params=["mock", *SGLANG_VERSIONS], ids=lambda v: v if v == "mock" else f"sglang-{v}")
+@pytest.fixture(
+    scope="module",
+    params=["mock", *(pytest.param(version, marks=pytest.mark.e2e) for version in SGLANG_VERSIONS)],
+    ids=lambda v: v if v == "mock" else f"sglang-{v}",
+)
 def mock(request, qwen_tokenizer):
     """The policy server of the scenarios: the mock, then SGLang's real serving code of each release the tests run
     (scripted engine, see tests/support/real_sglang.py); all three expose the same scripting and recording API."""
