@@ -64,7 +64,7 @@ async def generate(
 
 async def reward_func(args: Namespace, sample: Sample | list[Sample], **kwargs: Any) -> float | list[float]:
     """Search-R1 exact-match reward with format score; a list of samples gives a list of rewards in order."""
-    settings: Settings = kwargs.get("settings") or load_settings(args)
+    settings: Settings = kwargs.get("settings") or (_CONTEXT.settings if _CONTEXT is not None else load_settings(args))
     if isinstance(sample, list):
         return [score_sample(s, settings.format_score) for s in sample]
     return score_sample(sample, settings.format_score)

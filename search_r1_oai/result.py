@@ -37,6 +37,8 @@ class RolloutStats:
     turns: int = 0
     searches: int = 0
     search_queries: int = 0
+    # The distinct queries of each /retrieve call, in order (for evaluation and trajectory logs).
+    queries: list[str] = field(default_factory=list)
     # One entry per /retrieve call: attempts it took, and the replica that answered ("" when none did).
     search_attempts: list[int] = field(default_factory=list)
     search_replicas: list[str] = field(default_factory=list)

@@ -91,6 +91,7 @@ async def run_search(calls: list[ToolCall], context: RolloutContext, stats: Roll
             found = dict(zip(all_queries, result.passages, strict=True))
             stats.searches += 1
             stats.search_queries += len(all_queries)
+            stats.queries.extend(all_queries)
             stats.retrieval_latency_s += result.latency_s
             stats.search_latencies_s.append(result.latency_s)
             stats.search_attempts.append(result.attempts)
