@@ -1,7 +1,7 @@
 """Exact-search throughput of the torch backend against the two hardware floors, measured in the same run.
 
-    .venv/bin/python bench/gpu_search.py                      # GPU: 8M x 768 bf16, batches 1, 32, 256, 1024
-    .venv/bin/python bench/gpu_search.py --device cpu --n 200000   # CPU: float32, small N
+    .venv/bin/python -m bench.gpu_search                      # GPU: 8M x 768 bf16, batches 1, 32, 256, 1024
+    .venv/bin/python -m bench.gpu_search --device cpu --n 200000   # CPU: float32, small N
 
 Synthetic unit vectors (N x dim) are created directly on the device in --dtype, and queries are searched with
 ``chunked_topk``, the function the retriever's GPU shards run (the score of random vectors does not change the
@@ -22,13 +22,12 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "local_dense_retriever"))
-from retriever.torch_index import TORCH_DTYPES, chunked_topk
-from retriever.torch_plan import default_chunk_rows
+# Run from the project root: the retriever package is imported from its folder (its imports are relative).
+from local_dense_retriever.retriever.torch_index import TORCH_DTYPES, chunked_topk
+from local_dense_retriever.retriever.torch_plan import default_chunk_rows
 
 
 def positive_int(text: str) -> int:

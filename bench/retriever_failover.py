@@ -11,7 +11,7 @@ settings (3 retries, 0.5 s first backoff). Two client behaviours are compared:
   503 is skipped by every search for a few seconds.
 
 Prints, per behaviour: searches, failed searches, attempts per search, requests the bad replica got, wall time.
-Run: ``.venv/bin/python bench/retriever_failover.py`` (``--rollouts 512 --searches 4 --fault down``).
+Run from the project root: ``.venv/bin/python -m bench.retriever_failover`` (``--rollouts 512 --searches 4 --fault down``).
 """
 
 from __future__ import annotations
@@ -21,22 +21,16 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(PROJECT), str(PROJECT / "tests")]
-
-from conftest import free_port  # noqa: E402
-from fake_retriever import FakeRetriever, serve_fake_retriever  # noqa: E402
-
-from search_r1_oai.config import Settings  # noqa: E402
-from search_r1_oai.httpclients import aclose_clients  # noqa: E402
-from search_r1_oai.replicas import ReplicaSet  # noqa: E402
-from search_r1_oai.search_client import SearchClient, SearchError  # noqa: E402
+from search_r1_oai.config import Settings
+from search_r1_oai.httpclients import aclose_clients
+from search_r1_oai.replicas import ReplicaSet
+from search_r1_oai.search_client import SearchClient, SearchError
+from tests.support.fake_retriever import FakeRetriever, serve_fake_retriever
+from tests.support.live_server import free_port
 
 
 class SharedCounter(ReplicaSet):

@@ -6,8 +6,8 @@ common design). C clients each send one distinct query at a time for a fixed dur
 is the same server's throughput on one big request (--big_batch queries per request, back to back).
 Caching is off in both modes and every query is distinct, so only batching differs.
 
-    .venv/bin/python bench/retriever_load.py                # full run, ~4 minutes
-    .venv/bin/python bench/retriever_load.py --duration 5   # quick look
+    .venv/bin/python -m bench.retriever_load             # full run, ~4 minutes
+    .venv/bin/python -m bench.retriever_load --duration 5   # quick look
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _retriever_common import (
+from bench._retriever_common import (
     RawHTTPConnection,
     Server,
     distinct_queries,

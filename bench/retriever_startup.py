@@ -10,8 +10,8 @@ too). "read-all" is the common design, run by this script itself: faiss.read_ind
 corpus line read into a Python list, then serve. Both use the same 768-d BERT-base-shaped encoder (random
 weights, E5-base's architecture and size), so model loading costs the same in both.
 
-    .venv/bin/python bench/retriever_startup.py                       # 1M and 4M, ~19 GB of temp files
-    .venv/bin/python bench/retriever_startup.py --sizes 200000,800000  # smaller machines
+    .venv/bin/python -m bench.retriever_startup                        # 1M and 4M, ~19 GB of temp files
+    .venv/bin/python -m bench.retriever_startup --sizes 200000,800000  # smaller machines
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _retriever_common import (
+from bench._retriever_common import (
     PeakSampler,
     Server,
     distinct_queries,
@@ -69,10 +68,8 @@ def serve_read_all(index_path: str, corpus_path: str, model: str, port: int) -> 
     import uvicorn
     from fastapi import FastAPI
 
-    local = Path(__file__).resolve().parent.parent / "local_dense_retriever"
-    sys.path.insert(0, str(local))
-    from retriever.corpus import make_doc
-    from retriever.encoder import Encoder, set_cpu_threads
+    from local_dense_retriever.retriever.corpus import make_doc
+    from local_dense_retriever.retriever.encoder import Encoder, set_cpu_threads
 
     set_cpu_threads(None)
     index = faiss.read_index(index_path)
@@ -172,7 +169,7 @@ def main() -> int:
             if mem_available_gb() < needed + 1:
                 results["read-all", n] = f"skipped: needs ~{needed:.0f} GiB RAM, {mem_available_gb():.0f} available"
             else:
-                argv = [str(Path(__file__).resolve()), "--port", str(args.port), "--serve_read_all", str(index),
+                argv = ["-m", "bench.retriever_startup", "--port", str(args.port), "--serve_read_all", str(index),
                         str(corpus), model]  # fmt: skip
                 results["read-all", n] = measure(argv, args.port, args.work_dir / f"read_all_{n}.log", query,
                                                  args.timeout)  # fmt: skip

@@ -18,7 +18,7 @@ REQ_FILES=(
 )
 
 REAL_REQ="$ROOT/tests/requirements-real.txt"
-# SGLang releases the tests serve for real (tests/real_sglang.py SGLANG_VERSIONS); SGLANG_VENV_DIR moves their venvs.
+# SGLang releases the tests serve for real (tests/support/real_sglang.py SGLANG_VERSIONS); SGLANG_VENV_DIR moves their venvs.
 SGLANG_VERSIONS=(0.5.15.post1 0.5.23)
 SGLANG_VENV_DIR="${SGLANG_VENV_DIR:-$ROOT}"
 SHARED_TORCH="$ROOT/build/shared-torch"

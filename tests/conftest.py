@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
-import offline_assets
 from search_r1_oai.toy_data import ToyFact, write_toy_corpus
+from tests.support import offline_assets
+from tests.support.live_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # The real components the tests run (sglang-router's binary, a CPU Ray): scripts/setup_env.sh builds this venv.
@@ -60,17 +60,10 @@ def toy_facts(toy_corpus_files: tuple[Path, Path]) -> list[ToyFact]:
     return [ToyFact(**json.loads(line)) for line in toy_corpus_files[1].read_text().splitlines()]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def retriever():
-    """A fake retriever (``tests/fake_retriever.py``) served on 127.0.0.1 for the module; ``.url`` is its address."""
-    from fake_retriever import FakeRetriever, serve_fake_retriever
+    """A fake retriever (``tests/support/fake_retriever.py``) served on 127.0.0.1 for the module; ``.url`` is its address."""
+    from tests.support.fake_retriever import FakeRetriever, serve_fake_retriever
 
     fake = FakeRetriever()
     with serve_fake_retriever(fake) as url:
@@ -99,9 +92,9 @@ def toy_index(tmp_path_factory: pytest.TempPathFactory, toy_corpus_files, minilm
 
 @pytest.fixture(scope="session")
 def real_sglang_servers(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_dir: Path, qwen_tokenizer):
-    """SGLang's real serving code per release with a scripted engine (tests/real_sglang.py), started on first use
+    """SGLang's real serving code per release with a scripted engine (tests/support/real_sglang.py), started on first use
     and stopped at the end of the session."""
-    from real_sglang import RealSGLangPool
+    from tests.support.real_sglang import RealSGLangPool
 
     pool = RealSGLangPool(tmp_path_factory.mktemp("real_sglang"), qwen_tokenizer_dir, qwen_tokenizer)
     yield pool

@@ -12,13 +12,13 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
-from fake_retriever import FakeRetriever, serve_fake_retriever
-from sglang_mock import MockSGLang, serve_mock_sglang
-from slime_stub import GenerateState, Sample
 
 from search_r1_oai.config import get_settings
 from search_r1_oai.httpclients import aclose_clients
 from search_r1_oai.prompts import build_messages, tools_json
+from tests.support.fake_retriever import FakeRetriever, serve_fake_retriever
+from tests.support.sglang_mock import MockSGLang, serve_mock_sglang
+from tests.support.slime_stub import GenerateState, Sample
 
 PROJECT = Path(__file__).resolve().parent.parent
 IM_END = "<|im_end|>"

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+
+from tests.support.live_server import free_port
 
 pytestmark = pytest.mark.e2e  # a real CPU Ray cluster and job
 

@@ -6,7 +6,7 @@ import unicodedata
 
 import pytest
 
-import offline_assets
+from tests.support import offline_assets
 
 TOOLS = [
     {

@@ -26,10 +26,10 @@ import faiss
 import numpy as np
 import pytest
 
-from offline_assets import PROJECT_ROOT
 from retriever_download import MANIFEST_NAME, DownloadError, DownloadPlan, check_download, run_download
 from retriever_download.files import exclusive_lock
 from retriever_download.index_check import flat_index_problem
+from tests.support.offline_assets import PROJECT_ROOT
 
 INDEX_REPO, CORPUS_REPO, MODEL = "test/index", "test/corpus", "test-org/tiny-e5"
 PARTS = ("part_aa", "part_ab", "part_ac")

@@ -113,6 +113,7 @@ def _build_argv(corpus: Path, model: Path, index: Path, *extra: str) -> list[str
     return ["--corpus_path", str(corpus), "--retriever_model", str(model), "--index_path", str(index), *extra]
 
 
+@pytest.mark.e2e
 def test_build_index_resumes_from_saved_shards_and_finds_facts(
     tmp_path: Path, toy_corpus_files: tuple[Path, Path], toy_facts, minilm_dir: Path, minilm_e5: Encoder
 ):

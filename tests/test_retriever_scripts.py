@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from offline_assets import PROJECT_ROOT
+from tests.support.offline_assets import PROJECT_ROOT
 
 START = PROJECT_ROOT / "local_dense_retriever" / "start_server.sh"
 SETUP = PROJECT_ROOT / "local_dense_retriever" / "setup_venv.sh"
@@ -243,6 +243,7 @@ def test_start_server_help_documents_options_and_env() -> None:
         assert word in out
 
 
+@pytest.mark.e2e
 def test_real_server_through_start_server(start, toy_corpus_files, minilm_dir: Path, tmp_path: Path, port: int) -> None:
     """The script's flags are the ones retrieval_server.py accepts: it becomes healthy and answers."""
     corpus = toy_corpus_files[0]

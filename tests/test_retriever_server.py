@@ -20,12 +20,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
-from live_server import serve_app
 
 from retriever.api import create_app
 from retriever.engine import RetrievalEngine
 from retriever.settings import Settings
+from tests.support.live_server import free_port, serve_app
 
 PROJECT = Path(__file__).resolve().parent.parent
 SERVER = PROJECT / "local_dense_retriever" / "retrieval_server.py"
@@ -103,6 +102,7 @@ def _retrieve(server: ServerProcess, body: object, **kwargs) -> httpx.Response:
     return httpx.post(f"{server.url}/retrieve", json=body, timeout=60, **kwargs)
 
 
+@pytest.mark.e2e
 def test_fact_passage_is_in_top3_for_every_toy_question(server: ServerProcess, toy_facts):
     response = _retrieve(server, {"queries": [fact.question for fact in toy_facts]})
     assert response.status_code == 200, response.text
@@ -114,6 +114,7 @@ def test_fact_passage_is_in_top3_for_every_toy_question(server: ServerProcess, t
     assert not missed, f"fact passage not in top 3 for {len(missed)} questions, e.g. {missed[:3]}"
 
 
+@pytest.mark.e2e
 def test_health_reports_index_model_and_queue(server: ServerProcess, minilm_dir: Path, toy_corpus_files):
     assert set(server.health_codes) <= {200, 503} and server.health_codes[-1] == 200
     health = httpx.get(f"{server.url}/health", timeout=10).json()
@@ -125,6 +126,7 @@ def test_health_reports_index_model_and_queue(server: ServerProcess, minilm_dir:
     assert "/retrieve" in httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
 
 
+@pytest.mark.e2e
 def test_documents_have_the_wiki18_shape(server: ServerProcess, toy_facts):
     fact = toy_facts[0]
     response = _retrieve(server, {"queries": [fact.question, toy_facts[1].question], "topk": 2})
@@ -138,11 +140,13 @@ def test_documents_have_the_wiki18_shape(server: ServerProcess, toy_facts):
     assert top["title"] == fact.title and fact.answer in top["text"]
 
 
+@pytest.mark.e2e
 def test_default_topk_is_3_and_topk_100_is_allowed(server: ServerProcess, toy_facts):
     assert [len(d) for d in _retrieve(server, {"queries": [toy_facts[2].question]}).json()["result"]] == [3]
     assert [len(d) for d in _retrieve(server, {"queries": ["x"], "topk": 100}).json()["result"]] == [100]
 
 
+@pytest.mark.e2e
 def test_return_scores_wraps_documents_with_descending_scores(server: ServerProcess, toy_facts):
     question = toy_facts[3].question
     plain = _retrieve(server, {"queries": [question], "topk": 3, "return_scores": False}).json()["result"][0]
@@ -203,6 +207,7 @@ def _assert_one_more(before: dict[str, int], after: dict[str, int], kind: str) -
 
 
 @pytest.mark.parametrize("name", list(BAD_BODIES))
+@pytest.mark.e2e
 def test_bad_input_gets_4xx_naming_the_problem_and_the_server_keeps_serving(
     server: ServerProcess, toy_facts, name: str
 ):
@@ -225,6 +230,7 @@ def test_every_bad_body_has_a_refusal_counter():
 @pytest.mark.parametrize(
     "raw", [b"{not json", b"", b'{"queries": ["a"]', "\udcff".encode("utf-8", "surrogatepass")], ids=repr
 )
+@pytest.mark.e2e
 def test_invalid_json_gets_422_and_the_server_keeps_serving(server: ServerProcess, raw: bytes):
     before = _refused(server.url)
     response = httpx.post(
@@ -236,6 +242,7 @@ def test_invalid_json_gets_422_and_the_server_keeps_serving(server: ServerProces
     _assert_one_more(before, _refused(server.url), "invalid_json")
 
 
+@pytest.mark.e2e
 def test_json_sent_without_a_json_content_type_gets_422_that_says_so(server: ServerProcess):
     before = _refused(server.url)
     response = httpx.post(f"{server.url}/retrieve", content=b'{"queries": ["x"]}', timeout=30)  # no content-type
@@ -245,6 +252,7 @@ def test_json_sent_without_a_json_content_type_gets_422_that_says_so(server: Ser
     assert _retrieve(server, {"queries": ["still alive?"]}).status_code == 200
 
 
+@pytest.mark.e2e
 def test_chunked_body_over_the_limit_gets_413(server: ServerProcess):
     def chunks() -> Iterator[bytes]:
         yield b'{"queries": ["'
@@ -262,6 +270,7 @@ def test_chunked_body_over_the_limit_gets_413(server: ServerProcess):
     _assert_one_more(before, _refused(server.url), "body_too_large")
 
 
+@pytest.mark.e2e
 async def test_concurrent_clients_each_get_their_own_results_in_order(server: ServerProcess, toy_facts):
     clients = 50
     before = httpx.get(f"{server.url}/health", timeout=10).json()["stats"]
@@ -288,6 +297,7 @@ async def test_concurrent_clients_each_get_their_own_results_in_order(server: Se
     assert after["batches"] - before["batches"] < clients  # requests were batched together
 
 
+@pytest.mark.e2e
 def test_repeated_queries_are_served_from_the_cache(server: ServerProcess):
     body = {"queries": ["a query nobody asked before", "a query nobody asked before"], "topk": 2}
     before = httpx.get(f"{server.url}/health", timeout=10).json()["stats"]
@@ -300,6 +310,7 @@ def test_repeated_queries_are_served_from_the_cache(server: ServerProcess):
     assert after["cache_hits"] - before["cache_hits"] == 2
 
 
+@pytest.mark.e2e
 def test_second_start_reuses_the_offsets_sidecar(server: ServerProcess, toy_index):
     _, corpus = toy_index
     sidecar = corpus.with_name(corpus.name + ".offsets.npy")
@@ -307,6 +318,7 @@ def test_second_start_reuses_the_offsets_sidecar(server: ServerProcess, toy_inde
     assert "reusing line offsets" in server.log()
 
 
+@pytest.mark.e2e
 def test_faiss_gpu_without_gpus_stops_the_server_with_a_clear_error(toy_index, minilm_dir: Path, tmp_path: Path):
     index, corpus = toy_index
     args = ["--index_path", str(index), "--corpus_path", str(corpus), "--retriever_model", str(minilm_dir)]
@@ -318,6 +330,7 @@ def test_faiss_gpu_without_gpus_stops_the_server_with_a_clear_error(toy_index, m
     assert "--faiss_gpu needs a GPU build of FAISS" in process.log()
 
 
+@pytest.mark.e2e
 def test_torch_backend_server_answers_like_the_faiss_server(
     server: ServerProcess, toy_index, minilm_dir: Path, toy_facts, tmp_path: Path
 ):
@@ -447,6 +460,7 @@ def _wait_health(url: str, status: int) -> dict:
         time.sleep(0.02)
 
 
+@pytest.mark.e2e
 def test_health_is_503_until_the_engine_is_loaded(toy_index, toy_engine: RetrievalEngine, toy_facts):
     gate = threading.Event()
 
@@ -476,6 +490,7 @@ def test_health_is_503_until_the_engine_is_loaded(toy_index, toy_engine: Retriev
         assert _refused(url) == refused
 
 
+@pytest.mark.e2e
 def test_failed_load_is_reported_by_health(toy_index):
     def broken_load() -> RetrievalEngine:
         raise OSError("disk on fire")
@@ -504,6 +519,7 @@ class FailingEngine:
         return self.engine.search(queries, k)
 
 
+@pytest.mark.e2e
 def test_an_internal_failure_fails_only_that_batch(toy_index, toy_engine: RetrievalEngine, toy_facts):
     with serve_in_process(_settings(toy_index), lambda: FailingEngine(toy_engine)) as url:
         _wait_health(url, 200)
@@ -530,6 +546,7 @@ class GatedEngine:
         return self.engine.search(queries, k)
 
 
+@pytest.mark.e2e
 async def test_overload_503s_are_counted_and_the_server_recovers(toy_index, toy_engine: RetrievalEngine, toy_facts):
     """--max_pending 2: while two queries are being searched, a third is refused with 503 and counted."""
     gate = threading.Event()

@@ -28,7 +28,7 @@ from retriever.torch_index import TorchFlatIndex, chunked_topk
 from retriever.torch_plan import GIB, MemoryPlanError, plan_memory
 
 PROJECT = Path(__file__).resolve().parent.parent
-BENCH = PROJECT / "bench" / "gpu_search.py"
+BENCH = ["-m", "bench.gpu_search"]  # run from PROJECT
 START_SERVER = PROJECT / "local_dense_retriever" / "start_server.sh"
 WIKI18 = (21_015_324, 768)  # the e5_Flat.index download
 
@@ -136,6 +136,7 @@ def test_fewer_vectors_than_k_pads_with_minus_one(tmp_path: Path):
     assert np.isfinite(scores[:, :3]).all()
 
 
+@pytest.mark.e2e
 def test_toy_corpus_ranks_like_faiss(toy_index, minilm_dir: Path, toy_facts):
     index_path, _ = toy_index
     queries = Encoder(str(minilm_dir), "e5", device="cpu").encode_queries([f.question for f in toy_facts])
@@ -247,9 +248,10 @@ def test_start_server_passes_retriever_args_before_the_ones_after_dashes(tmp_pat
     assert args.endswith("--backend torch --torch_memory_gb 10 --torch_memory_gb 12")  # the later flag wins
 
 
+@pytest.mark.e2e
 def test_gpu_bench_runs_on_cpu_and_reports_both_floors():
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--device", "cpu", "--n", "3000", "--dim", "64", "--batches", "1,8",
+        [sys.executable, *BENCH, "--device", "cpu", "--n", "3000", "--dim", "64", "--batches", "1,8",
          "--repeats", "1"],
         capture_output=True, text=True, timeout=120, cwd=PROJECT,
     )  # fmt: skip
@@ -259,5 +261,5 @@ def test_gpu_bench_runs_on_cpu_and_reports_both_floors():
     rows = [line.split("|")[1:-1] for line in lines if line.startswith("| ") and line[2].isdigit()]
     assert [int(row[0]) for row in rows] == [1, 8]
     assert all(row[5].strip().endswith("%") and row[6].strip().endswith("%") for row in rows)
-    refused = subprocess.run([sys.executable, str(BENCH), "--batches", "0"], capture_output=True, text=True)
+    refused = subprocess.run([sys.executable, *BENCH, "--batches", "0"], capture_output=True, text=True, cwd=PROJECT)
     assert refused.returncode == 2 and "batch sizes must be >= 1" in refused.stderr

@@ -336,6 +336,7 @@ def wrapper_run(tmp_path: Path, timeout: float = 60, **env: str) -> subprocess.C
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.e2e
 def test_the_wrappers_retriever_serves_the_rollouts_top_k(tmp_path: Path) -> None:
     user = tmp_path / "my.yaml"
     user.write_text("search_r1_topk: 7\n")

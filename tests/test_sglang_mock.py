@@ -8,9 +8,9 @@ import threading
 
 import httpx
 import pytest
-from sglang_mock import MockSGLang, Reply, mock_logprob, serve_mock_sglang
 
 from search_r1_oai.prompts import SEARCH_TOOL, build_messages
+from tests.support.sglang_mock import MockSGLang, Reply, mock_logprob, serve_mock_sglang
 
 Q = "Who wrote the novel Zorvathkel?"
 IM_END = 151645
@@ -497,7 +497,7 @@ def test_n_above_one_is_400(mock, client):
 def test_engine_sampling_params_follow_sglang_defaults(qwen_tokenizer):
     """The mock records what SGLang's chat handler gives its engine: request values first, then the model's
     generation_config.json (Qwen2.5-3B-Instruct's by default), then SGLang's neutral defaults."""
-    from sglang_mock import TOP_K_ALL
+    from tests.support.sglang_mock import TOP_K_ALL
 
     mock = MockSGLang(qwen_tokenizer)
     leaked = mock.engine_sampling_params({"messages": [], "max_tokens": 8})

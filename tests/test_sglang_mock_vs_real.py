@@ -2,7 +2,7 @@
 
 Why: most rollout tests (and every old-server case) run against ``sglang_mock``; this keeps it honest. For each
 release in ``real_sglang.SGLANG_VERSIONS`` the mock of the matching version and the real server (scripted engine,
-``tests/real_sglang.py``) get identical scripts and identical request bodies; the whole JSON responses are compared
+``tests/support/real_sglang.py``) get identical scripts and identical request bodies; the whole JSON responses are compared
 after only request ids, tool-call ids, timestamps and latencies are normalised, and so are the sampling parameters
 each "engine" was given. A difference fails with a diff naming the field.
 """
@@ -17,12 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from real_sglang import SGLANG_VERSIONS, RealSGLang
-from rollout_helpers import IM_END, SAMPLING, call
-from sglang_mock import MockSGLang, serve_mock_sglang
 
 from search_r1_oai.chat_client import NEUTRAL_SAMPLING, chat_sampling_fields
 from search_r1_oai.prompts import SEARCH_TOOL, build_messages
+from tests.support.real_sglang import SGLANG_VERSIONS, RealSGLang
+from tests.support.rollout_helpers import IM_END, SAMPLING, call
+from tests.support.sglang_mock import MockSGLang, serve_mock_sglang
 
 pytestmark = pytest.mark.e2e  # the mock against SGLang's real serving code
 
@@ -239,7 +239,7 @@ def test_rejected_requests_match(servers, name: str, extra: dict) -> None:
 
 def test_scripted_abort_matches(servers) -> None:
     """An abort that arrives mid-turn: the tokens so far (one decode step after the abort) and the abort reason."""
-    from sglang_mock import Reply
+    from tests.support.sglang_mock import Reply
 
     mock, real = servers
     question = f"Which guild founded Ambergate ({real.version})?"

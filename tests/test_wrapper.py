@@ -24,7 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import wrapper_fakes
+
+from tests.support import wrapper_fakes
 
 pytestmark = pytest.mark.e2e  # the training wrapper in real tmux sessions
 
@@ -157,7 +158,7 @@ def test_wrapper_refuses_to_reuse_an_existing_session(wrapper_env) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The launch itself, with a fake retriever (tests/wrapper_fakes.py) and a fake training script that records its
+# The launch itself, with a fake retriever (tests/support/wrapper_fakes.py) and a fake training script that records its
 # environment, each on a private tmux server so that no test touches the user's tmux.
 
 RECORDING_TRAINING = """#!/usr/bin/env bash

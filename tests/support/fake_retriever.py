@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from live_server import serve_app
 from pydantic import BaseModel, Field
+
+from tests.support.live_server import serve_app
 
 
 class RetrieveRequest(BaseModel):

@@ -1,4 +1,4 @@
-"""Serve an ASGI app with uvicorn on 127.0.0.1 in a background thread, for tests that need a real server."""
+"""Serve an ASGI app with uvicorn on 127.0.0.1 in a background thread, for tests that need a real server; free ports."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ from typing import Any, Literal
 import uvicorn
 
 logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for "down, then up" scenarios on a fixed port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

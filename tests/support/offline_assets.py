@@ -13,7 +13,7 @@ from pathlib import Path
 
 from search_r1_oai.reencode import byte_level_alphabet
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ASSET_DIR = PROJECT_ROOT / "build" / "test-assets"
 
 # Qwen2 pre-tokenizer split: digits one at a time (unlike cl100k's \p{N}{1,3}).

@@ -3,7 +3,7 @@
 Why: ``sglang_mock`` is our reading of SGLang; this runs SGLang's own FastAPI app, chat handler (chat template,
 ``generation_config.json`` sampling defaults, qwen25 tool parser), TokenizerManager and DetokenizerManager, in a
 pinned per-version environment (``.venv-sglang-<version>``, built by ``scripts/setup_env.sh``). Only the scheduler
-and model are replaced (``tests/sglang_engine/scripted_scheduler.py``): it samples scripted ids with
+and model are replaced (``tests/support/sglang_engine/scripted_scheduler.py``): it samples scripted ids with
 :func:`scripted_logprob.mock_logprob` and records what it received, so tests check the token-exact invariant and
 the sampling parameters the engine was given, exactly as with the mock.
 
@@ -31,14 +31,13 @@ from typing import Any
 
 import fastapi
 import httpx
-from conftest import free_port
-from live_server import serve_app
-from sglang_mock import RecordedRequest, Reply
 
 from search_r1_oai.policy_route import PROBE_TEXT
+from tests.support.live_server import free_port, serve_app
+from tests.support.sglang_mock import RecordedRequest, Reply
 
 logger = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENGINE_DIR = Path(__file__).resolve().parent / "sglang_engine"
 # The releases the tests run: slime's image (0.5.15.post1) and the newest measured one.
 SGLANG_VERSIONS = ("0.5.15.post1", "0.5.23")
@@ -109,7 +108,7 @@ def write_model_dir(tokenizer_dir: Path, out: Path) -> Path:
 
 
 class ScriptedSGLangServer:
-    """One running ``tests/sglang_engine/serve.py`` process group (SGLang's server + the scripted engine)."""
+    """One running ``tests/support/sglang_engine/serve.py`` process group (SGLang's server + the scripted engine)."""
 
     def __init__(self, version: str, model_dir: Path, log_path: Path) -> None:
         self.version = version

@@ -38,11 +38,11 @@ from typing import Any
 
 import fastapi
 from fastapi.responses import JSONResponse
-from live_server import serve_app
-from scripted_logprob import mock_logprob
 
 from search_r1_oai.policy_route import PROBE_TEXT
 from search_r1_oai.reencode import byte_level_alphabet
+from tests.support.live_server import serve_app
+from tests.support.scripted_logprob import mock_logprob
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Start SGLang's real HTTP server with the scripted engine in place of the model (run with an SGLang test venv).
 
-Usage: ``.venv-sglang-<version>/bin/python tests/sglang_engine/serve.py --model-dir DIR --port P --control-port C``.
-``tests/real_sglang.py`` starts it in its own process group and stops it by that group.
+Usage: ``.venv-sglang-<version>/bin/python tests/support/sglang_engine/serve.py --model-dir DIR --port P --control-port C``.
+``tests/support/real_sglang.py`` starts it in its own process group and stops it by that group.
 
 Everything but the scheduler is SGLang's: ``launch_server`` builds the TokenizerManager (chat template, tool
 parser, the ``generation_config.json`` sampling defaults), spawns the DetokenizerManager, and serves the FastAPI
@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--served-model-name", default="qwen2.5-3b")
     args = parser.parse_args(argv)
 
-    # The scheduler subprocess is spawned: it finds this folder (and the torchvision stand-in) via PYTHONPATH.
+    # The scheduler subprocess is spawned: it finds this folder, the torchvision stand-in and tests/support (for
+    # scripted_logprob, imported flat: this venv does not have the project on its path) via PYTHONPATH.
     extra = [str(HERE), str(HERE / "standin"), str(HERE.parent)]
     os.environ["PYTHONPATH"] = os.pathsep.join([*extra, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     sys.path[:0] = extra
