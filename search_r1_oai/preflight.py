@@ -1,0 +1,203 @@
+"""Checks, before GPUs are spent, that a run's pieces fit together: the data, the tokenizer's chat template, the
+retriever, the policy endpoint and the settings. Each check runs when its inputs are given.
+
+    python -m search_r1_oai.preflight --data train.parquet --tokenizer /models/Qwen2.5-3B-Instruct \
+        --retrieval-url http://127.0.0.1:8000 [--policy-url http://127.0.0.1:30000] [--max-response-len 1024]
+
+Prints one line per check (``ok`` or ``FAIL``, what was found, what to do) and exits 0 when every check passed,
+1 when one failed, 2 on bad usage. The training wrapper runs it once the retriever is healthy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search_r1_oai.config import ConfigError, Settings, load_settings
+from search_r1_oai.prompts import SEARCH_TOOL, SEARCH_TOOL_NAME, build_messages
+
+# Asked of the retriever and the policy when no data file gives a question.
+DEFAULT_QUESTION = "Who wrote the novel Pride and Prejudice?"
+_TOOL_MARK = "preflight tool result 7319"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+        return text if self.ok or not self.fix else f"{text}\n      -> {self.fix}"
+
+
+def check_data(path: Path) -> tuple[Check, dict[str, Any] | None]:
+    """The file reads as slime reads it (schema, every row); returns the first row for the other checks."""
+    import pyarrow.parquet as pq
+
+    from search_r1_oai.data import check_file
+
+    problems = check_file(path)
+    fix = f"rebuild it with data_preprocess.py (data_preprocess.py --check {path} lists every problem)"
+    if problems:
+        shown = "; ".join(str(p) for p in problems[:3])
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        return Check("data", False, f"{path}: {shown}{more}", fix), None
+    first = pq.ParquetFile(path).read_row_group(0).slice(0, 1).to_pylist()[0]
+    rows = pq.ParquetFile(path).metadata.num_rows
+    return Check("data", True, f"{path}: {rows} rows read as slime reads them"), first
+
+
+def check_template(tokenizer: Any) -> Check:
+    """The chat template renders the tool schema and tool messages, and extends turn by turn."""
+    from search_r1_oai.trajectory import ToolTurnTemplate, render_chat
+
+    fix = "use the checkpoint's own tokenizer (Qwen2.5-Instruct has a tool-calling template) or a template with tools"
+    messages = build_messages("Which river?")
+    try:
+        prompt = render_chat(tokenizer, messages, [SEARCH_TOOL], add_generation_prompt=True)
+        call = {"id": "call_0", "type": "function", "function": {"name": SEARCH_TOOL_NAME, "arguments": {"q": 1}}}
+        turn = [{"role": "assistant", "content": "", "tool_calls": [call]}]
+        tool = [{"role": "tool", "tool_call_id": "call_0", "name": SEARCH_TOOL_NAME, "content": _TOOL_MARK}]
+        with_tool = render_chat(tokenizer, messages + turn + tool, [SEARCH_TOOL], add_generation_prompt=True)
+        ToolTurnTemplate(tokenizer, [SEARCH_TOOL]).delta_text(tool, sampled_eos=True)
+    except Exception as exc:  # TemplateError or whatever the template raises: this check's finding
+        return Check("template", False, f"rendering failed: {type(exc).__name__}: {exc}", fix)
+    if SEARCH_TOOL["function"]["description"] not in prompt:
+        return Check("template", False, "the chat template drops the tools list (the policy would never see it)", fix)
+    if _TOOL_MARK not in with_tool:
+        return Check("template", False, "the chat template drops tool messages (search results would vanish)", fix)
+    return Check("template", True, "renders the tools list and tool messages, extends turn by turn")
+
+
+async def check_retriever(settings: Settings, question: str) -> Check:
+    from search_r1_oai.search_client import SearchClient, SearchError
+
+    client = SearchClient(settings)
+    fix = "start it (local_dense_retriever/start_server.sh) or fix RETRIEVAL_SERVER_URL / --retrieval-url"
+    try:
+        result = await client.retrieve([question])
+    except SearchError as exc:
+        return Check("retriever", False, f"{', '.join(settings.retrieval_urls)}: {exc.detail}", fix)
+    found = result.passages[0]
+    if not found:
+        return Check("retriever", False, f"no passage for {question!r}", "check the index and corpus it serves")
+    return Check("retriever", True, f"{len(found)} passages for {question!r} in {result.latency_s:.2f}s")
+
+
+async def check_policy(settings: Settings, tokenizer: Any, policy_url: str, messages: list[dict]) -> Check:
+    """One first turn and one ``input_ids`` turn through the path the rollout uses (router or workers)."""
+    from search_r1_oai.chat_client import NEUTRAL_SAMPLING, PolicyError
+    from search_r1_oai.context import RolloutContext
+
+    context = RolloutContext(settings, tokenizer, policy_url)
+    fix = "run SGLang >= 0.5.13 behind the URL (a router must reach its workers), or fix --policy-url"
+    try:
+        chat = context.chat()
+        body = chat.build_request(messages, [SEARCH_TOOL], dict(NEUTRAL_SAMPLING), 1, return_prompt_ids=True)
+        first = await chat.complete(body)
+        if not first.has_token_ids or first.prompt_ids is None:
+            return Check("policy", False, f"{policy_url} returns no token ids (prompt_token_ids / meta_info)", fix)
+        ids = first.prompt_ids + (first.output_ids or [])
+        body = chat.build_request(messages, [SEARCH_TOOL], dict(NEUTRAL_SAMPLING), 1, return_prompt_ids=True)
+        second = await chat.complete(body, "[" + ",".join(map(str, ids)) + "]")
+        if second.prompt_ids != ids:
+            return Check("policy", False, f"{policy_url} does not condition on the input_ids sent", fix)
+        route = context.route()
+        return Check(
+            "policy", True, f"token ids returned, input_ids honoured; route: {route.mode} ({route.describe()})"
+        )
+    except PolicyError as exc:
+        return Check("policy", False, str(exc), fix)
+    finally:
+        await context.aclose()
+
+
+def check_settings(settings: Settings, max_response_len: int | None, prompt_tokens: int | None) -> Check:
+    if max_response_len is None:
+        return Check("settings", True, f"context budget {settings.context_budget}, {settings.max_turns} turns")
+    needed = (prompt_tokens or 0) + max_response_len
+    if needed > settings.context_budget:
+        return Check(
+            "settings",
+            False,
+            f"context budget {settings.context_budget} < prompt ({prompt_tokens or 0}) + max response length "
+            f"({max_response_len}): the first turn could never use its full length",
+            "raise SEARCH_R1_CONTEXT_BUDGET (or slime's --rollout-max-context-len) or lower the max response length",
+        )
+    return Check("settings", True, f"context budget {settings.context_budget} >= prompt + {max_response_len}")
+
+
+def run_checks(args: argparse.Namespace, settings: Settings, emit: Callable[[Check], None]) -> bool:
+    checks: list[Check] = []
+
+    def record(check: Check) -> None:
+        checks.append(check)
+        emit(check)
+
+    messages, question, tokenizer = build_messages(DEFAULT_QUESTION), DEFAULT_QUESTION, None
+    for path in args.data or []:
+        check, first = check_data(path)
+        record(check)
+        if first is not None:
+            messages = [dict(m) for m in first["prompt"]]
+            question = str((first.get("metadata") or {}).get("question") or first.get("question") or question)
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        except Exception as exc:  # unreadable folder, missing files
+            record(Check("template", False, f"cannot load {args.tokenizer}: {exc}", "pass the checkpoint's folder"))
+        else:
+            record(check_template(tokenizer))
+    if args.retrieval_url:
+        record(asyncio.run(check_retriever(settings, question)))
+    if args.policy_url:
+        if tokenizer is None:
+            record(Check("policy", False, "needs --tokenizer", "pass the policy's tokenizer folder"))
+        else:
+            record(asyncio.run(check_policy(settings, tokenizer, args.policy_url, messages)))
+    prompt_tokens = None
+    if tokenizer is not None:
+        from search_r1_oai.trajectory import render_prompt_ids
+
+        prompt_tokens = len(render_prompt_ids(tokenizer, messages, [SEARCH_TOOL]))
+    record(check_settings(settings, args.max_response_len, prompt_tokens))
+    return all(check.ok for check in checks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="+", type=Path, help="slime-ready parquet file(s) the run trains/evaluates on")
+    parser.add_argument("--tokenizer", help="the policy checkpoint's folder (its tokenizer and chat template)")
+    parser.add_argument("--retrieval-url", help="retriever base URL(s), comma-separated (checked only when given)")
+    parser.add_argument("--policy-url", help="SGLang server or slime router URL (checked only when given)")
+    parser.add_argument("--max-response-len", type=int, help="slime's --rollout-max-response-len, to check the budget")
+    args = parser.parse_args(argv)
+    if args.max_response_len is not None and args.max_response_len < 1:
+        parser.error("--max-response-len must be >= 1")
+    try:
+        settings = load_settings()
+        if args.retrieval_url:
+            urls = load_settings(env={"RETRIEVAL_SERVER_URL": args.retrieval_url}).retrieval_urls
+            settings = dataclasses.replace(settings, retrieval_urls=urls)
+    except ConfigError as exc:
+        print(f"FAIL  settings: {exc}", flush=True)
+        return 1
+    settings = dataclasses.replace(settings, policy_retries=1, retrieval_retries=1, log_every=0)
+    ok = run_checks(args, settings, lambda check: print(check.line(), flush=True))
+    print("preflight passed" if ok else "preflight FAILED: fix the lines marked FAIL before starting the run")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
