@@ -3,6 +3,11 @@
 ``FakeRetriever`` answers every query with ``topk`` deterministic passages (or, given a corpus, the passages
 whose text shares the most words with the query). Set ``fail_next``/``fail_status`` for "5xx then ok",
 ``delay_s`` for a slow server; "down" is simply a port nobody serves (start the server later for "then up").
+
+Requests are validated with the real server's request model and answers are built with its response model
+(``local_dense_retriever/retriever/api.py``), so a schema change on the server breaks the client's tests instead
+of passing against a fake that still speaks the old schema. The models are imported through the project root
+(``local_dense_retriever.retriever.api``): benches import this module without the retriever's folder on the path.
 """
 
 from __future__ import annotations
@@ -11,18 +16,13 @@ import asyncio
 import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
+from local_dense_retriever.retriever.api import Document, RetrieveRequest, RetrieveResponse, ScoredDocument
 from tests.support.live_server import serve_app
-
-
-class RetrieveRequest(BaseModel):
-    queries: list[str] = Field(min_length=1)
-    topk: int = Field(default=3, ge=1, le=100)
-    return_scores: bool = False
 
 
 @dataclass
@@ -33,6 +33,8 @@ class FakeRetriever:
     fail_next: int = 0
     fail_status: int = 503
     delay_s: float = 0.0
+    # What the real server's --topk would give a request without ``topk``.
+    default_topk: int = 3
     requests: list[dict] = field(default_factory=list)
 
     def passages(self, query: str, topk: int) -> list[dict]:
@@ -57,10 +59,21 @@ class FakeRetriever:
             if self.fail_next > 0:
                 self.fail_next -= 1
                 return JSONResponse({"detail": "scripted failure"}, status_code=self.fail_status)
-            result = [self.passages(q, request.topk) for q in request.queries]
-            return JSONResponse({"result": result})
+            topk = request.topk or self.default_topk
+            return JSONResponse(self.response([self.passages(q, topk) for q in request.queries], request).model_dump())
 
         return app
+
+    def response(self, rows: list[list[dict]], request: RetrieveRequest) -> RetrieveResponse:
+        """The answer in the real server's response model; ``return_scores`` wraps passages as the server does."""
+        documents = [[Document(**row) for row in per_query] for per_query in rows]
+        if not request.return_scores:
+            return RetrieveResponse(result=documents)
+        scored: list[list[Any]] = [
+            [ScoredDocument(document=doc, score=1.0 / (rank + 1)) for rank, doc in enumerate(per_query)]
+            for per_query in documents
+        ]
+        return RetrieveResponse(result=scored)
 
 
 def _row(doc_id: str, title: str, text: str) -> dict:
