@@ -172,3 +172,17 @@ def test_scripted_policy_through_the_real_rollout_and_retriever(
     assert all(r["queries"] == [r["question"]] for r in records), "it searches for the question itself"
     em = sum(r["em"] for r in records) / len(records)
     assert em >= 0.5, f"the toy answers are in the retrieved passages; EM {em}"
+
+
+def test_show_trajectory_marks_the_trained_tokens(sets, policy, retriever, qwen_tokenizer_dir, capsys) -> None:
+    from search_r1_eval import show_trajectory
+
+    _, url = policy
+    argv = ["--data", str(sets[1]), "--policy-url", url, "--tokenizer", str(qwen_tokenizer_dir)]
+    assert show_trajectory.main([*argv, "--retrieval-url", retriever.url, "--colour", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "[assistant]" in out and "-> tool call search" in out and "[tool] Doc 1 (Title:" in out
+    tokens = out.split("--- tokens", 1)[1]
+    assert '[[<tool_call>\n{"name": "search"' in tokens, "the sampled call is marked as trained on"
+    assert "[[<tool_response>" not in tokens and "<tool_response>" in tokens, "search results are not trained on"
+    assert "--- reward 1.0 (EM 1" in out
