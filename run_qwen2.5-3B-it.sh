@@ -29,6 +29,10 @@
 #   SAVE_DIR                  where checkpoints go [/root/Qwen2.5-3B-Instruct_search_r1_oai]
 #   SAVE_INTERVAL             save every this many rollouts [100]
 #   DATA_DIR                  holds train.parquet from data_preprocess.py [data/search_r1_processed beside this script]
+#   EVAL_INTERVAL             evaluate every this many rollouts, and once before training [25; 0 = no evaluation]
+#   EVAL_DIR                  the eval sets: every *.parquet in it is one set named by its file name (nq.parquet:
+#                             nq), slime-ready like train.parquet (data_preprocess.py --eval_sets) [DATA_DIR/eval]
+#   EVAL_MAX_SAMPLES          evaluate on the first this many rows of each set [500; 0 = all]
 #   NUM_NODES                 nodes in the Ray cluster [1]
 #   NUM_GPUS, TP_SIZE         GPUs per node for training and rollout (colocated), tensor parallel size [4, 2]
 #   NUM_ROLLOUT, ROLLOUT_BATCH_SIZE, N_SAMPLES_PER_PROMPT, GLOBAL_BATCH_SIZE   [1000, 64, 8, 512]
@@ -45,6 +49,11 @@
 #   SEARCH_R1_CONFIG          a slime config YAML of your own (rollout settings by key, slime flags too) [none]
 #   WANDB_API_KEY             set to log to wandb (WANDB_PROJECT [search-r1-oai], WANDB_GROUP [qwen2.5-3B-it]); reaches
 #                             the job through a private runtime-env file, never a command line
+#
+# Evaluation runs the same generate hook greedily (slime's --eval-temperature 0, one sample per prompt) and logs
+# eval/<set>/... to slime's logging (wandb). EVAL_INTERVAL > 0 with no *.parquet in EVAL_DIR is an error, except
+# when EVAL_DIR is the default folder and it does not exist: then a warning, and the run trains without evaluation.
+# The sets are checked before Ray is touched (parquet with prompt, reward_model, tools and metadata columns).
 #
 # Rollout settings reach the job as a slime config: the script writes the keys of SEARCH_R1_CONFIG, with each setting
 # exported in this shell on top (the variable wins), to a private YAML and passes --custom-config-path FILE (do not
@@ -83,11 +92,18 @@ RAY_PORT="${RAY_PORT:-6379}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 RAY_CLUSTER_TIMEOUT="${RAY_CLUSTER_TIMEOUT:-600}"
 read -r -a RAY_START_EXTRA <<<"${RAY_START_ARGS:-}"
+EVAL_INTERVAL="${EVAL_INTERVAL:-25}"
+EVAL_MAX_SAMPLES="${EVAL_MAX_SAMPLES:-500}"
+EVAL_DIR_GIVEN="${EVAL_DIR:+1}"
+EVAL_DIR="$(absolute "${EVAL_DIR:-${DATA_DIR}/eval}")"
 SEARCH_R1_CONFIG="${SEARCH_R1_CONFIG:-}"
 if [[ -n "$SEARCH_R1_CONFIG" ]]; then SEARCH_R1_CONFIG="$(absolute "$SEARCH_R1_CONFIG")"; fi
 
 for name in NUM_NODES NUM_GPUS TP_SIZE RAY_PORT RAY_DASHBOARD_PORT RAY_CLUSTER_TIMEOUT; do
   [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, got '${!name}'"
+done
+for name in EVAL_INTERVAL EVAL_MAX_SAMPLES; do
+  [[ "${!name}" =~ ^(0|[1-9][0-9]*)$ ]] || die "$name must be an integer >= 0 (0 = off/all), got '${!name}'"
 done
 if [[ -z "${MASTER_ADDR:-}" ]]; then
   ((NUM_NODES == 1)) || die "NUM_NODES=$NUM_NODES needs MASTER_ADDR: set it to this node's IP address that the" \
@@ -120,6 +136,101 @@ if [[ "$DRY_RUN" -eq 0 ]]; then
   env --chdir=/ true 2>/dev/null || die "env --chdir is not supported here (needs GNU coreutils >= 8.28)"
 fi
 
+# Eval sets: one `name<TAB>path<TAB>rows` line per EVAL_DIR/*.parquet (rows "?" when python3 has no pyarrow, which
+# only --dry-run allows), or one error line naming the file and what is wrong.
+eval_sets() {
+  python3 - "$EVAL_DIR" "$DRY_RUN" <<'PY'
+import re
+import sys
+from pathlib import Path
+
+folder, dry_run = Path(sys.argv[1]), sys.argv[2] == "1"
+NEEDED = ("prompt", "reward_model", "tools", "metadata")  # --input-key, --label-key, --tool-key, --metadata-key
+try:
+    import pyarrow.parquet as pq
+except ImportError:
+    if not dry_run:
+        sys.exit("error: python3 cannot import pyarrow to check the eval sets: run in slime's image")
+    pq = None
+for path in sorted(folder.glob("*.parquet")):
+    where = f"eval set {path}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", path.stem):
+        sys.exit(f"error: {where}: its name becomes the set's name in eval/<name>/... metrics; use letters, digits, _.+-")
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+            f.seek(-4, 2)
+            tail = f.read(4)
+    except OSError as error:
+        sys.exit(f"error: {where} cannot be read: {error.strerror or error}")
+    if head != b"PAR1" or tail != b"PAR1":
+        sys.exit(f"error: {where} is not a parquet file: rebuild it with data_preprocess.py --eval_sets")
+    rows = "?"
+    if pq is not None:
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as error:  # ArrowInvalid and kin: the message says what is wrong
+            sys.exit(f"error: {where} cannot be read as parquet: {error}")
+        missing = [name for name in NEEDED if name not in parquet.schema_arrow.names]
+        if missing:
+            sys.exit(f"error: {where} lacks column(s) {', '.join(missing)} (has {', '.join(parquet.schema_arrow.names)}):"
+                     " make it with data_preprocess.py --eval_sets, which writes slime-ready sets")
+        rows = parquet.metadata.num_rows
+        if rows == 0:
+            sys.exit(f"error: {where} has no rows")
+    print(f"{path.stem}\t{path}\t{rows}")
+PY
+}
+
+# slime reads `PATH@[start:end]` as those rows of PATH (slime/utils/data.py, read_file), on whichever node its
+# rollout manager runs: the cap needs no copy of a set.
+EVAL_ARGS=()
+EVAL_SUMMARY="off (EVAL_INTERVAL=0)"
+if ((EVAL_INTERVAL > 0)); then
+  if [[ -z "$EVAL_DIR_GIVEN" && ! -e "$EVAL_DIR" ]]; then
+    echo "warning: no eval sets at ${EVAL_DIR}: training without evaluation (make them with python" \
+      "data_preprocess.py --eval_sets nq,hotpotqa,..., or set EVAL_DIR; EVAL_INTERVAL=0 silences this)" >&2
+    EVAL_SUMMARY="off (no ${EVAL_DIR})"
+  else
+    [[ -d "$EVAL_DIR" ]] || die "EVAL_DIR=${EVAL_DIR} is not a folder; make the eval sets with python" \
+      "data_preprocess.py --eval_sets nq,hotpotqa,... (one SET.parquet each) or set EVAL_INTERVAL=0"
+    EVAL_LINES="$(eval_sets)" || exit 1
+    [[ -n "$EVAL_LINES" ]] || die "EVAL_INTERVAL=${EVAL_INTERVAL} but EVAL_DIR=${EVAL_DIR} holds no *.parquet eval set;" \
+      "make them with python data_preprocess.py --eval_sets nq,hotpotqa,... (one SET.parquet each) or set EVAL_INTERVAL=0"
+    EVAL_DATA=()
+    described=()
+    while IFS=$'\t' read -r set_name set_path set_rows; do
+      if ((EVAL_MAX_SAMPLES > 0)); then
+        EVAL_DATA+=("$set_name" "${set_path}@[0:${EVAL_MAX_SAMPLES}]")
+      else
+        EVAL_DATA+=("$set_name" "$set_path")
+      fi
+      if [[ "$set_rows" == "?" ]]; then
+        cap="up to ${EVAL_MAX_SAMPLES} rows"
+        ((EVAL_MAX_SAMPLES > 0)) || cap="all rows"
+        described+=("${set_name} (${cap}; not opened: python3 has no pyarrow)")
+      elif ((EVAL_MAX_SAMPLES > 0 && EVAL_MAX_SAMPLES < set_rows)); then
+        described+=("${set_name} (first ${EVAL_MAX_SAMPLES} of ${set_rows} rows)")
+      else
+        described+=("${set_name} (all ${set_rows} rows)")
+      fi
+    done <<<"$EVAL_LINES"
+    EVAL_SUMMARY="every ${EVAL_INTERVAL} rollouts and before training, greedy, on ${#described[@]} set(s):"
+    EVAL_SUMMARY+="$(printf ' %s,' "${described[@]}")"
+    EVAL_SUMMARY="${EVAL_SUMMARY%,}"
+    # The hook is the training one (slime passes evaluation=True); keys as for training; temperature 0 is greedy.
+    EVAL_ARGS=(
+      --eval-interval "$EVAL_INTERVAL"
+      --eval-prompt-data "${EVAL_DATA[@]}"
+      --eval-input-key prompt
+      --eval-label-key reward_model
+      --eval-tool-key tools
+      --n-samples-per-eval-prompt 1
+      --eval-temperature 0
+    )
+  fi
+fi
+
 MODEL_ARGS=()
 if [[ -f "${SLIME_DIR}/scripts/models/qwen2.5-3B.sh" ]]; then
   # shellcheck source=/dev/null
@@ -142,6 +253,7 @@ ROLLOUT_ARGS=(
   --input-key prompt
   --label-key reward_model
   --tool-key tools
+  --metadata-key metadata
   --rollout-shuffle
   --num-rollout "${NUM_ROLLOUT:-1000}"
   --rollout-batch-size "${ROLLOUT_BATCH_SIZE:-64}"
@@ -200,6 +312,8 @@ MISC_ARGS=(
 CUSTOM_ARGS=(
   --custom-generate-function-path generate_with_search_oai.generate
   --custom-rm-path generate_with_search_oai.reward_func
+  --custom-rollout-log-function-path generate_with_search_oai.log_rollout_metrics
+  --custom-eval-rollout-log-function-path generate_with_search_oai.log_eval_metrics
 )
 
 # wandb reads WANDB_API_KEY from the environment that Ray workers inherit; the key never goes on a command line.
@@ -220,6 +334,7 @@ TRAIN_BASE=(
   "${MODEL_ARGS[@]}"
   "${CKPT_ARGS[@]}"
   "${ROLLOUT_ARGS[@]}"
+  "${EVAL_ARGS[@]}"
   "${OPTIMIZER_ARGS[@]}"
   "${GRPO_ARGS[@]}"
   "${WANDB_ARGS[@]}"
@@ -262,6 +377,7 @@ if [[ "$DRY_RUN" -eq 1 ]]; then
   TRAIN_CMD=("${TRAIN_BASE[@]}" --custom-config-path PRIVATE_DIR/slime_config.yaml "$@")
   echo "slime config (--custom-config-path PRIVATE_DIR/slime_config.yaml): $SLIME_CONFIG_TEXT"
   echo "runtime_env: $(runtime_env masked)"
+  echo "eval: $EVAL_SUMMARY"
   printf 'ray head (unless a cluster answers at %s):' "${MASTER_ADDR}:${RAY_PORT}"
   printf ' %q' "${HEAD_CMD[@]}"
   printf '\n'
