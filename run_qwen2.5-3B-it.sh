@@ -136,15 +136,20 @@ if [[ "$DRY_RUN" -eq 0 ]]; then
   env --chdir=/ true 2>/dev/null || die "env --chdir is not supported here (needs GNU coreutils >= 8.28)"
 fi
 
-# Eval sets: one `name<TAB>path<TAB>rows` line per EVAL_DIR/*.parquet (rows "?" when python3 has no pyarrow, which
-# only --dry-run allows), or one error line naming the file and what is wrong.
-eval_sets() {
-  python3 - "$EVAL_DIR" "$DRY_RUN" <<'PY'
+# The eval sets, checked and capped: prints the --eval-config for slime as one line of JSON (YAML), then one line
+# per set describing it; or one error line naming the file and what is wrong. Without pyarrow in python3 (only
+# --dry-run allows that) a set is checked for the parquet magic alone.
+# slime reads `PATH@[start:end]` as those rows of PATH (slime/utils/data.py, read_file), on whichever node its rollout
+# manager runs, so the cap needs no copy. The path goes in a config file, not on the job's command line, which Ray
+# runs through a shell (where [0:500] would be a glob).
+eval_config() {
+  python3 - "$EVAL_DIR" "$EVAL_MAX_SAMPLES" "$DRY_RUN" <<'PY'
+import json
 import re
 import sys
 from pathlib import Path
 
-folder, dry_run = Path(sys.argv[1]), sys.argv[2] == "1"
+folder, cap, dry_run = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 NEEDED = ("prompt", "reward_model", "tools", "metadata")  # --input-key, --label-key, --tool-key, --metadata-key
 try:
     import pyarrow.parquet as pq
@@ -152,10 +157,11 @@ except ImportError:
     if not dry_run:
         sys.exit("error: python3 cannot import pyarrow to check the eval sets: run in slime's image")
     pq = None
+datasets, described = [], []
 for path in sorted(folder.glob("*.parquet")):
     where = f"eval set {path}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", path.stem):
-        sys.exit(f"error: {where}: its name becomes the set's name in eval/<name>/... metrics; use letters, digits, _.+-")
+        sys.exit(f"error: {where}: its file name is the set's name in eval/<name>/... metrics; use letters, digits, _.+-")
     try:
         with path.open("rb") as f:
             head = f.read(4)
@@ -165,26 +171,33 @@ for path in sorted(folder.glob("*.parquet")):
         sys.exit(f"error: {where} cannot be read: {error.strerror or error}")
     if head != b"PAR1" or tail != b"PAR1":
         sys.exit(f"error: {where} is not a parquet file: rebuild it with data_preprocess.py --eval_sets")
-    rows = "?"
-    if pq is not None:
+    if pq is None:
+        described.append(f"{path.stem} ({f'up to {cap} rows' if cap else 'all rows'}; not opened: python3 has no pyarrow)")
+    else:
         try:
             parquet = pq.ParquetFile(path)
         except Exception as error:  # ArrowInvalid and kin: the message says what is wrong
             sys.exit(f"error: {where} cannot be read as parquet: {error}")
-        missing = [name for name in NEEDED if name not in parquet.schema_arrow.names]
+        names = parquet.schema_arrow.names
+        missing = [name for name in NEEDED if name not in names]
         if missing:
-            sys.exit(f"error: {where} lacks column(s) {', '.join(missing)} (has {', '.join(parquet.schema_arrow.names)}):"
-                     " make it with data_preprocess.py --eval_sets, which writes slime-ready sets")
+            sys.exit(f"error: {where} lacks column(s) {', '.join(missing)} (it has {', '.join(names)}): make it with"
+                     " data_preprocess.py --eval_sets, which writes slime-ready sets")
         rows = parquet.metadata.num_rows
         if rows == 0:
             sys.exit(f"error: {where} has no rows")
-    print(f"{path.stem}\t{path}\t{rows}")
+        described.append(f"{path.stem} ({f'first {cap} of {rows}' if 0 < cap < rows else f'all {rows}'} rows)")
+    datasets.append({"name": path.stem, "path": f"{path}@[0:{cap}]" if cap else str(path)})
+if datasets:
+    print(json.dumps({"eval": {"datasets": datasets}}))
+    print("\n".join(described))
 PY
 }
 
-# slime reads `PATH@[start:end]` as those rows of PATH (slime/utils/data.py, read_file), on whichever node its
-# rollout manager runs: the cap needs no copy of a set.
+# Evaluation runs the training hook (slime passes evaluation=True) with the training keys; the sets come from the
+# --eval-config file, sampling from these flags (a later --eval-temperature etc. among the extra flags wins).
 EVAL_ARGS=()
+EVAL_CONFIG_TEXT=""
 EVAL_SUMMARY="off (EVAL_INTERVAL=0)"
 if ((EVAL_INTERVAL > 0)); then
   if [[ -z "$EVAL_DIR_GIVEN" && ! -e "$EVAL_DIR" ]]; then
@@ -194,34 +207,16 @@ if ((EVAL_INTERVAL > 0)); then
   else
     [[ -d "$EVAL_DIR" ]] || die "EVAL_DIR=${EVAL_DIR} is not a folder; make the eval sets with python" \
       "data_preprocess.py --eval_sets nq,hotpotqa,... (one SET.parquet each) or set EVAL_INTERVAL=0"
-    EVAL_LINES="$(eval_sets)" || exit 1
-    [[ -n "$EVAL_LINES" ]] || die "EVAL_INTERVAL=${EVAL_INTERVAL} but EVAL_DIR=${EVAL_DIR} holds no *.parquet eval set;" \
+    eval_out="$(eval_config)" || exit 1
+    [[ -n "$eval_out" ]] || die "EVAL_INTERVAL=${EVAL_INTERVAL} but EVAL_DIR=${EVAL_DIR} holds no *.parquet eval set;" \
       "make them with python data_preprocess.py --eval_sets nq,hotpotqa,... (one SET.parquet each) or set EVAL_INTERVAL=0"
-    EVAL_DATA=()
-    described=()
-    while IFS=$'\t' read -r set_name set_path set_rows; do
-      if ((EVAL_MAX_SAMPLES > 0)); then
-        EVAL_DATA+=("$set_name" "${set_path}@[0:${EVAL_MAX_SAMPLES}]")
-      else
-        EVAL_DATA+=("$set_name" "$set_path")
-      fi
-      if [[ "$set_rows" == "?" ]]; then
-        cap="up to ${EVAL_MAX_SAMPLES} rows"
-        ((EVAL_MAX_SAMPLES > 0)) || cap="all rows"
-        described+=("${set_name} (${cap}; not opened: python3 has no pyarrow)")
-      elif ((EVAL_MAX_SAMPLES > 0 && EVAL_MAX_SAMPLES < set_rows)); then
-        described+=("${set_name} (first ${EVAL_MAX_SAMPLES} of ${set_rows} rows)")
-      else
-        described+=("${set_name} (all ${set_rows} rows)")
-      fi
-    done <<<"$EVAL_LINES"
+    EVAL_CONFIG_TEXT="${eval_out%%$'\n'*}"
+    mapfile -t described <<<"${eval_out#*$'\n'}"
     EVAL_SUMMARY="every ${EVAL_INTERVAL} rollouts and before training, greedy, on ${#described[@]} set(s):"
     EVAL_SUMMARY+="$(printf ' %s,' "${described[@]}")"
     EVAL_SUMMARY="${EVAL_SUMMARY%,}"
-    # The hook is the training one (slime passes evaluation=True); keys as for training; temperature 0 is greedy.
     EVAL_ARGS=(
       --eval-interval "$EVAL_INTERVAL"
-      --eval-prompt-data "${EVAL_DATA[@]}"
       --eval-input-key prompt
       --eval-label-key reward_model
       --eval-tool-key tools
@@ -374,8 +369,11 @@ PY
 }
 
 if [[ "$DRY_RUN" -eq 1 ]]; then
-  TRAIN_CMD=("${TRAIN_BASE[@]}" --custom-config-path PRIVATE_DIR/slime_config.yaml "$@")
+  TRAIN_CMD=("${TRAIN_BASE[@]}" --custom-config-path PRIVATE_DIR/slime_config.yaml)
+  if [[ -n "$EVAL_CONFIG_TEXT" ]]; then TRAIN_CMD+=(--eval-config PRIVATE_DIR/eval_config.yaml); fi
+  TRAIN_CMD+=("$@")
   echo "slime config (--custom-config-path PRIVATE_DIR/slime_config.yaml): $SLIME_CONFIG_TEXT"
+  if [[ -n "$EVAL_CONFIG_TEXT" ]]; then echo "eval config (--eval-config PRIVATE_DIR/eval_config.yaml): $EVAL_CONFIG_TEXT"; fi
   echo "runtime_env: $(runtime_env masked)"
   echo "eval: $EVAL_SUMMARY"
   printf 'ray head (unless a cluster answers at %s):' "${MASTER_ADDR}:${RAY_PORT}"
@@ -399,7 +397,10 @@ PRIVATE_DIR="$(mktemp -d -t search-r1-oai-launch.XXXXXX)"  # mode 0700
 RUNTIME_ENV_FILE="$PRIVATE_DIR/runtime_env.json"
 # slime's driver reads it at start (it runs on this, the head, node), then pickles `args` to every worker.
 SLIME_CONFIG_FILE="$PRIVATE_DIR/slime_config.yaml"
-TRAIN_CMD=("${TRAIN_BASE[@]}" --custom-config-path "$SLIME_CONFIG_FILE" "$@")
+EVAL_CONFIG_FILE="$PRIVATE_DIR/eval_config.yaml"  # read by the driver too (slime's parse_args)
+TRAIN_CMD=("${TRAIN_BASE[@]}" --custom-config-path "$SLIME_CONFIG_FILE")
+if [[ -n "$EVAL_CONFIG_TEXT" ]]; then TRAIN_CMD+=(--eval-config "$EVAL_CONFIG_FILE"); fi
+TRAIN_CMD+=("$@")
 head_pid=""      # `ray start --head --block` when this script started the head; its session holds the cluster
 bg_pid=""        # the helper or log follower being waited for
 DASHBOARD_URL=""
@@ -482,6 +483,7 @@ answers() {  # something accepts TCP connections at host $1, port $2
 
 runtime_env file "$RUNTIME_ENV_FILE"
 (umask 077 && printf '%s\n' "$SLIME_CONFIG_TEXT" >"$SLIME_CONFIG_FILE")
+if [[ -n "$EVAL_CONFIG_TEXT" ]]; then (umask 077 && printf '%s\n' "$EVAL_CONFIG_TEXT" >"$EVAL_CONFIG_FILE"); fi
 
 if answers "$MASTER_ADDR" "$RAY_PORT"; then
   log "reusing the Ray cluster at ${MASTER_ADDR}:${RAY_PORT} (it keeps running after this script)"
