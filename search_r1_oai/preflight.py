@@ -43,7 +43,7 @@ def check_data(path: Path) -> tuple[Check, dict[str, Any] | None]:
     """The file reads as slime reads it (schema, every row); returns the first row for the other checks."""
     import pyarrow.parquet as pq
 
-    from search_r1_oai.data import check_file
+    from search_r1_data.check import check_file
 
     problems = check_file(path)
     fix = f"rebuild it with data_preprocess.py (data_preprocess.py --check {path} lists every problem)"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search_r1_oai.toy_data import ToyFact, write_toy_corpus
+from search_r1_data.toy import ToyFact, write_toy_corpus
 from tests.support import offline_assets
 from tests.support.live_server import free_port
 

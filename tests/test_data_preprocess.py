@@ -1,4 +1,4 @@
-"""data_preprocess.py / search_r1_oai.data: upstream-shaped parquet in, slime-readable parquet out, --check."""
+"""data_preprocess.py / search_r1_data: upstream-shaped parquet in, slime-readable parquet out, --check."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import data_preprocess
-from search_r1_oai import data
+from search_r1_data import check, convert
 from search_r1_oai.prompts import SEARCH_TOOL, SYSTEM_PROMPT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,15 +36,26 @@ def upstream_row(i: int, question: str, answers: Any, *, target: Any = "same", s
     }
 
 
+def _plain(value: Any) -> Any:
+    """numpy arrays (how pandas hands upstream list cells back) as the lists pyarrow writes them from."""
+    if isinstance(value, np.ndarray):
+        return [_plain(item) for item in value.tolist()]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def write_upstream(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Written through pandas so list cells are numpy arrays, as in the upstream files."""
+    """An upstream-shaped parquet file: list cells become parquet lists, a missing target a null."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_parquet(path, index=False)
+    pq.write_table(pa.Table.from_pylist([_plain(row) for row in rows]), path)
     return path
 
 
 def slime_read(path: Path) -> list[dict[str, Any]]:
-    """What slime's Dataset does with each row (slime/utils/data.py, without --apply-chat-template)."""
+    """What slime's Dataset does with each row (slime/utils/convert.py, without --apply-chat-template)."""
     samples = []
     for batch in pq.ParquetFile(path).iter_batches():
         for row in batch.to_pylist():
@@ -99,7 +109,7 @@ def assert_slime_ready(sample: dict[str, Any], question: str, targets: list[str]
         "split": split,
         "index": index,
     }
-    assert not list(data._null_paths(sample["row"]))
+    assert not list(check._null_paths(sample["row"]))
 
 
 def test_cli_converts_upstream_rows_as_slime_reads_them(upstream_dir: Path, tmp_path: Path) -> None:
@@ -151,7 +161,7 @@ def test_small_batches_stream_every_row_in_order(tmp_path: Path) -> None:
     rows[17] = upstream_row(17, "", np.array(["lost"]))
     source = write_upstream(tmp_path / "train.parquet", rows)
 
-    summary = data.convert_file(source, tmp_path / "out.parquet", split="train", batch_size=5, progress=False)
+    summary = convert.convert_file(source, tmp_path / "out.parquet", split="train", batch_size=5, progress=False)
 
     assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (53, 52, 1)
     assert summary.rejected_examples[0][:2] == (17, "empty question")
@@ -161,7 +171,7 @@ def test_small_batches_stream_every_row_in_order(tmp_path: Path) -> None:
     expected = [i for i in range(53) if i != 17]
     assert [s["metadata"]["index"] for s in samples] == expected
     assert [s["label"]["ground_truth"]["target"] for s in samples] == [[f"answer {i}"] for i in expected]
-    assert data.check_file(tmp_path / "out.parquet") == []
+    assert check.check_file(tmp_path / "out.parquet") == []
 
 
 def test_interrupted_run_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,9 +180,9 @@ def test_interrupted_run_leaves_no_output(tmp_path: Path, monkeypatch: pytest.Mo
     def fail(writer: pq.ParquetWriter, rows: list[dict[str, Any]]) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(data, "_write", fail)
+    monkeypatch.setattr(convert, "_write", fail)
     with pytest.raises(RuntimeError, match="disk full"):
-        data.convert_file(source, tmp_path / "out" / "train.parquet", split="train", batch_size=4, progress=False)
+        convert.convert_file(source, tmp_path / "out" / "train.parquet", split="train", batch_size=4, progress=False)
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -192,19 +202,19 @@ def test_interrupted_run_leaves_no_output(tmp_path: Path, monkeypatch: pytest.Mo
     ],
 )
 def test_normalise_targets(value: Any, expected: list[str]) -> None:
-    assert data.normalise_targets(value) == expected
+    assert convert.normalise_targets(value) == expected
 
 
 def test_convert_row_rejects_with_reason() -> None:
-    with pytest.raises(data.RowRejected, match="missing question"):
-        data.convert_row({"golden_answers": ["a"]}, split="train", index=0)
-    with pytest.raises(data.RowRejected, match="not text"):
-        data.convert_row({"question": 12, "golden_answers": ["a"]}, split="train", index=0)
-    with pytest.raises(data.RowRejected, match="no answers"):
-        data.convert_row({"question": "q", "golden_answers": ["the"]}, split="train", index=0)
-    row = data.convert_row({"question": "q", "golden_answers": ["a b"]}, split="dev", index=3).row
-    assert row["data_source"] == data.UNKNOWN_SOURCE
-    assert row["metadata"] == {"question": "q", "split": "dev", "index": 3, "data_source": data.UNKNOWN_SOURCE}
+    with pytest.raises(convert.RowRejected, match="missing question"):
+        convert.convert_row({"golden_answers": ["a"]}, split="train", index=0)
+    with pytest.raises(convert.RowRejected, match="not text"):
+        convert.convert_row({"question": 12, "golden_answers": ["a"]}, split="train", index=0)
+    with pytest.raises(convert.RowRejected, match="no answers"):
+        convert.convert_row({"question": "q", "golden_answers": ["the"]}, split="train", index=0)
+    row = convert.convert_row({"question": "q", "golden_answers": ["a b"]}, split="dev", index=3).row
+    assert row["data_source"] == convert.UNKNOWN_SOURCE
+    assert row["metadata"] == {"question": "q", "split": "dev", "index": 3, "data_source": convert.UNKNOWN_SOURCE}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -215,7 +225,7 @@ def test_convert_row_rejects_with_reason() -> None:
 def good_table(tmp_path: Path) -> pa.Table:
     rows = [upstream_row(i, f"question {i}", np.array([f"answer {i}"])) for i in range(4)]
     source = write_upstream(tmp_path / "in.parquet", rows)
-    data.convert_file(source, tmp_path / "good.parquet", split="train", progress=False)
+    convert.convert_file(source, tmp_path / "good.parquet", split="train", progress=False)
     return pq.read_table(tmp_path / "good.parquet")
 
 
@@ -225,7 +235,7 @@ def test_check_flags_null_tools_cell(good_table: pa.Table, tmp_path: Path) -> No
     bad = tmp_path / "null_tools.parquet"
     pq.write_table(good_table.set_column(1, "tools", pa.array(tools, pa.string())), bad)
 
-    assert [str(p) for p in data.check_file(bad, batch_size=1)] == ["row 2: tools: is null"]
+    assert [str(p) for p in check.check_file(bad, batch_size=1)] == ["row 2: tools: is null"]
     result = run_cli("--check", bad)
     assert result.returncode == 1
     assert f"{bad}: row 2: tools: is null" in result.stdout
@@ -238,7 +248,7 @@ def test_check_flags_list_of_struct_tools_column(good_table: pa.Table, tmp_path:
     bad = tmp_path / "struct_tools.parquet"
     pq.write_table(good_table.set_column(1, "tools", pa.array(tools)), bad)
 
-    problems = data.check_file(bad)
+    problems = check.check_file(bad)
     assert any(p.row is None and p.column == "tools" and "JSON string" in p.message for p in problems)
     # schema unification gave every row the other row's properties as nulls: each row is reported
     assert {p.row for p in problems if p.row is not None and "null" in p.message} == {0, 1, 2, 3}
@@ -253,7 +263,7 @@ def test_check_flags_json_string_metadata(good_table: pa.Table, tmp_path: Path) 
     bad = tmp_path / "json_metadata.parquet"
     pq.write_table(good_table.set_column(index, "metadata", pa.array(as_json)), bad)
 
-    problems = data.check_file(bad)
+    problems = check.check_file(bad)
     assert [p.row for p in problems if p.column == "metadata" and "is a string" in p.message] == [0, 1, 2, 3]
     assert any(p.row is None and p.column == "metadata" for p in problems)
     assert run_cli("--check", bad).returncode == 1
@@ -268,19 +278,19 @@ def test_check_reports_every_problem_with_row_and_column(good_table: pa.Table, t
     bad = tmp_path / "many.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=good_table.schema), bad)
 
-    found = {(p.row, p.column) for p in data.check_file(bad)}
+    found = {(p.row, p.column) for p in check.check_file(bad)}
     assert found == {(0, "prompt"), (1, "reward_model"), (3, "tools"), (3, "data_source")}
 
 
 def test_check_missing_columns_and_unreadable_file(tmp_path: Path) -> None:
     partial = tmp_path / "partial.parquet"
     pq.write_table(pa.table({"prompt": [[{"role": "user", "content": "hi"}]]}), partial)
-    missing = {p.column for p in data.check_file(partial) if p.row is None}
+    missing = {p.column for p in check.check_file(partial) if p.row is None}
     assert missing == {"tools", "reward_model", "data_source", "metadata"}
 
     garbage = tmp_path / "garbage.parquet"
     garbage.write_text("not parquet")
-    [problem] = data.check_file(garbage)
+    [problem] = check.check_file(garbage)
     assert problem.column == "<file>" and "cannot be read" in problem.message
 
 
@@ -314,7 +324,7 @@ def test_download_uses_hub_dataset_repo(tmp_path: Path, monkeypatch: pytest.Monk
         return str(upstream_dir / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    summaries = data.preprocess(["test"], tmp_path / "out", hf_repo_id="someone/qa", progress=False)
+    summaries = convert.preprocess(["test"], tmp_path / "out", hf_repo_id="someone/qa", progress=False)
     assert calls == [("someone/qa", "test.parquet", "dataset")]
     assert summaries[0].rows_out == 2
 
