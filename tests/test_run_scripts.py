@@ -26,7 +26,11 @@ WRAPPER = ROOT / "run_qwen2.5-3B-it-with-retrieval.sh"
 
 def settings_free_env(**env: str) -> dict[str, str]:
     """This process's environment without any setting a developer may have exported, plus ``env``."""
-    kept = {k: v for k, v in os.environ.items() if k not in config.ENV_NAMES and not k.startswith("SEARCH_R1_")}
+    kept = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in config.ENV_NAMES and not k.startswith(("SEARCH_R1_", "EVAL_", "PREFLIGHT_", "SKIP_PREFLIGHT"))
+    }
     return {**kept, **env}
 
 
@@ -58,13 +62,193 @@ def test_train_command_uses_the_oai_hook_and_message_prompts() -> None:
     assert flag(argv, "--custom-generate-function-path") == "generate_with_search_oai.generate"
     assert flag(argv, "--custom-rm-path") == "generate_with_search_oai.reward_func"
     assert flag(argv, "--prompt-data") == "/data/x/train.parquet"
-    assert (flag(argv, "--input-key"), flag(argv, "--label-key"), flag(argv, "--tool-key")) == (
+    assert [flag(argv, key) for key in ("--input-key", "--label-key", "--tool-key", "--metadata-key")] == [
         "prompt",
         "reward_model",
         "tools",
-    )
+        "metadata",
+    ]
     assert "--apply-chat-template" not in argv  # prompts stay OpenAI messages; the chat endpoint renders them
     assert flag(argv, "--sglang-tool-call-parser") == "qwen25"
+
+
+def test_search_metrics_log_functions_are_passed_and_importable() -> None:
+    """slime imports these dotted paths in the job; the module imports without slime."""
+    import importlib
+
+    _, argv = dry_run()
+    for option, expected in (
+        ("--custom-rollout-log-function-path", "generate_with_search_oai.log_rollout_metrics"),
+        ("--custom-eval-rollout-log-function-path", "generate_with_search_oai.log_eval_metrics"),
+    ):
+        path = flag(argv, option)
+        assert path == expected
+        module, name = path.rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(module), name))
+
+
+# ---- evaluation during training -------------------------------------------------------------------------------
+
+EVAL_COLUMNS = ("prompt", "reward_model", "tools", "metadata")
+# slime/utils/data.py, _parse_generalized_path: a dataset path "FILE@[start:end]" reads those rows of FILE.
+SLIME_SLICE = re.compile(r"^(?P<real_path>.*)@\[(?P<start>-?\d*):(?P<end>-?\d*)\]$")
+
+
+def write_eval_set(path: Path, rows: int, columns: tuple[str, ...] = EVAL_COLUMNS) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = {
+        "prompt": [[{"role": "user", "content": f"question {i}?"}] for i in range(rows)],
+        "reward_model": [{"ground_truth": {"target": [f"answer {i}"]}} for i in range(rows)],
+        "tools": ["[]"] * rows,
+        "metadata": [{"data_source": path.stem, "index": i} for i in range(rows)],
+    }
+    pq.write_table(pa.table({name: values[name] for name in columns}), path)
+    return path
+
+
+def rows_as_slime_reads(dataset_path: str) -> int:
+    """How many rows slime's read_file yields for a dataset path (with its @[start:end] slice)."""
+    import pyarrow.parquet as pq
+
+    match = SLIME_SLICE.match(dataset_path)
+    path, start, end = (match["real_path"], match["start"], match["end"]) if match else (dataset_path, "", "")
+    rows = pq.ParquetFile(path).read().to_pylist()
+    return len(rows[int(start) if start else None : int(end) if end else None])
+
+
+def with_pyarrow(**env: str) -> dict[str, str]:
+    """The script runs `python3`: this venv's (which has pyarrow) first on PATH."""
+    return {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+
+
+def run_dry(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(TRAIN), "--dry-run", *args],
+        env=settings_free_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def eval_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    write_eval_set(folder / "nq.parquet", 7)
+    write_eval_set(folder / "hotpotqa.parquet", 3)
+    (folder / "notes.txt").write_text("not a set")
+    return folder
+
+
+def test_eval_runs_every_interval_on_each_set_capped_and_greedy(eval_dir: Path) -> None:
+    lines = dry_run_lines(**with_pyarrow(EVAL_DIR=str(eval_dir), EVAL_INTERVAL="10", EVAL_MAX_SAMPLES="5"))
+    argv = shlex.split(lines["train command"])
+    assert flag(argv, "--eval-interval") == "10"
+    assert flag(argv, "--eval-config") == "PRIVATE_DIR/eval_config.yaml"
+    assert "--eval-prompt-data" not in argv  # the sets are in the config file, off the shell-run command line
+    assert (flag(argv, "--eval-temperature"), flag(argv, "--n-samples-per-eval-prompt")) == ("0", "1")  # greedy
+    keys = [flag(argv, f"--eval-{key}-key") for key in ("input", "label", "tool")]
+    assert (
+        keys
+        == [flag(argv, f"--{key}-key") for key in ("input", "label", "tool")]
+        == ["prompt", "reward_model", "tools"]
+    )
+    assert argv.index("--eval-config") > argv.index("--custom-config-path")  # before the extra flags, after ours
+
+    datasets = yaml.safe_load(lines["eval config"])["eval"]["datasets"]
+    assert [d["name"] for d in datasets] == ["hotpotqa", "nq"]
+    assert [d["path"] for d in datasets] == [f"{eval_dir}/hotpotqa.parquet@[0:5]", f"{eval_dir}/nq.parquet@[0:5]"]
+    assert [rows_as_slime_reads(d["path"]) for d in datasets] == [3, 5]
+    assert lines["eval"] == (
+        "every 10 rollouts and before training, greedy, on 2 set(s): hotpotqa (all 3 rows), nq (first 5 of 7 rows)"
+    )
+
+
+def test_eval_max_samples_0_evaluates_whole_sets_and_extra_flags_override_sampling(eval_dir: Path) -> None:
+    lines = dry_run_lines("--eval-temperature", "0.6", **with_pyarrow(EVAL_DIR=str(eval_dir), EVAL_MAX_SAMPLES="0"))
+    argv = shlex.split(lines["train command"])
+    datasets = yaml.safe_load(lines["eval config"])["eval"]["datasets"]
+    assert [d["path"] for d in datasets] == [f"{eval_dir}/hotpotqa.parquet", f"{eval_dir}/nq.parquet"]
+    assert flag(argv, "--eval-interval") == "25"  # the default
+    assert argv[-2:] == ["--eval-temperature", "0.6"]  # argparse: the last one wins
+    assert lines["eval"].endswith("hotpotqa (all 3 rows), nq (all 7 rows)")
+
+
+def test_eval_interval_0_passes_no_eval_flags(tmp_path: Path) -> None:
+    lines = dry_run_lines(EVAL_INTERVAL="0", EVAL_DIR=str(tmp_path / "nowhere"))
+    argv = shlex.split(lines["train command"])
+    assert not [a for a in argv if a.startswith("--eval") or a == "--n-samples-per-eval-prompt"]
+    assert "eval config" not in lines and lines["eval"] == "off (EVAL_INTERVAL=0)"
+
+
+def test_a_missing_default_eval_dir_warns_and_trains_without_eval(tmp_path: Path) -> None:
+    result = run_dry(DATA_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(f"warning: no eval sets at {tmp_path}/eval: training without evaluation")
+    assert "--eval_sets" in result.stderr and result.stderr.count("\n") == 1
+    assert "--eval-interval" not in result.stdout and f"eval: off (no {tmp_path}/eval)" in result.stdout
+
+
+def test_eval_sets_in_the_default_folder_are_used(tmp_path: Path) -> None:
+    (tmp_path / "eval").mkdir()
+    write_eval_set(tmp_path / "eval" / "popqa.parquet", 2)
+    lines = dry_run_lines(**with_pyarrow(DATA_DIR=str(tmp_path)))
+    datasets = yaml.safe_load(lines["eval config"])["eval"]["datasets"]
+    assert datasets == [{"name": "popqa", "path": f"{tmp_path}/eval/popqa.parquet@[0:500]"}]  # 500: the default
+
+
+def test_without_pyarrow_the_dry_run_still_lists_the_sets(eval_dir: Path, tmp_path: Path) -> None:
+    """A login node's python3 may lack pyarrow: --dry-run checks the parquet magic and says what it could not."""
+    shim = tmp_path / "bin" / "python3"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S "$@"\n')  # -S: no site-packages
+    shim.chmod(0o755)
+    lines = dry_run_lines(PATH=f"{shim.parent}:{os.environ['PATH']}", EVAL_DIR=str(eval_dir), EVAL_MAX_SAMPLES="4")
+    assert [d["name"] for d in yaml.safe_load(lines["eval config"])["eval"]["datasets"]] == ["hotpotqa", "nq"]
+    assert "nq (up to 4 rows; not opened: python3 has no pyarrow)" in lines["eval"]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("interval-negative", "EVAL_INTERVAL must be an integer >= 0 (0 = off/all), got '-1'"),
+        ("interval-word", "EVAL_INTERVAL must be an integer >= 0 (0 = off/all), got 'ten'"),
+        ("max-samples-float", "EVAL_MAX_SAMPLES must be an integer >= 0 (0 = off/all), got '1.5'"),
+        ("dir-missing", "is not a folder; make the eval sets with python data_preprocess.py --eval_sets"),
+        ("dir-empty", "holds no *.parquet eval set; make them with python data_preprocess.py --eval_sets"),
+        ("not-parquet", "nq.parquet is not a parquet file"),
+        ("missing-columns", "nq.parquet lacks column(s) tools, metadata (it has prompt, reward_model)"),
+        ("no-rows", "nq.parquet has no rows"),
+        ("bad-name", "its file name is the set's name in eval/<name>/... metrics"),
+    ],
+)
+def test_bad_eval_settings_fail_the_dry_run_with_one_line(tmp_path: Path, case: str, message: str) -> None:
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    env = {"EVAL_DIR": str(folder)}
+    if case == "interval-negative":
+        env["EVAL_INTERVAL"] = "-1"
+    elif case == "interval-word":
+        env["EVAL_INTERVAL"] = "ten"
+    elif case == "max-samples-float":
+        env["EVAL_MAX_SAMPLES"] = "1.5"
+    elif case == "dir-missing":
+        env["EVAL_DIR"] = str(tmp_path / "missing")
+    elif case == "not-parquet":
+        (folder / "nq.parquet").write_text("question,answer\n")
+    elif case == "missing-columns":
+        write_eval_set(folder / "nq.parquet", 2, columns=("prompt", "reward_model"))
+    elif case == "no-rows":
+        write_eval_set(folder / "nq.parquet", 0)
+    elif case == "bad-name":
+        write_eval_set(folder / "my set.parquet", 2)
+    result = run_dry(**with_pyarrow(**env))
+    assert result.returncode == 1 and result.stdout == "", result.stdout
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
 
 
 def slime_config(**env: str) -> dict:
