@@ -155,6 +155,7 @@ def _toy_retriever(toy_index, minilm_dir: Path):
         yield url
 
 
+@pytest.mark.e2e
 def test_scripted_policy_through_the_real_rollout_and_retriever(
     toy_index, minilm_dir, toy_facts, qwen_tokenizer, qwen_tokenizer_dir, tmp_path: Path
 ) -> None:

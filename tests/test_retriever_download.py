@@ -360,6 +360,7 @@ def test_flat_header_check_matches_faiss_files(tmp_path: Path, originals) -> Non
     assert "but holds 192044 bytes" in flat_index_problem(short)
 
 
+@pytest.mark.e2e
 def test_cli_check_and_help(hub: FakeHub, plan: DownloadPlan) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -456,6 +457,7 @@ def local_hub(originals: dict[str, Path]) -> Iterator[tuple[str, list[str]]]:
         thread.join(timeout=10)
 
 
+@pytest.mark.e2e
 def test_real_hub_client_against_a_local_hub(local_hub, plan: DownloadPlan, originals, tmp_path: Path) -> None:
     endpoint, requests = local_hub
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf_home")}

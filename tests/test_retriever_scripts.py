@@ -364,6 +364,7 @@ def test_setup_detects_a_gpu_by_nvidia_smi(tmp_path: Path, system_python: Path) 
     assert "faiss-gpu-cu12==" in commands(lines)[-1]
 
 
+@pytest.mark.e2e
 def test_setup_never_replaces_an_existing_torch() -> None:
     venv = Path(sys.prefix)  # the test venv already has torch
     assert (venv / "bin" / "python").exists()

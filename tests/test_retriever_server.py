@@ -355,6 +355,7 @@ def test_torch_backend_server_answers_like_the_faiss_server(
             assert [hit["document"] for hit in got_hits] == [hit["document"] for hit in want_hits], fact.question
 
 
+@pytest.mark.e2e
 def test_torch_backend_flags_are_documented_and_faiss_gpu_is_refused_with_it(tmp_path: Path):
     index, corpus = tmp_path / "i.index", tmp_path / "c.jsonl"
     index.touch()
@@ -373,6 +374,7 @@ def test_torch_backend_flags_are_documented_and_faiss_gpu_is_refused_with_it(tmp
         assert flag in help_text
 
 
+@pytest.mark.e2e
 def test_cli_rejects_missing_files_and_help_lists_every_flag(tmp_path: Path):
     missing = subprocess.run(
         [sys.executable, str(SERVER), "--index_path", str(tmp_path / "no.index"), "--corpus_path", "x",
