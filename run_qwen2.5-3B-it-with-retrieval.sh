@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One command for a training run: start the retriever in tmux, wait until it is healthy, train in a second
-# tmux window, and stop the retriever (and the tmux session this script made) when training ends or on Ctrl-C.
+# One command for a training run: start the retriever in tmux, wait until it is healthy, run the preflight, train in
+# a second tmux window, and stop the retriever (and the tmux session this script made) when training ends, when the
+# preflight fails, or on Ctrl-C.
 #
 #   bash run_qwen2.5-3B-it-with-retrieval.sh [--attach] [-- extra slime flags...]
 #
@@ -13,6 +14,13 @@
 #
 # What it needs (index, corpus, the retriever's python, a free port, the training script) is checked before any
 # tmux session is made. If the training window is killed, everything is stopped and the exit code is 1.
+#
+# The preflight (python -m search_r1_oai.preflight) runs once every replica answers /health and before training
+# starts: it reads the training data as slime will (DATA_DIR/train.parquet), renders the chat template of HF_CKPT
+# with the search tool, and searches through the rollout's own client at RETRIEVAL_SERVER_URL. Its report (one
+# ok/FAIL line per check, with what to do) is printed and kept as LOG_DIR/preflight-*.log; a FAIL stops the run
+# (retriever and tmux session included) with exit code 1 before any GPU work. The policy is not checked here: slime
+# starts SGLang inside training. SKIP_PREFLIGHT=1 skips it.
 #
 # Both windows run with exactly the environment this script was started with, whether or not a tmux server is
 # already running: every variable below and those of the scripts it starts (SEARCH_R1_*, WANDB_API_KEY, HF_CKPT,
@@ -35,6 +43,11 @@
 #   HOST                     address the started retriever binds [the URL's address: 127.0.0.1 for localhost,
 #                            0.0.0.0 for a hostname that resolves to a non-loopback address]
 #   TRAIN_SCRIPT             training script [run_qwen2.5-3B-it.sh next to this file]
+#   DATA_DIR, HF_CKPT        what the preflight checks, as the training script reads them (relative paths from this
+#                            file's folder): DATA_DIR/train.parquet [data/search_r1_processed next to this file] and
+#                            the checkpoint's tokenizer [/root/Qwen2.5-3B-Instruct]
+#   PREFLIGHT_PYTHON         the python that runs the preflight, with this folder on PYTHONPATH [python3]
+#   SKIP_PREFLIGHT           1: start training without the preflight [0]
 #   TMPDIR                   where the run's private folder (environment file, exit status) is made [/tmp]
 #   plus every variable of local_dense_retriever/start_server.sh (SAVE_PATH, INDEX_PATH, CORPUS_PATH,
 #   RETRIEVER_MODEL, TOPK, FAISS_GPU, FP16, RETRIEVER_BACKEND, RETRIEVER_ARGS, RETRIEVER_PYTHON) and of the
@@ -47,6 +60,8 @@ TMUX_SESSION="${TMUX_SESSION:-slime-search-r1}"
 LOG_DIR="${LOG_DIR:-$ROOT/logs}"
 RETRIEVER_READY_TIMEOUT="${RETRIEVER_READY_TIMEOUT:-600}"
 TRAIN_SCRIPT="${TRAIN_SCRIPT:-$ROOT/run_qwen2.5-3B-it.sh}"
+SKIP_PREFLIGHT="${SKIP_PREFLIGHT:-0}"
+PREFLIGHT_PYTHON="${PREFLIGHT_PYTHON:-python3}"
 SEARCH_R1_CONFIG="${SEARCH_R1_CONFIG:-}"
 
 usage() { bash "$ROOT/scripts/print_usage.sh" "${BASH_SOURCE[0]}"; }
@@ -93,6 +108,15 @@ if [[ -n "${TOPK:-}" && "$TOPK" != "$ROLLOUT_TOPK" ]]; then
     "set SEARCH_R1_TOPK (or search_r1_topk in SEARCH_R1_CONFIG) instead of TOPK"
 fi
 [[ -f "$TRAIN_SCRIPT" ]] || die "training script not found: TRAIN_SCRIPT=$TRAIN_SCRIPT"
+[[ "$SKIP_PREFLIGHT" == 0 || "$SKIP_PREFLIGHT" == 1 ]] || die "SKIP_PREFLIGHT must be 0 or 1 (got '$SKIP_PREFLIGHT')"
+if ((!SKIP_PREFLIGHT)); then
+  command -v "$PREFLIGHT_PYTHON" >/dev/null ||
+    die "PREFLIGHT_PYTHON=$PREFLIGHT_PYTHON not found: name the python that has this project's dependencies, or SKIP_PREFLIGHT=1"
+fi
+# The training window runs the training script from $ROOT, so its relative paths are relative to $ROOT.
+from_root() { if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$ROOT" "$1"; fi; }
+PREFLIGHT_DATA="$(from_root "${DATA_DIR:-$ROOT/data/search_r1_processed}")/train.parquet"
+PREFLIGHT_TOKENIZER="$(from_root "${HF_CKPT:-/root/Qwen2.5-3B-Instruct}")"
 train_script="$(cd "$(dirname "$TRAIN_SCRIPT")" && pwd)/$(basename "$TRAIN_SCRIPT")"
 mkdir -p "$LOG_DIR" || die "cannot create LOG_DIR=$LOG_DIR"
 log_dir="$(cd "$LOG_DIR" && pwd)"
@@ -201,6 +225,7 @@ fi
 stamp="$(date +%Y%m%d_%H%M%S)"
 RETRIEVER_LOG="$log_dir/retriever-$stamp.log"
 TRAINING_LOG="$log_dir/training-$stamp.log"
+PREFLIGHT_LOG="$log_dir/preflight-$stamp.log"
 RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/search-r1-run.XXXXXX")" # mode 0700: the environment file and the status
 ENV_FILE="$RUN_DIR/environment"
 STATUS_FILE="$RUN_DIR/training.status"
@@ -210,7 +235,7 @@ train_pid=""
 
 existing_logs() {
   local file found=()
-  for file in "$RETRIEVER_LOG" "$TRAINING_LOG"; do
+  for file in "$RETRIEVER_LOG" "$PREFLIGHT_LOG" "$TRAINING_LOG"; do
     if [[ -f "$file" ]]; then found+=("$file"); fi
   done
   if ((${#found[@]})); then echo "logs: ${found[*]}"; else echo "no log was written"; fi
@@ -331,6 +356,26 @@ while ((${#pending[@]})); do
   sleep 1
 done
 log "retriever ready after $((SECONDS - start))s${retriever_pid:+ (log: $RETRIEVER_LOG)}"
+
+# The preflight, against the retriever that is up now. It runs in $ROOT (its package is there) with the caller's
+# environment; a failure leaves through cleanup (retriever stopped, session killed).
+if ((SKIP_PREFLIGHT)); then
+  log "preflight skipped (SKIP_PREFLIGHT=1)"
+else
+  preflight=("$PREFLIGHT_PYTHON" -m search_r1_oai.preflight --data "$PREFLIGHT_DATA" --tokenizer "$PREFLIGHT_TOKENIZER"
+    --retrieval-url "$(IFS=,; printf '%s' "${URLS[*]}")")
+  log "preflight:$(printf ' %q' "${preflight[@]}")"
+  preflight_rc=0
+  (cd "$ROOT" && PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "${preflight[@]}") </dev/null >"$PREFLIGHT_LOG" 2>&1 ||
+    preflight_rc=$?
+  if ((preflight_rc != 0)); then
+    cat "$PREFLIGHT_LOG" >&2
+    die "preflight failed (exit code $preflight_rc; its report is above and in $PREFLIGHT_LOG): fix what it marks" \
+      "FAIL, or set SKIP_PREFLIGHT=1 to train anyway"
+  fi
+  cat "$PREFLIGHT_LOG"
+  log "preflight passed"
+fi
 
 # The training window: its runner writes training's exit code to the status file when training ends.
 {

@@ -508,6 +508,7 @@ def wrapper_run(tmp_path: Path, timeout: float = 60, **env: str) -> subprocess.C
                 "CORPUS_PATH": str(tmp_path / "corpus.jsonl"),
                 "RETRIEVER_READY_TIMEOUT": "30",
                 "TRAIN_SCRIPT": str(train),
+                "SKIP_PREFLIGHT": "1",  # these tests are about the top-k; test_wrapper.py covers the preflight
                 **env,
             },
             capture_output=True,

@@ -73,6 +73,7 @@ def wrapper_env(tmp_path: Path, toy_index, toy_facts, minilm_dir: Path, port: in
         "RETRIEVER_MODEL": str(minilm_dir),
         "RETRIEVER_READY_TIMEOUT": "120",
         "TRAIN_SCRIPT": str(train),
+        "PREFLIGHT_PYTHON": str(wrapper_fakes.preflight_python(tmp_path / "preflight_python", tmp_path / "preflight")),
     }
     yield env, out
     subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
@@ -291,6 +292,10 @@ class Launch:
     def release(self) -> None:
         (self.record / "release").touch()
 
+    def preflight(self) -> dict | None:
+        path = self.record / "preflight.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
 
 @pytest.fixture
 def launch(tmp_path: Path, tmux: PrivateTmux, port: int):
@@ -312,6 +317,7 @@ def launch(tmp_path: Path, tmux: PrivateTmux, port: int):
         "CORPUS_PATH": str(tmp_path / "corpus.jsonl"),
         "RETRIEVER_READY_TIMEOUT": "60",
         "TRAIN_SCRIPT": str(train),
+        "PREFLIGHT_PYTHON": str(wrapper_fakes.preflight_python(tmp_path / "preflight_python", record)),
     }
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "HOST"):
         env.pop(name, None)
@@ -465,6 +471,72 @@ def test_a_retriever_that_fails_at_once_gets_no_unwritten_log_paths(launch: Laun
     assert named, output  # the retriever's log was written: it is named
     missing = [path for path in named if not Path(path).exists()]
     assert not missing, f"log paths printed that were never written: {missing}\n{output}"
+
+
+def test_the_preflight_runs_once_the_retriever_is_healthy_and_before_training(launch: Launch, port: int) -> None:
+    result = launch.run(DATA_DIR="data/run1", HF_CKPT="/ckpt/qwen 3B")
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = launch.preflight()
+    assert seen is not None, result.stdout
+    assert seen["retriever_healthy"] and not seen["training_started"]
+    url = f"http://127.0.0.1:{port}"
+    assert seen["argv"] == [
+        "-m",
+        "search_r1_oai.preflight",
+        "--data",
+        f"{ROOT}/data/run1/train.parquet",  # relative, as the training script (run from ROOT) reads it
+        "--tokenizer",
+        "/ckpt/qwen 3B",
+        "--retrieval-url",
+        url,
+    ]  # no --policy-url: slime starts the policy inside training
+    assert seen["cwd"] == str(ROOT) and seen["pythonpath"].split(":")[0] == str(ROOT)
+    assert "ok    retriever: 3 passages" in result.stdout and "preflight passed" in result.stdout
+    assert result.stdout.index("retriever ready") < result.stdout.index("preflight passed")
+    assert result.stdout.index("preflight passed") < result.stdout.index("training started")
+    assert launch.training_env() is not None
+    assert "preflight passed" in next(launch.logs.glob("preflight-*.log")).read_text()
+
+
+def test_a_failing_preflight_stops_the_run_before_training(
+    launch: Launch, tmux: PrivateTmux, tmp_path: Path, port: int
+) -> None:
+    failing = wrapper_fakes.preflight_python(tmp_path / "failing_preflight", launch.record, fail=True)
+    result = launch.run(PREFLIGHT_PYTHON=str(failing))
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = "FAIL  retriever: " + f"http://127.0.0.1:{port}: no passage (scripted failure)"
+    assert report in result.stderr and "-> check the index and corpus it serves" in result.stderr
+    log = next(launch.logs.glob("preflight-*.log"))
+    assert f"preflight failed (exit code 1; its report is above and in {log})" in result.stderr
+    assert "SKIP_PREFLIGHT=1" in result.stderr
+    assert launch.preflight()["retriever_healthy"]
+    assert launch.training_env() is None  # training never started
+    assert not alive(launch.retriever()["pid"]) and not port_open(port)  # the retriever it started is stopped
+    assert not tmux.running()  # the session it made is gone
+    assert "stopping retriever" in result.stdout and "cleaned up" in result.stdout
+
+
+def test_skip_preflight_starts_training_without_it(launch: Launch) -> None:
+    result = launch.run(SKIP_PREFLIGHT="1", PREFLIGHT_PYTHON="/nonexistent/python")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "preflight skipped (SKIP_PREFLIGHT=1)" in result.stdout
+    assert launch.preflight() is None and launch.training_env() is not None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SKIP_PREFLIGHT": "yes"}, "SKIP_PREFLIGHT must be 0 or 1 (got 'yes')"),
+        ({"PREFLIGHT_PYTHON": "/nonexistent/python"}, "PREFLIGHT_PYTHON=/nonexistent/python not found"),
+    ],
+    ids=["bad-skip-value", "missing-python"],
+)
+def test_preflight_settings_are_checked_before_anything_starts(
+    launch: Launch, tmux: PrivateTmux, env: dict[str, str], message: str
+) -> None:
+    result = launch.run(**env)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and launch.retriever() is None and not tmux.running()
 
 
 def test_attach_inside_tmux_switches_the_client_instead_of_nesting(launch: Launch, tmux: PrivateTmux) -> None:

@@ -5,6 +5,11 @@ start_server.sh runs when RETRIEVER_PYTHON is a shim exec'ing it: it writes ``DI
 environment), then either fails at once (``--fail``, like a retriever that cannot load) or answers
 ``GET /health`` and ``POST /retrieve`` on the ``--host``/``--port`` it was given until it is killed.
 
+``python wrapper_fakes.py preflight --record DIR [--fail] -- -m search_r1_oai.preflight ARGS...`` stands in for
+the preflight (PREFLIGHT_PYTHON is a shim exec'ing it): it writes ``DIR/preflight.json`` (argv, cwd, PYTHONPATH,
+whether every ``--retrieval-url`` answered ``GET /health`` and whether the fake training had started by then),
+prints a report in the preflight's format and exits 0, or 1 after a FAIL line (``--fail``).
+
 ``forward_proxy()`` serves an HTTP forward proxy on 127.0.0.1 that answers for whatever host is asked: with
 ``http_proxy`` pointing at it, a URL on a host that is not this machine (``retriever.remote.invalid``) is a
 reachable remote retriever, which is how the tests give the wrapper a real remote replica without a network.
@@ -19,6 +24,7 @@ import os
 import shlex
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +39,62 @@ def retriever_python(path: Path, record: Path, *, fail: bool = False) -> Path:
     path.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
     path.chmod(0o755)
     return path
+
+
+def preflight_python(path: Path, record: Path, *, fail: bool = False) -> Path:
+    """Write an executable at ``path`` to use as PREFLIGHT_PYTHON; it execs the fake preflight."""
+    flags = ["--record", str(record)] + (["--fail"] if fail else [])
+    command = shlex.join([sys.executable, str(HERE), "preflight", *flags, "--"])
+    path.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def _healthy(url: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # local replicas, as the wrapper asks them
+    try:
+        with opener.open(f"{url.rstrip('/')}/health", timeout=5) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def run_preflight(argv: list[str]) -> int:
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(prog="wrapper_fakes.py preflight")
+    parser.add_argument("--record", type=Path, required=True)
+    parser.add_argument("--fail", action="store_true")
+    args = parser.parse_args(argv[:split])
+    python_argv = argv[split + 1 :]
+    known = argparse.ArgumentParser(add_help=False)
+    known.add_argument("-m", dest="module", required=True)
+    known.add_argument("--data", nargs="+", default=[])
+    known.add_argument("--tokenizer")
+    known.add_argument("--retrieval-url")
+    known.add_argument("--policy-url")
+    flags = known.parse_args(python_argv)
+    urls = [url for url in (flags.retrieval_url or "").split(",") if url]
+    args.record.mkdir(parents=True, exist_ok=True)
+    seen = {
+        "argv": python_argv,
+        "cwd": os.getcwd(),
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
+        "retriever_healthy": bool(urls) and all(_healthy(url) for url in urls),
+        "training_started": (args.record / "training.pid").exists(),
+    }
+    tmp = args.record / "preflight.json.tmp"
+    tmp.write_text(json.dumps(seen))
+    tmp.replace(args.record / "preflight.json")
+    print(f"ok    data: {' '.join(flags.data)}: 2 rows read as slime reads them")
+    print(f"ok    template: {flags.tokenizer} renders the tools list and tool messages")
+    if args.fail:
+        print(f"FAIL  retriever: {flags.retrieval_url}: no passage (scripted failure)")
+        print("      -> check the index and corpus it serves")
+        print("preflight FAILED: fix the lines marked FAIL before starting the run")
+        return 1
+    print(f"ok    retriever: 3 passages from {flags.retrieval_url}")
+    print("preflight passed")
+    return 0
 
 
 def _answer(handler: BaseHTTPRequestHandler, status: int, payload: object) -> None:
@@ -112,6 +174,11 @@ def forward_proxy(health_status: int = 200) -> Iterator[tuple[str, list[str]]]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["retriever"]:
-        sys.exit("usage: wrapper_fakes.py retriever --record DIR [--fail] -- SERVER ARGS...")
-    sys.exit(run_retriever(sys.argv[2:]))
+    if sys.argv[1:2] == ["retriever"]:
+        sys.exit(run_retriever(sys.argv[2:]))
+    if sys.argv[1:2] == ["preflight"]:
+        sys.exit(run_preflight(sys.argv[2:]))
+    sys.exit(
+        "usage: wrapper_fakes.py retriever --record DIR [--fail] -- SERVER ARGS...\n"
+        "       wrapper_fakes.py preflight --record DIR [--fail] -- -m search_r1_oai.preflight ARGS..."
+    )
