@@ -97,15 +97,27 @@ async def _close_clients() -> AsyncIterator[None]:
     await aclose_clients()
 
 
-@pytest.fixture
-def engine() -> StubEngine:
-    return StubEngine()
-
-
-@pytest.fixture
-def url(engine: StubEngine) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[StubEngine, str]]:
+    """One app for the module (a uvicorn stop costs ~0.2 s); every test searches queries of its own, so the app's
+    cache never answers for another test."""
+    engine = StubEngine()
     with serve_retriever(lambda: engine) as base:
-        yield base
+        yield engine, base
+
+
+@pytest.fixture
+def engine(served: tuple[StubEngine, str]) -> StubEngine:
+    """The served stub engine, with no recorded calls and no pending failures."""
+    stub = served[0]
+    stub.calls.clear()
+    stub.failures = 0
+    return stub
+
+
+@pytest.fixture
+def url(served: tuple[StubEngine, str]) -> str:
+    return served[1]
 
 
 # -- answers --------------------------------------------------------------------------------------------------------
@@ -197,9 +209,10 @@ async def test_topk_over_the_app_maximum_is_refused_by_validation(engine: StubEn
 
 
 async def test_engine_exception_is_a_500_retried_then_a_search_error(engine: StubEngine, url: str) -> None:
-    engine.failures = 5
+    engine.failures = 3
+    client = client_for(url, retrieval_retries=2)
     with pytest.raises(SearchError) as caught:
-        await client_for(url, retrieval_retries=2).retrieve(["q"])
+        await client.retrieve(["unlucky query"])
     error = caught.value
     assert error.attempts == 3
     assert str(error) == (
@@ -208,14 +221,16 @@ async def test_engine_exception_is_a_500_retried_then_a_search_error(engine: Stu
     )
     assert "127.0.0.1" not in str(error)  # the policy never reads addresses...
     assert f"tried {url}, {url}, {url}" in error.detail  # ...the logs and metadata do
-    assert len(engine.calls) == 3
+    assert engine.calls == [(["unlucky query"], 3)] * 3
+    # A failed batch is not cached: the next search of the same query reaches the engine and succeeds.
+    assert (await client.retrieve(["unlucky query"])).passages == [[passage("unlucky query", i) for i in range(3)]]
 
 
 async def test_engine_failure_then_success_is_retried(engine: StubEngine, url: str) -> None:
     engine.failures = 1
-    result = await client_for(url, retrieval_retries=1, topk=1).retrieve(["q"])
+    result = await client_for(url, retrieval_retries=1, topk=1).retrieve(["flaky query"])
     assert result.attempts == 2
-    assert result.passages == [[passage("q", 0)]]
+    assert result.passages == [[passage("flaky query", 0)]]
     assert len(engine.calls) == 2
 
 
