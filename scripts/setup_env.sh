@@ -4,9 +4,23 @@
 # .venv-sglang-<version> per SGLang release whose serving code the tests run (tests/requirements-sglang-*.txt,
 # installed --no-deps, sharing .venv's CPU torch through build/shared-torch). Each is kept apart so its
 # dependencies never touch .venv's pins. Idempotent: a second run with unchanged requirement files checks stamps.
+#
+#   bash scripts/setup_env.sh [--main-only]
+#
+# --main-only sets up .venv alone (enough for `scripts/test.sh --fast`, which runs no end-to-end test);
+# -h/--help prints this text. VENV=DIR, REAL_VENV=DIR and SGLANG_VENV_DIR=DIR move the environments, PYTHON=EXE
+# picks the interpreter that creates .venv and .venv-real.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MAIN_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    -h | --help) bash "$ROOT/scripts/print_usage.sh" "${BASH_SOURCE[0]}"; exit 0 ;;
+    --main-only) MAIN_ONLY=1 ;;
+    *) echo "setup_env.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
 VENV="${VENV:-$ROOT/.venv}"
 REAL_VENV="${REAL_VENV:-$ROOT/.venv-real}"
 PYTHON="${PYTHON:-python3}"
@@ -37,7 +51,9 @@ is_current() {
   [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]
 }
 
-if is_current "$REAL_VENV" "$REAL_REQ"; then
+if ((MAIN_ONLY)); then
+  echo "[setup_env] --main-only: leaving $REAL_VENV and the SGLang venvs as they are"
+elif is_current "$REAL_VENV" "$REAL_REQ"; then
   echo "[setup_env] $REAL_VENV is up to date"
 else
   echo "[setup_env] installing the real test components (router, Ray) into $REAL_VENV"
@@ -59,6 +75,11 @@ else
   pip_install --no-deps -r "$ROOT/tests/requirements-nodeps.txt"
   echo "$wanted" > "$stamp"
   echo "[setup_env] ready: $VENV"
+fi
+
+if ((MAIN_ONLY)); then
+  echo "[setup_env] ready (.venv only)"
+  exit 0
 fi
 
 # .venv's torch, seen by the SGLang venvs through a .pth file: no second 800 MB copy, and a directory outside
