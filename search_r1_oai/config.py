@@ -18,7 +18,6 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -322,13 +321,6 @@ def _build(chosen: Mapping[Knob, tuple[Any, _Source | None]]) -> Settings:
         if isinstance(value, dict):
             values[name] = tuple(value[i] for i in sorted(value))
     return Settings(**values)
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings of the environment, read on first use (``get_settings.cache_clear()`` re-reads).
-    Code that has slime's ``args`` calls :func:`load_settings` with them instead."""
-    return load_settings()
 
 
 # ---- rendering: the README table, the run script's --help, the example config ---------------------------------

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from search_r1_oai.config import get_settings
 from search_r1_oai.httpclients import aclose_clients
 from search_r1_oai.prompts import build_messages, tools_json
 from tests.support.fake_retriever import FakeRetriever, serve_fake_retriever
@@ -41,11 +40,9 @@ def hook(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.delitem(sys.modules, "generate_with_search_oai", raising=False)
     GenerateState.reset_singleton()
-    get_settings.cache_clear()
     yield importlib.import_module("generate_with_search_oai")
     sys.modules.pop("generate_with_search_oai", None)
     GenerateState.reset_singleton()
-    get_settings.cache_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from search_r1_oai import config
-from search_r1_oai.config import ConfigError, Settings, get_settings, load_settings
+from search_r1_oai.config import ConfigError, Settings, load_settings
 
 
 def test_defaults_without_environment() -> None:
@@ -118,14 +118,15 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None
 
 
 def test_process_settings_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    get_settings.cache_clear()
+    """slime's workers build one rollout context from args and the environment, on their first sample."""
+    import generate_with_search_oai as hook
+
+    monkeypatch.setattr(hook, "_CONTEXT", None)
     monkeypatch.setenv("SEARCH_R1_TOPK", "7")
-    try:
-        assert get_settings().topk == 7
-        monkeypatch.setenv("SEARCH_R1_TOPK", "9")
-        assert get_settings().topk == 7
-    finally:
-        get_settings.cache_clear()
+    args, tokenizer = Namespace(sglang_router_ip="127.0.0.1", sglang_router_port=1), object()
+    assert hook.rollout_context(args, tokenizer).settings.topk == 7
+    monkeypatch.setenv("SEARCH_R1_TOPK", "9")
+    assert hook.rollout_context(args, tokenizer).settings.topk == 7
 
 
 def test_slime_args_win_over_the_environment_which_wins_over_the_default() -> None:
