@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,8 +24,9 @@ from search_r1_eval.scripted_policy import create_app as scripted_policy_app
 from search_r1_oai.prompts import build_messages, tools_json
 from tests.support.live_server import serve_app
 from tests.support.rollout_helpers import IM_END, answer, call
-from tests.support.sglang_mock import MockSGLang, serve_mock_sglang
+from tests.support.sglang_mock import MockSGLang, Reply, serve_mock_sglang
 
+ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = {
     "nq": [("Who founded Ilvermark?", "Oda Venn"), ("Who painted the Sorrel gate?", "Ama Quist")],
     "hotpotqa": [("Which river feeds Lake Orrin?", "Vessa")],
@@ -187,3 +192,39 @@ def test_show_trajectory_marks_the_trained_tokens(sets, policy, retriever, qwen_
     assert '[[<tool_call>\n{"name": "search"' in tokens, "the sampled call is marked as trained on"
     assert "[[<tool_response>" not in tokens and "<tool_response>" in tokens, "search results are not trained on"
     assert "--- reward 1.0 (EM 1" in out
+
+
+@pytest.mark.e2e  # a subprocess interrupted with SIGINT
+def test_ctrl_c_keeps_finished_samples_and_the_rerun_resumes(
+    qwen_tokenizer, qwen_tokenizer_dir, retriever, tmp_path: Path
+) -> None:
+    questions = [(f"Who rules the isle of Varn number {i}?", f"Ruler {i}") for i in range(5)]
+    data = _write_set(tmp_path / "isles.parquet", "isles", questions)
+    out = tmp_path / "interrupted"
+    slow = MockSGLang(qwen_tokenizer, version="0.5.15")
+    for i, (q, gold) in enumerate(questions):
+        slow.script(q, [Reply(answer(gold), delay_s=0.0 if i == 0 else 8.0)])
+    argv = _argv([data], "", qwen_tokenizer_dir, retriever.url, out, "--concurrency", "1")
+    with serve_mock_sglang(slow) as url:
+        argv[argv.index("--policy-url") + 1] = url
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "evaluate.py"), *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 120
+        while not (out / "results.jsonl").exists() or not (out / "results.jsonl").read_text():
+            assert process.poll() is None and time.monotonic() < deadline, "the first sample never finished"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr.decode()[-2000:]
+    assert "run the same command to resume" in stderr.decode()
+    assert [r["question"] for r in _results(out)] == [questions[0][0]]
+
+    fast = MockSGLang(qwen_tokenizer, version="0.5.15")
+    for q, gold in questions:
+        fast.script(q, [answer(gold)])
+    with serve_mock_sglang(fast) as url:
+        argv[argv.index("--policy-url") + 1] = url
+        assert evaluate.main(argv) == 0
+    assert sorted(r["question"] for r in _results(out)) == sorted(q for q, _ in questions)
+    assert fast.requests_for(questions[0][0]) == [], "the finished sample was not run again"
