@@ -1,7 +1,9 @@
-"""Turn the Search-R1 NQ + HotpotQA parquet into slime-ready parquet, or check such a file (``--check``).
+"""Turn the Search-R1 NQ + HotpotQA parquet into slime-ready parquet, the benchmarks (``--eval_sets``) into slime-ready
+eval sets, or check such files (``--check``).
 
-Run ``python data_preprocess.py --help``; the logic lives in ``search_r1_data/`` (``convert.py``,
-``check.py``).
+Run ``python data_preprocess.py --help``; the logic lives in ``search_r1_data/`` (``convert.py``, ``eval_sets.py``,
+``check.py``). Every mistake in the arguments or the inputs is one ``error:`` line and exit status 2, never a
+traceback: this is the first thing a newcomer runs.
 """
 
 from __future__ import annotations
@@ -9,55 +11,117 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from search_r1_data import check, convert
+from search_r1_data import check, convert, eval_sets
+
+DEFAULT_SPLITS = "train,test"
+USAGE_HINT = "python data_preprocess.py --help lists every flag"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors become :class:`convert.DataError`: one ``error:`` line and exit 2 from
+    :func:`main` (argparse's own prints the whole usage block first, and exits where a caller of ``main`` cannot
+    see a return code)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise convert.DataError(f"{message} ({USAGE_HINT})")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` that bounds the value at parse time, before anything is downloaded or written (a
+    ``--max_samples 0`` would otherwise write empty files and only then fail)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         description=(
             "Convert Search-R1 QA parquet (question, golden_answers, reward_model, data_source) into parquet that "
             "slime loads with --input-key prompt --label-key reward_model --tool-key tools (no "
             "--apply-chat-template): [system, user] messages, the search tool schema as a JSON string, the "
-            "reward_model label and a metadata struct. Rejected rows are counted and shown in the summary."
-        )
+            "reward_model label and a metadata struct. With --eval_sets, the same for the benchmarks (FlashRAG "
+            "jsonl). Rejected rows are counted and shown in the summary; every output is checked as slime reads it."
+        ),
+        epilog=(
+            "Without --splits and --eval_sets the training splits train,test are converted. --eval_sets alone writes "
+            "only the eval sets; add --splits to write both in one run. Usage and input mistakes exit with status 2, "
+            "a file failing the check with 1."
+        ),
     )
     parser.add_argument(
         "--local_dir",
         type=Path,
         default=Path("data/search_r1_processed"),
-        help="output folder; gets <split>.parquet per split (default: %(default)s)",
+        help="output folder; gets <split>.parquet per training split and eval/<set>.parquet per eval set, where "
+        "run_qwen2.5-3B-it.sh looks for them (DATA_DIR, EVAL_DIR=DATA_DIR/eval) (default: %(default)s)",
     )
     parser.add_argument(
         "--hf_repo_id",
         default=convert.DEFAULT_HF_REPO_ID,
-        help="Hugging Face dataset to download <split>.parquet from (default: %(default)s)",
+        help="Hugging Face dataset to download the training <split>.parquet from (default: %(default)s)",
     )
     parser.add_argument(
         "--input_dir",
         type=Path,
         default=None,
-        help="read <split>.parquet from this folder instead of downloading (offline use)",
+        help="read inputs from this folder instead of downloading (offline use): <split>.parquet for training "
+        f"splits, and for eval sets the {eval_sets.layout_hint()}, as in the FlashRAG release",
     )
     parser.add_argument(
-        "--splits", default="train,test", help="comma-separated split names to convert (default: %(default)s)"
+        "--splits",
+        default=None,
+        help=f"comma-separated training split names to convert (default: {DEFAULT_SPLITS}, or none when "
+        "--eval_sets is given)",
     )
     parser.add_argument(
         "--max_samples",
-        type=int,
+        type=_int_at_least(1),
         default=None,
-        help="read at most this many input rows per split, rejected rows included (default: all)",
+        help="read at most this many input rows per training split, rejected rows included (default: all)",
+    )
+    parser.add_argument(
+        "--eval_sets",
+        default=None,
+        metavar="SETS",
+        help="comma-separated benchmarks to write as eval/<set>.parquet with data_source=<set>, in the training "
+        f"rows' form: {', '.join(eval_sets.EVAL_SETS)}, or {eval_sets.ALL} (Search-R1's splits: "
+        f"{', '.join(f'{name}={split}' for name, split in eval_sets.EVAL_SETS.items())})",
+    )
+    parser.add_argument(
+        "--eval_hf_repo_id",
+        default=eval_sets.DEFAULT_EVAL_HF_REPO_ID,
+        help="Hugging Face dataset to download <set>/<split>.jsonl from (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--eval_max_samples",
+        type=_int_at_least(1),
+        default=None,
+        help="read at most the first this many lines per eval set, rejected lines included (default: all; the run "
+        "script caps evaluation with EVAL_MAX_SAMPLES anyway)",
     )
     parser.add_argument(
         "--system_prompt_file",
         type=Path,
         default=None,
-        help="text file whose contents replace the built-in system prompt (search_r1_oai/prompts.py)",
+        help="text file whose contents replace the built-in system prompt (search_r1_oai/prompts.py), for training "
+        "splits and eval sets alike",
     )
     parser.add_argument(
         "--batch_size",
-        type=int,
+        type=_int_at_least(1),
         default=convert.DEFAULT_BATCH_SIZE,
         help="rows read and written per batch; bounds memory use (default: %(default)s)",
     )
@@ -68,13 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="FILE",
         default=None,
-        help="only validate existing parquet FILE(s) the way slime reads them; print every problem, "
-        "exit 1 if there is any",
+        help="only validate existing parquet FILE(s) (training splits or eval sets) the way slime reads them; print "
+        "every problem, exit 1 if there is any",
     )
     return parser
 
 
 def run_check(paths: list[Path], batch_size: int) -> int:
+    """Check each file and print its problems; 1 if any file has one. A path that is not there is an input
+    mistake (a typo), not a bad file: a :class:`convert.DataError` before anything is checked."""
+    missing = [str(path) for path in paths if not Path(path).exists()]
+    if missing:
+        raise convert.DataError(
+            f"--check: {', '.join(missing)} does not exist; pass parquet files data_preprocess.py wrote "
+            "(e.g. data/search_r1_processed/train.parquet or .../eval/nq.parquet)"
+        )
     failed = False
     for path in paths:
         problems = check.check_file(path, batch_size=batch_size)
@@ -85,32 +157,52 @@ def run_check(paths: list[Path], batch_size: int) -> int:
     return 1 if failed else 0
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.batch_size < 1:
-            raise convert.DataError(f"--batch_size must be >= 1, got {args.batch_size}")
+        args = build_parser().parse_args(argv)
         if args.check:
             return run_check(args.check, args.batch_size)
-        summaries = convert.preprocess(
-            convert.parse_splits(args.splits),
+        names = eval_sets.parse_eval_sets(args.eval_sets) if args.eval_sets is not None else []
+        split_text = args.splits if args.splits is not None else (None if names else DEFAULT_SPLITS)
+        splits = convert.parse_splits(split_text) if split_text is not None else []
+        if args.max_samples is not None and not splits:
+            raise convert.DataError(
+                "--max_samples limits training splits and none is asked for; use --eval_max_samples"
+            )
+        system_prompt = convert.read_system_prompt(args.system_prompt_file)
+        # Every input is resolved (found or downloaded) before anything is converted: a typo fails in seconds.
+        eval_inputs = eval_sets.resolve_eval_inputs(names, input_dir=args.input_dir, hf_repo_id=args.eval_hf_repo_id)
+        train_inputs = convert.resolve_inputs(splits, input_dir=args.input_dir, hf_repo_id=args.hf_repo_id)
+        progress = not args.no_progress
+        summaries = convert.convert_splits(
+            train_inputs,
             args.local_dir,
-            input_dir=args.input_dir,
-            hf_repo_id=args.hf_repo_id,
-            system_prompt=convert.read_system_prompt(args.system_prompt_file),
+            system_prompt=system_prompt,
             max_rows=args.max_samples,
             batch_size=args.batch_size,
-            progress=not args.no_progress,
+            progress=progress,
+        )
+        summaries += eval_sets.convert_eval_sets(
+            eval_inputs,
+            args.local_dir,
+            system_prompt=system_prompt,
+            max_rows=args.eval_max_samples,
+            batch_size=args.batch_size,
+            progress=progress,
         )
     except convert.DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     for summary in summaries:
         print(summary.format())
     empty = [s.split for s in summaries if s.rows_out == 0]
     if empty:
-        print(f"error: no usable rows in split(s) {empty}", file=sys.stderr)
+        print(f"error: no usable rows in {', '.join(empty)}", file=sys.stderr)
         return 1
     return run_check([s.output_path for s in summaries], args.batch_size)
 

@@ -168,6 +168,11 @@ def check_file(path: Path, *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Prob
     slime uses pyarrow's default batch size; the rows ``to_pylist()`` yields do not depend on it, so a smaller one
     only bounds memory (the default 65,536-row batches of chat prompts take about 1 GB as Python objects).
     """
+    path = Path(path)
+    if not path.exists():
+        return [Problem(None, "<file>", "does not exist")]
+    if path.is_dir():
+        return [Problem(None, "<file>", "is a folder, not a parquet file")]
     try:
         parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,13 +237,31 @@ def _snippet(row: dict[str, Any], limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    """``path`` opened as parquet, or a :class:`DataError` saying so: a wrong file (a jsonl, a download page) is a
+    mistake in the input folder, not a bug, and deserves one line rather than pyarrow's traceback."""
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(
+            f"{path} cannot be read as parquet ({exc}); the training input must be Search-R1 <split>.parquet files"
+        ) from exc
+
+
 def _iter_rows(path: Path, *, batch_size: int, max_rows: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
-    parquet = pq.ParquetFile(path)
+    parquet = _open_parquet(path)
     columns = [name for name in INPUT_COLUMNS if name in parquet.schema_arrow.names]
     if "question" not in columns:
         raise DataError(f"{path} has no 'question' column (columns: {parquet.schema_arrow.names})")
     index = 0
-    for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+    batches = parquet.iter_batches(batch_size=batch_size, columns=columns)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (OSError, pa.ArrowException) as exc:  # a truncated or corrupt file fails part-way
+            raise DataError(f"{path} is damaged: reading failed after {index} rows ({exc}); download it again") from exc
+        if batch is None:
+            return
         for row in batch.to_pylist():
             if max_rows is not None and index >= max_rows:
                 return
@@ -261,41 +279,65 @@ def convert_file(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
 ) -> SplitSummary:
-    """Stream ``input_path`` into ``output_path`` batch by batch, so memory stays flat however large the input.
-
-    The output is written to a temporary name and renamed at the end: an interrupted run never leaves a partial file
-    that looks complete.
-    """
-    if batch_size < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    """Stream the upstream parquet ``input_path`` into ``output_path`` (see :func:`stream_convert`)."""
     if max_rows is not None and max_rows < 0:
         raise DataError(f"max_samples must be >= 0, got {max_rows}")
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise DataError(f"input file not found: {input_path}")
-    summary = SplitSummary(split=split, input_path=input_path, output_path=output_path)
-    total = pq.ParquetFile(input_path).metadata.num_rows
+    total = _open_parquet(input_path).metadata.num_rows
     if max_rows is not None:
         total = min(total, max_rows)
+    return stream_convert(
+        _iter_rows(input_path, batch_size=batch_size, max_rows=max_rows),
+        SplitSummary(split=split, input_path=input_path, output_path=output_path),
+        convert=lambda index, row: convert_row(row, split=split, index=index, system_prompt=system_prompt),
+        snippet=_snippet,
+        total=total,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
+
+def stream_convert(
+    rows: Iterator[tuple[int, Any]],
+    summary: SplitSummary,
+    *,
+    convert: Callable[[int, Any], ConvertedRow],
+    snippet: Callable[[Any], str],
+    total: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+) -> SplitSummary:
+    """Convert ``(index, input row)`` pairs into ``summary.output_path`` batch by batch, so memory stays flat however
+    large the input; rejections are counted in ``summary``.
+
+    One loop for the training parquet and the FlashRAG eval jsonl (:mod:`search_r1_data.eval_sets`): both sides
+    produce their rows through ``convert`` (built on :func:`convert_row`), so the files have the same form and the
+    same accounting. The output is written to a temporary name and renamed at the end: an interrupted run never
+    leaves a partial file that looks complete.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    output_path = Path(summary.output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = output_path.with_name(output_path.name + ".tmp")
     buffer: list[dict[str, Any]] = []
     try:
         with (
             pq.ParquetWriter(tmp_path, OUTPUT_SCHEMA) as writer,
-            tqdm(total=total, desc=f"{split}", unit="rows", disable=not progress) as bar,
+            tqdm(total=total, desc=summary.split, unit="rows", disable=not progress) as bar,
         ):
-            for index, row in _iter_rows(input_path, batch_size=batch_size, max_rows=max_rows):
+            for index, row in rows:
                 summary.rows_in += 1
                 bar.update(1)
                 try:
-                    converted = convert_row(row, split=split, index=index, system_prompt=system_prompt)
+                    converted = convert(index, row)
                 except RowRejected as exc:
                     reason = str(exc)
                     summary.rejected[reason] += 1
                     if len(summary.rejected_examples) < MAX_EXAMPLES:
-                        summary.rejected_examples.append((index, reason, _snippet(row)))
+                        summary.rejected_examples.append((index, reason, snippet(row)))
                     continue
                 summary.per_source[converted.row["data_source"]] += 1
                 summary.target_origin[converted.target_origin] += 1
@@ -310,7 +352,9 @@ def convert_file(
         os.replace(tmp_path, output_path)
     finally:
         tmp_path.unlink(missing_ok=True)
-    logger.info("%s: %d rows in, %d out, %d rejected", split, summary.rows_in, summary.rows_out, summary.rows_rejected)
+    logger.info(
+        "%s: %d rows in, %d out, %d rejected", summary.split, summary.rows_in, summary.rows_out, summary.rows_rejected
+    )
     return summary
 
 
@@ -369,19 +413,21 @@ def read_system_prompt(path: Path | None) -> str:
 # Whole run
 
 
-def preprocess(
-    splits: list[str],
+def resolve_inputs(splits: list[str], *, input_dir: Path | None, hf_repo_id: str) -> dict[str, Path]:
+    """Every split's local input, resolved before any conversion so a typo or a missing file fails fast."""
+    return {split: resolve_input(split, input_dir=input_dir, hf_repo_id=hf_repo_id) for split in splits}
+
+
+def convert_splits(
+    inputs: dict[str, Path],
     local_dir: Path,
     *,
-    input_dir: Path | None = None,
-    hf_repo_id: str = DEFAULT_HF_REPO_ID,
     system_prompt: str = SYSTEM_PROMPT,
     max_rows: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
 ) -> list[SplitSummary]:
-    """Convert every split into ``local_dir/<split>.parquet``; inputs are all resolved first so a typo fails fast."""
-    inputs = {split: resolve_input(split, input_dir=input_dir, hf_repo_id=hf_repo_id) for split in splits}
+    """Convert each resolved ``<split>.parquet`` into ``local_dir/<split>.parquet``."""
     return [
         convert_file(
             path,
@@ -394,3 +440,25 @@ def preprocess(
         )
         for split, path in inputs.items()
     ]
+
+
+def preprocess(
+    splits: list[str],
+    local_dir: Path,
+    *,
+    input_dir: Path | None = None,
+    hf_repo_id: str = DEFAULT_HF_REPO_ID,
+    system_prompt: str = SYSTEM_PROMPT,
+    max_rows: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+) -> list[SplitSummary]:
+    """Convert every split into ``local_dir/<split>.parquet``; inputs are all resolved first so a typo fails fast."""
+    return convert_splits(
+        resolve_inputs(splits, input_dir=input_dir, hf_repo_id=hf_repo_id),
+        local_dir,
+        system_prompt=system_prompt,
+        max_rows=max_rows,
+        batch_size=batch_size,
+        progress=progress,
+    )

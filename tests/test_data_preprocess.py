@@ -357,3 +357,77 @@ def test_help_explains_every_flag() -> None:
         "--check",
     ):
         assert flag in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# newcomer mistakes: one `error:` line saying what to do, exit 2, no traceback
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def test_non_parquet_input_is_one_line(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "train.parquet").write_text('{"question": "a jsonl, renamed"}\n')
+    result = run_cli("--input_dir", inputs, "--splits", "train", "--local_dir", tmp_path / "out")
+    assert result.returncode == 2
+    line = _one_error_line(result.stderr)
+    assert f"{inputs / 'train.parquet'} cannot be read as parquet" in line
+    assert "<split>.parquet" in line
+    assert not (tmp_path / "out" / "train.parquet").exists()
+
+
+def test_damaged_parquet_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [upstream_row(i, f"question {i}", [f"answer {i}"]) for i in range(200)]
+    source = tmp_path / "in" / "train.parquet"
+    source.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist([_plain(r) for r in rows]), source, row_group_size=50)
+    data = source.read_bytes()
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    # the footer stays and the pages after the first third are zeroed: the file opens, then reading fails
+    damaged = data[: footer // 3] + b"\0" * (footer - footer // 3) + data[footer:]
+    source.write_bytes(damaged)
+    argv = ["--input_dir", str(source.parent), "--splits", "train", "--local_dir", str(tmp_path / "out")]
+    assert data_preprocess.main([*argv, "--no_progress"]) == 2
+    assert f"{source} is damaged: reading failed after" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out" / "train.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--max_samples", "0"),
+        ("--max_samples", "-3"),
+        ("--max_samples", "ten"),
+        ("--batch_size", "0"),
+        ("--eval_max_samples", "0"),
+    ],
+)
+def test_numeric_flags_are_bounded_at_parse_time(
+    flag: str, value: str, upstream_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--input_dir", str(upstream_dir), "--local_dir", str(tmp_path / "out"), "--no_progress", flag, value]
+    assert data_preprocess.main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"argument {flag}: must be an integer >= 1" in line and "--help" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_on_a_missing_file_says_it_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "data" / "train.parquet"
+    assert data_preprocess.main(["--check", str(missing)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{missing} does not exist" in line and "cannot be read as parquet" not in line
+    assert [str(p) for p in check.check_file(missing)] == ["file: <file>: does not exist"]
+    assert [str(p) for p in check.check_file(tmp_path)] == ["file: <file>: is a folder, not a parquet file"]
+
+
+def test_misuse_through_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    result = run_cli("--max_samples", "0", "--local_dir", tmp_path / "out")
+    assert result.returncode == 2
+    assert "--max_samples: must be an integer >= 1, got 0" in _one_error_line(result.stderr)
