@@ -125,7 +125,7 @@ def format_search_results(queries: list[str], results: list[list[Passage]]) -> s
 
 _ADDRESS = re.compile(
     r"\b[a-z][a-z0-9+.-]*://\S+"  # any URL
-    r"|\[[0-9a-f:.]+\](?::\d+)?"  # [IPv6](:port)
+    r"|\[[0-9a-f.]*:[0-9a-f:.]*\](?::\d+)?"  # [IPv6](:port); a colon inside, so "queries[1]" is no address
     r"|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"  # IPv4(:port)
     r"|\blocalhost(?::\d+)?\b",
     re.IGNORECASE,

@@ -312,6 +312,7 @@ async def test_addresses_in_the_servers_own_message_are_blanked() -> None:
 def test_scrub_addresses_keeps_ordinary_numbers() -> None:
     text = "120 queries already waiting (limit 100); retry later"
     assert scrub_addresses(text) == text
+    assert scrub_addresses("queries[1] is too long, [2001:db8::7]:9 down") == "queries[1] is too long, <address> down"
     assert scrub_addresses("at https://x.example/a?b=1 now") == "at <address> now"
     assert scrub_addresses("host gpu-node-3:8000 down", ("gpu-node-3",)) == "host <address> down"
 

@@ -174,11 +174,6 @@ async def test_too_long_query_is_a_422_with_the_server_message(engine: StubEngin
     assert engine.calls == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="search_client.scrub_addresses takes the index in 'queries[1]' for a bracketed IPv6 address "
-    "and the policy reads 'queries<address>'",
-)
 async def test_server_message_keeps_the_position_of_the_bad_query(url: str) -> None:
     with pytest.raises(SearchError) as caught:
         await client_for(url).retrieve(["fine", "x" * (MAX_QUERY_CHARS + 1)])
