@@ -11,6 +11,7 @@ without slime. slime is imported where it is used, so the mapping functions are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from argparse import Namespace
@@ -98,12 +99,14 @@ async def rollout_sample(
     return sample
 
 
-def _tools_of(metadata: dict[str, Any]) -> list[dict] | None:
-    """slime puts the parquet ``tools`` column (a JSON string) in ``metadata["tools"]``."""
+def _tools_of(metadata: dict[str, Any]) -> Any:
+    """slime puts the parquet ``tools`` column (a JSON string) in ``metadata["tools"]``; anything unreadable is
+    passed on as it is, for the core to fail the sample with a message rather than raise into slime."""
     tools = metadata.get("tools")
     if isinstance(tools, str):
-        tools = json.loads(tools)
-    return list(tools) if tools else None
+        with contextlib.suppress(json.JSONDecodeError):
+            tools = json.loads(tools)
+    return tools
 
 
 def _resume_state(sample: Sample) -> RolloutState | None:

@@ -59,21 +59,33 @@ async def run_rollout(
     ``sampling_params`` are slime's (SGLang-native names; ``max_new_tokens`` caps each turn). ``is_aborted`` is
     asked before every turn; when it turns true the result is ABORTED with the state to resume from.
     """
-    tools = list(tools) if tools else [SEARCH_TOOL]
+    schemas: list[dict] = []
     stop: Stop
     try:
+        schemas = _tool_schemas(tools)
         state = state or RolloutState.start(messages)
-        stop = await _loop(context, state, tools, sampling_params, is_aborted)
+        stop = await _loop(context, state, schemas, sampling_params, is_aborted)
     except Exception as exc:  # nothing may escape into slime's rollout step
         logger.exception("rollout failed")
         stop = _failed(f"{type(exc).__name__}: {exc}", "internal_error")
     try:
-        result = _result(context, state, tools, stop)
+        result = _result(context, state, schemas, stop)
     except Exception as exc:  # same: report, never raise
         logger.exception("could not finish the rollout")
         result = _empty_result(f"{type(exc).__name__}: {exc}", stop.reason, state)
     _maybe_log(context, result, evaluation)
     return result
+
+
+def _tool_schemas(tools: Any) -> list[dict]:
+    """The OpenAI function schemas the policy is offered (``search`` when none are given)."""
+    if not tools:
+        return [SEARCH_TOOL]
+    if not isinstance(tools, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name") for t in tools
+    ):
+        raise ValueError(f"tools must be a list of OpenAI function schemas, got {str(tools)[:200]!r}")
+    return list(tools)
 
 
 async def _loop(

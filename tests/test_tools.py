@@ -94,3 +94,17 @@ async def test_a_rollout_with_an_added_tool(qwen_tokenizer) -> None:
         "content": "5",
     }
     assert "calc" in mock.requests_for(question)[0].body["tools"][1]["function"]["name"]
+
+
+async def test_unreadable_tools_fail_the_sample_without_raising(qwen_tokenizer) -> None:
+    from generate_with_search_oai import rollout_sample
+
+    context = RolloutContext(FAST, qwen_tokenizer, "http://127.0.0.1:9")
+    for bad in ("[{not json", [{"type": "function"}], 42):
+        sample = new_sample("Who?")
+        sample.metadata["tools"] = bad
+        await rollout_sample(context, sample, dict(SAMPLING))
+        assert sample.status.name == "FAILED" and sample.remove_sample is True
+        assert "tools must be a list of OpenAI function schemas" in sample.metadata["error"]
+        assert sample.response_length == len(sample.loss_mask) == 1 and len(sample.tokens) > 1, "placeholder tensors"
+    await context.aclose()
