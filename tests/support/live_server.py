@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -13,6 +14,32 @@ from typing import Any, Literal
 import uvicorn
 
 logger = logging.getLogger(__name__)
+
+
+class _QuickServer(uvicorn.Server):
+    """uvicorn's server, stopping in milliseconds instead of about 0.2 s: the suite starts and stops hundreds.
+
+    uvicorn notices ``should_exit`` on a 0.1 s tick and then always waits another 0.1 s for connections to finish;
+    here the tick is 5 ms and, when no request is in flight, idle connections are closed at once. A request still
+    running is drained by uvicorn's own shutdown, as before."""
+
+    async def main_loop(self) -> None:
+        ticks = 0
+        while not await self.on_tick(ticks):
+            ticks = (ticks + 1) % 864000
+            await asyncio.sleep(0.005)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.server_state.tasks:
+            await super().shutdown(sockets)
+            return
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        await self.lifespan.shutdown()
 
 
 def free_port() -> int:
@@ -42,7 +69,7 @@ def serve_app(
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)
-    server = uvicorn.Server(config)
+    server = _QuickServer(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"{name}-{port}", daemon=True)
     thread.start()
     try:
