@@ -51,8 +51,9 @@ def check_data(path: Path) -> tuple[Check, dict[str, Any] | None]:
         shown = "; ".join(str(p) for p in problems[:3])
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         return Check("data", False, f"{path}: {shown}{more}", fix), None
-    first = pq.ParquetFile(path).read_row_group(0).slice(0, 1).to_pylist()[0]
-    rows = pq.ParquetFile(path).metadata.num_rows
+    parquet = pq.ParquetFile(path)
+    first = parquet.read_row_group(0).slice(0, 1).to_pylist()[0]
+    rows = parquet.metadata.num_rows
     return Check("data", True, f"{path}: {rows} rows read as slime reads them"), first
 
 
