@@ -113,3 +113,18 @@ def test_logic_package_imports_without_slime() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_only_the_adapter_knows_slimes_sample() -> None:
+    """The core, data and evaluation packages never touch a Sample: no name ``Sample``, none of its fields."""
+    import ast
+
+    sample_fields = {"Sample", "Status", "remove_sample", "rollout_log_probs"}
+    offenders = []
+    for package in ("search_r1_oai", "search_r1_data", "search_r1_eval"):
+        for path in sorted((PROJECT / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+                if name in sample_fields:
+                    offenders.append(f"{path.relative_to(PROJECT)}:{node.lineno} {name}")
+    assert offenders == []
