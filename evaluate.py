@@ -21,8 +21,8 @@ from pathlib import Path
 from search_r1_eval.dataset import EvalDataError, load_items
 from search_r1_eval.plot import plot_summary
 from search_r1_eval.report import compare, render_table, summarize, write_summary
-from search_r1_eval.runner import read_results, run_evaluation
-from search_r1_oai.config import ConfigError, load_settings
+from search_r1_eval.runner import read_results, run_evaluation, sampling_params
+from search_r1_oai.config import ConfigError, load_settings_with_urls
 
 
 def _positive(text: str) -> int:
@@ -83,11 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare is not None:
         return _compare(args.compare)
     try:
-        settings = load_settings()
-        overrides = {"concurrency": max(settings.concurrency, args.concurrency)}
-        if args.retrieval_url:
-            overrides["retrieval_urls"] = load_settings(env={"RETRIEVAL_SERVER_URL": args.retrieval_url}).retrieval_urls
-        settings = dataclasses.replace(settings, **overrides)
+        settings = load_settings_with_urls(args.retrieval_url)
+        settings = dataclasses.replace(settings, concurrency=max(settings.concurrency, args.concurrency))
         items = [item for path in args.data for item in load_items(path, args.max_samples)]
     except (ConfigError, EvalDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from search_r1_oai.context import RolloutContext
 
     context = RolloutContext(settings, AutoTokenizer.from_pretrained(args.tokenizer), args.policy_url)
-    sampling = {"temperature": args.temperature, "top_p": 1.0, "top_k": -1, "max_new_tokens": args.max_new_tokens}
+    sampling = sampling_params(args.max_new_tokens, args.temperature)
     results = args.out / "results.jsonl"
     print(f"{len(items)} samples from {len(args.data)} file(s); results in {results}", flush=True)
     interrupted = False

@@ -48,6 +48,12 @@ def rollout_context(args: Namespace, tokenizer: Any) -> RolloutContext:
     return _CONTEXT
 
 
+def _settings(args: Namespace) -> Settings:
+    """The rollout context's settings once a sample has built it, else read from ``args`` (reward or logging in a
+    process that generated nothing)."""
+    return _CONTEXT.settings if _CONTEXT is not None else load_settings(args)
+
+
 async def generate(
     args: Namespace, sample: Sample, sampling_params: dict[str, Any], evaluation: bool = False
 ) -> Sample:
@@ -65,7 +71,7 @@ async def generate(
 
 async def reward_func(args: Namespace, sample: Sample | list[Sample], **kwargs: Any) -> float | list[float]:
     """Search-R1 exact-match reward with format score; a list of samples gives a list of rewards in order."""
-    settings: Settings = kwargs.get("settings") or (_CONTEXT.settings if _CONTEXT is not None else load_settings(args))
+    settings: Settings = kwargs.get("settings") or _settings(args)
     if isinstance(sample, list):
         return [score_sample(s, settings.format_score) for s in sample]
     return score_sample(sample, settings.format_score)
@@ -154,6 +160,12 @@ def apply_result(sample: Sample, result: RolloutResult) -> None:
         metadata.pop(STATE_KEY, None)
 
 
+def _outcome_of(sample: Sample) -> tuple[Outcome | None, str]:
+    """The core's outcome for the sample's status (``None`` for slime's other statuses) and the status name."""
+    status = getattr(getattr(sample, "status", None), "name", "")
+    return (Outcome[status] if status in Outcome.__members__ else None), status
+
+
 def score_sample(sample: Sample, format_score: float) -> float:
     """The reward of one sample, read from what :func:`apply_result` wrote; EM, F1 and the predicted answer are
     added to its metadata for evaluation."""
@@ -162,9 +174,8 @@ def score_sample(sample: Sample, format_score: float) -> float:
     metadata = sample.metadata
     stats = RolloutStats.from_dict(metadata)
     final_text = str(metadata["final_content"]) if "final_content" in metadata else (sample.response or "")
-    status = getattr(getattr(sample, "status", None), "name", "")
+    outcome, status = _outcome_of(sample)
     # PENDING: a sample that never went through generate() (its text is judged as it stands).
-    outcome = Outcome[status] if status in Outcome.__members__ else None
     well_formed = (outcome is not None or status == "PENDING") and is_well_formed(
         final_text, outcome, metadata.get("stop_reason", "answer"), stats.bad_tool_calls
     )
@@ -182,11 +193,10 @@ def score_sample(sample: Sample, format_score: float) -> float:
 def finished_of(sample: Sample) -> Finished:
     """What the metrics read of a finished (and scored) sample."""
     metadata = sample.metadata or {}
-    status = getattr(getattr(sample, "status", None), "name", "")
     reward = sample.reward if isinstance(sample.reward, int | float) else None
     return Finished(
         data_source=str(metadata.get("data_source") or "unknown"),
-        outcome=Outcome[status] if status in Outcome.__members__ else None,
+        outcome=_outcome_of(sample)[0],
         stats=RolloutStats.from_dict(metadata),
         reward=None if reward is None else float(reward),
         em=metadata.get("em"),
@@ -220,7 +230,7 @@ def log_rollout_metrics(
     """slime's ``--custom-rollout-log-function-path``: adds ``rollout/search/*``; returns False so slime still
     logs its own metrics."""
     finished = [finished_of(s) for s in _flat(samples)]
-    metrics = search_metrics(finished, load_settings(args).format_score)
+    metrics = search_metrics(finished, _settings(args).format_score)
     _publish(
         args, rollout_id, {f"rollout/search/{k}": v for k, v in metrics.items()}, rollout_extra_metrics, "rollout/step"
     )
@@ -232,7 +242,7 @@ def log_eval_metrics(
 ) -> bool:
     """slime's ``--custom-eval-rollout-log-function-path``: adds ``eval/<set>/search/*`` per evaluation set;
     returns False so slime still logs its own eval rewards."""
-    format_score = load_settings(args).format_score
+    format_score = _settings(args).format_score
     metrics: dict[str, float] = {}
     for name, result in data.items():
         finished = [finished_of(s) for s in _flat(result.get("samples"))]

@@ -231,10 +231,15 @@ class SplitSummary:
         return "\n".join(lines)
 
 
-def _snippet(row: dict[str, Any], limit: int = 160) -> str:
-    shown = {key: row.get(key) for key in INPUT_COLUMNS if key in row}
-    text = json.dumps(shown, ensure_ascii=False, default=str)
+def shorten(text: str, limit: int = 160) -> str:
+    """``text`` cut to ``limit`` characters with ``...`` (a rejected row as the summary shows it)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _snippet(row: dict[str, Any]) -> str:
+    return shorten(
+        json.dumps({key: row.get(key) for key in INPUT_COLUMNS if key in row}, ensure_ascii=False, default=str)
+    )
 
 
 def _open_parquet(path: Path) -> pq.ParquetFile:

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from search_r1_data.check import DEFAULT_BATCH_SIZE
-from search_r1_data.convert import ConvertedRow, DataError, RowRejected, SplitSummary, convert_row, stream_convert
+from search_r1_data.convert import (
+    ConvertedRow,
+    DataError,
+    RowRejected,
+    SplitSummary,
+    convert_row,
+    shorten,
+    stream_convert,
+)
 from search_r1_oai.prompts import SYSTEM_PROMPT
 
 DEFAULT_EVAL_HF_REPO_ID = "RUC-NLPIR/FlashRAG_datasets"
@@ -152,9 +160,8 @@ def convert_line(line: bytes, *, name: str, split: str, index: int, system_promp
     return dataclasses.replace(converted, target_origin=FLASHRAG_ORIGIN)
 
 
-def _line_snippet(line: bytes, limit: int = 160) -> str:
-    text = line.decode("utf-8", errors="replace").strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _line_snippet(line: bytes) -> str:
+    return shorten(line.decode("utf-8", errors="replace").strip())
 
 
 def convert_eval_set(

@@ -21,6 +21,12 @@ from search_r1_oai.reward import score_result
 from search_r1_oai.rollout import run_rollout
 
 
+def sampling_params(max_new_tokens: int, temperature: float = 0.0) -> dict[str, Any]:
+    """slime-style sampling params for evaluation: greedy unless a temperature is given, no truncation of the
+    distribution (the rollout sends every other sampling field at its neutral value)."""
+    return {"temperature": temperature, "top_p": 1.0, "top_k": -1, "max_new_tokens": max_new_tokens}
+
+
 def read_results(path: Path) -> list[dict[str, Any]]:
     """Every complete line of a results file (a line cut off by a crash is ignored and redone)."""
     if not path.exists():

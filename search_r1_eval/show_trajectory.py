@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from search_r1_eval.dataset import EvalDataError, EvalItem, load_items
-from search_r1_oai.config import ConfigError, load_settings
+from search_r1_eval.runner import sampling_params
+from search_r1_oai.config import ConfigError, Settings, load_settings_with_urls
 from search_r1_oai.result import RolloutResult
 from search_r1_oai.reward import score_result
 
@@ -53,19 +53,15 @@ def render_tokens(tokenizer: Any, result: RolloutResult, colour: bool) -> str:
     return "".join(pieces)
 
 
-async def _one(item: EvalItem, args: argparse.Namespace) -> tuple[Any, RolloutResult]:
+async def _one(item: EvalItem, args: argparse.Namespace, settings: Settings) -> tuple[Any, RolloutResult]:
     from transformers import AutoTokenizer
 
     from search_r1_oai.context import RolloutContext
     from search_r1_oai.rollout import run_rollout
 
-    settings = load_settings()
-    if args.retrieval_url:
-        urls = load_settings(env={"RETRIEVAL_SERVER_URL": args.retrieval_url}).retrieval_urls
-        settings = dataclasses.replace(settings, retrieval_urls=urls)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     context = RolloutContext(settings, tokenizer, args.policy_url)
-    sampling = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_new_tokens": args.max_new_tokens}
+    sampling = sampling_params(args.max_new_tokens)
     try:
         return tokenizer, await run_rollout(context, item.messages, sampling, tools=item.tools)
     finally:
@@ -87,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.index < len(items):
             raise EvalDataError(f"{args.data} has {len(items)} rows; --index {args.index} is out of range")
         item = items[args.index]
-        tokenizer, result = asyncio.run(_one(item, args))
+        settings = load_settings_with_urls(args.retrieval_url)
+        tokenizer, result = asyncio.run(_one(item, args, settings))
     except (EvalDataError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     colour = args.colour == "always" or (args.colour == "auto" and sys.stdout.isatty())
-    score = score_result(result, item.label, load_settings().format_score)
+    score = score_result(result, item.label, settings.format_score)
     print("--- messages")
     print(render_messages(result.messages))
     marks = "green" if colour else "[[ ]]"

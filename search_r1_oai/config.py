@@ -310,6 +310,16 @@ def load_settings(args: Any | None = None, env: Mapping[str, str] | None = None)
     return _build(chosen)
 
 
+def load_settings_with_urls(retrieval_urls: str | None, env: Mapping[str, str] | None = None) -> Settings:
+    """The environment's settings with ``RETRIEVAL_SERVER_URL`` replaced by a command line's ``--retrieval-url``
+    (comma-separated), for the tools that run outside slime: evaluate.py, show_trajectory, the preflight."""
+    settings = load_settings(env=env)
+    if not retrieval_urls:
+        return settings
+    urls = load_settings(env={"RETRIEVAL_SERVER_URL": retrieval_urls}).retrieval_urls
+    return dataclasses.replace(settings, retrieval_urls=urls)
+
+
 def _build(chosen: Mapping[Knob, tuple[Any, _Source | None]]) -> Settings:
     values: dict[str, Any] = {}
     for knob, (value, _) in chosen.items():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search_r1_oai.config import ConfigError, Settings, load_settings
+from search_r1_oai.config import ConfigError, Settings, load_settings_with_urls
 from search_r1_oai.prompts import SEARCH_TOOL, SEARCH_TOOL_NAME, build_messages
 
 # Asked of the retriever and the policy when no data file gives a question.
@@ -108,7 +108,6 @@ async def check_policy(settings: Settings, tokenizer: Any, policy_url: str, mess
         if not first.has_token_ids or first.prompt_ids is None:
             return Check("policy", False, f"{policy_url} returns no token ids (prompt_token_ids / meta_info)", fix)
         ids = first.prompt_ids + (first.output_ids or [])
-        body = chat.build_request(messages, [SEARCH_TOOL], dict(NEUTRAL_SAMPLING), 1, return_prompt_ids=True)
         second = await chat.complete(body, "[" + ",".join(map(str, ids)) + "]")
         if second.prompt_ids != ids:
             return Check("policy", False, f"{policy_url} does not condition on the input_ids sent", fix)
@@ -187,10 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_response_len is not None and args.max_response_len < 1:
         parser.error("--max-response-len must be >= 1")
     try:
-        settings = load_settings()
-        if args.retrieval_url:
-            urls = load_settings(env={"RETRIEVAL_SERVER_URL": args.retrieval_url}).retrieval_urls
-            settings = dataclasses.replace(settings, retrieval_urls=urls)
+        settings = load_settings_with_urls(args.retrieval_url)
     except ConfigError as exc:
         print(f"FAIL  settings: {exc}", flush=True)
         return 1
