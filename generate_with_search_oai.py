@@ -140,10 +140,11 @@ def apply_result(sample: Sample, result: RolloutResult) -> None:
     reason and error, the state to resume from)."""
     sample.status = getattr(sample.Status, result.outcome.name)
     if result.tokens or result.outcome is not Outcome.ABORTED:
-        sample.tokens = list(result.tokens)
+        # The result's lists are its own copies of the token state: handed over, not copied again.
+        sample.tokens = result.tokens
         sample.response_length = result.response_length
-        sample.loss_mask = list(result.loss_mask)
-        sample.rollout_log_probs = list(result.log_probs)
+        sample.loss_mask = result.loss_mask
+        sample.rollout_log_probs = result.log_probs
         sample.response = result.response
     if not result.train and hasattr(sample, "remove_sample"):
         sample.remove_sample = True
