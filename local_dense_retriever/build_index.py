@@ -1,8 +1,11 @@
 """Encode a jsonl corpus into a FAISS inner-product index (resumable).
 
 Passages are encoded in shards that are saved as .npy files in a work dir as they finish, so an
-interrupted run (wiki-18 takes hours even on a GPU) resumes where it stopped. The index is built from the
-shards at the end. Vector i is corpus line i, which is what retrieval_server.py assumes.
+interrupted run (wiki-18 takes hours even on a GPU) resumes where it stopped. Each shard has a fingerprint
+(shard_N.json: a hash of the exact texts it encoded, the encoder, max length, pooling, dtype); a rerun reuses
+only shards whose fingerprint matches and re-encodes the others, saying why (e.g. the corpus changed since).
+One build per work dir at a time: a second is refused. The index is built from the shards at the end and
+appears under its name only when complete. Vector i is corpus line i, which is what retrieval_server.py assumes.
 
 Index types (--index_type, any FAISS factory string; all use inner product on L2-normalised vectors):
   Flat          exact search, recall 100%. 4*dim bytes per passage (wiki-18 x 768: 64.6 GB); the server
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -34,6 +38,7 @@ from tqdm import tqdm
 from retriever.corpus import Corpus
 from retriever.encoder import ENCODER_SPECS, Encoder, set_cpu_threads
 from retriever.settings import DEFAULT_RETRIEVER_MODEL, existing_file, in_range
+from retriever_download.files import FolderBusy, atomic_path, folder_lock, remove_stale_temps
 
 if TYPE_CHECKING:  # imported at run time only after main() set OMP_WAIT_POLICY for FAISS' OpenMP runtime
     import faiss
@@ -98,11 +103,79 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def encoding_identity(encoder: Encoder) -> dict[str, Any]:
+    """Everything besides the passages that decides a vector: a shard encoded otherwise must not be reused."""
+    return {
+        "model": encoder.model_name,
+        "encoder": asdict(encoder.spec),  # prefixes, pooling, normalisation
+        "max_length": encoder.max_length,
+        "dtype": "float16" if encoder.fp16 else "float32",
+        "dim": encoder.dim,
+    }
+
+
+def lines_digest(texts: list[str]) -> str:
+    """SHA-256 of exactly the texts a shard encodes (length-prefixed, so no two lists share a digest)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8", errors="surrogatepass")  # a JSON "\\ud800" escape must not crash the hash
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _fingerprint_path(shard: Path) -> Path:
+    return shard.with_suffix(".json")
+
+
+def shard_mismatch(shard: Path, fingerprint: dict[str, Any]) -> str | None:
+    """Why the saved ``shard`` cannot be reused for ``fingerprint`` (None: it can)."""
+    try:
+        saved = json.loads(_fingerprint_path(shard).read_text())
+    except FileNotFoundError:
+        return "has no fingerprint (written by an older build_index.py, or killed before it was recorded)"
+    except (OSError, ValueError) as exc:
+        return f"its fingerprint is unreadable ({exc})"
+    if not isinstance(saved, dict):
+        return "its fingerprint is not a JSON object"
+    if saved.get("rows") != fingerprint["rows"]:
+        return f"holds rows {saved.get('rows')}, not {fingerprint['rows']}"
+    encoding, was = fingerprint["encoding"], saved.get("encoding")
+    if was != encoding:
+        was = was if isinstance(was, dict) else {}
+        changed = ", ".join(
+            f"{key} {was.get(key)!r} -> {encoding[key]!r}" for key in encoding if was.get(key) != encoding[key]
+        )
+        return f"encoded with other settings ({changed or 'unknown fields'})"
+    if saved.get("lines_sha256") != fingerprint["lines_sha256"]:
+        return "built from other lines (the corpus changed since)"
+    try:
+        shape = np.load(shard, mmap_mode="r").shape
+    except (OSError, ValueError) as exc:
+        return f"its vectors are unreadable ({exc})"
+    want = (fingerprint["rows"][1] - fingerprint["rows"][0], encoding["dim"])
+    if shape != want:
+        return f"holds vectors of shape {shape}, not {want}"
+    return None
+
+
+def _write_shard(shard: Path, vectors: np.ndarray, fingerprint: dict[str, Any]) -> None:
+    """Vectors first, fingerprint last: a shard without a matching fingerprint is never reused."""
+    _fingerprint_path(shard).unlink(missing_ok=True)  # the old one must not vouch for the new vectors
+    with atomic_path(shard) as tmp, tmp.open("wb") as handle:
+        np.save(handle, vectors)
+    with atomic_path(_fingerprint_path(shard)) as tmp:
+        tmp.write_text(json.dumps(fingerprint))
+
+
 def encode_shards(corpus: Corpus, encoder: Encoder, work_dir: Path, shard_size: int) -> list[Path]:
-    """Encode every shard that is not on disk yet; return all shard paths in order."""
+    """Encode every shard that is not on disk yet, or not from the same lines and encoding; return all shard paths.
+
+    The caller holds ``work_dir``'s lock, so no other build writes here.
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     meta_path = work_dir / "meta.json"
-    # Everything that changes a vector: shards of another encoder or prefix would mix silently into the index.
+    # Whole-run settings: another encoder, shard size or corpus length is refused rather than re-encoded.
     meta = {
         "passages": len(corpus),
         "shard_size": shard_size,
@@ -119,29 +192,36 @@ def encode_shards(corpus: Corpus, encoder: Encoder, work_dir: Path, shard_size: 
                 f"{work_dir} holds shards of another run (different {', '.join(differs)}): "
                 "use another --work_dir, or delete it to start over"
             )
-    meta_path.write_text(json.dumps(meta))
+    remove_stale_temps(meta_path)
+    with atomic_path(meta_path) as tmp:
+        tmp.write_text(json.dumps(meta))
 
+    identity = encoding_identity(encoder)
     shards = [work_dir / f"shard_{i:05d}.npy" for i in range((len(corpus) + shard_size - 1) // shard_size)]
-    done = sum(1 for shard in shards if shard.exists())
-    if done:
-        logger.info("resuming: %d of %d shards already encoded", done, len(shards))
-    with tqdm(total=len(corpus), initial=min(done * shard_size, len(corpus)), unit="passage", desc="encoding") as bar:
+    reused = 0
+    with tqdm(total=len(corpus), unit="passage", desc="encoding") as bar:
         for number, shard in enumerate(shards):
-            if shard.exists():
-                continue
+            remove_stale_temps(shard)
+            remove_stale_temps(_fingerprint_path(shard))
             rows = range(number * shard_size, min((number + 1) * shard_size, len(corpus)))
+            # The same wiki-18 ``"Title"\ntext`` form the server returns as ``contents``, for any corpus shape.
+            texts = [corpus.doc(row)["contents"] for row in rows]
+            fingerprint = {"rows": [rows.start, rows.stop], "lines_sha256": lines_digest(texts), "encoding": identity}
+            if shard.exists():
+                why = shard_mismatch(shard, fingerprint)
+                if why is None:
+                    reused += 1
+                    bar.update(len(rows))
+                    continue
+                logger.warning("shard %d: %s - re-encoding", number, why)
             vectors = np.empty((len(rows), encoder.dim), dtype=np.float32)
             for start in range(0, len(rows), encoder.batch_size):
-                batch = rows[start : start + encoder.batch_size]
-                # The same wiki-18 ``"Title"\ntext`` form the server returns as ``contents``, for any corpus shape.
-                vectors[start : start + len(batch)] = encoder.encode_passages(
-                    [corpus.doc(row)["contents"] for row in batch]
-                )
+                batch = texts[start : start + encoder.batch_size]
+                vectors[start : start + len(batch)] = encoder.encode_passages(batch)
                 bar.update(len(batch))
-            tmp = shard.with_name(shard.name + ".tmp")
-            with tmp.open("wb") as handle:
-                np.save(handle, vectors)
-            os.replace(tmp, shard)
+            _write_shard(shard, vectors, fingerprint)
+    if reused:
+        logger.info("resumed: %d of %d shards reused (same lines, same encoding)", reused, len(shards))
     return shards
 
 
@@ -187,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
 
     set_cpu_threads(None)
-    work_dir = args.work_dir or args.index_path.with_name(args.index_path.name + ".shards")
+    default_work_dir = args.index_path.with_name(args.index_path.name + ".shards")
+    work_dir = args.work_dir or default_work_dir
     corpus = Corpus(args.corpus_path)
     if len(corpus) == 0:
         raise SystemExit(f"{args.corpus_path} has no passages")
@@ -199,20 +280,29 @@ def main(argv: list[str] | None = None) -> int:
         max_length=args.max_length,
         batch_size=args.batch_size,
     )
-    shards = encode_shards(corpus, encoder, work_dir, args.shard_size)
-    index = build_index(shards, encoder.dim, args.index_type, args.train_size)
-    set_search_params(index, nprobe=args.nprobe, ef_search=args.ef_search)
+    work_dir.mkdir(parents=True, exist_ok=True)
     args.index_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.index_path.with_name(args.index_path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, args.index_path)
-    logger.info("wrote %s: %s with %d vectors of dim %d", args.index_path, args.index_type, index.ntotal, index.d)
-    if not args.keep_shards:
-        for shard in shards:
-            shard.unlink(missing_ok=True)
-        (work_dir / "meta.json").unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            work_dir.rmdir()
+    try:
+        with folder_lock(work_dir, "another build_index.py is writing shards"):
+            if work_dir == default_work_dir:  # the lock on the index's own shard folder keeps its other writers out
+                remove_stale_temps(args.index_path)
+            shards = encode_shards(corpus, encoder, work_dir, args.shard_size)
+            index = build_index(shards, encoder.dim, args.index_type, args.train_size)
+            set_search_params(index, nprobe=args.nprobe, ef_search=args.ef_search)
+            with atomic_path(args.index_path) as tmp:
+                faiss.write_index(index, str(tmp))
+            logger.info(
+                "wrote %s: %s with %d vectors of dim %d", args.index_path, args.index_type, index.ntotal, index.d
+            )
+            if not args.keep_shards:
+                for shard in shards:
+                    shard.unlink(missing_ok=True)
+                    _fingerprint_path(shard).unlink(missing_ok=True)
+                (work_dir / "meta.json").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    work_dir.rmdir()
+    except FolderBusy as exc:
+        raise SystemExit(str(exc)) from None
     return 0
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from retriever_download import MANIFEST_NAME, DownloadError, DownloadPlan, check_download, run_download
-from retriever_download.files import exclusive_lock
+from retriever_download.files import atomic_path, exclusive_lock, remove_stale_temps
 from retriever_download.index_check import flat_index_problem
 from tests.support.offline_assets import PROJECT_ROOT
 
@@ -217,6 +217,7 @@ def test_truncated_gzip_is_caught_without_hub_sizes(hub: FakeHub, plan: Download
         hub.run(plan)
     assert not (plan.save_path / "wiki-18.jsonl").exists()
     assert not (plan.save_path / "wiki-18.jsonl.partial").exists()
+    assert not list(plan.save_path.glob(".*.tmp")), "the failed decompression's temporary file is removed"
 
 
 CRASH_POINTS = [
@@ -477,3 +478,20 @@ def test_real_hub_client_against_a_local_hub(local_hub, plan: DownloadPlan, orig
     second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     assert [r for r in requests if "/datasets/" in r] == file_requests, "a complete folder needs no network call"
+
+
+def test_atomic_path_shows_only_complete_files_and_sweeps_what_a_kill_left(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    with atomic_path(target) as first, atomic_path(target) as second:
+        assert first != second and first.parent == second.parent == tmp_path  # two writers never share a name
+        first.write_bytes(b"one")
+        second.write_bytes(b"two")
+    assert target.read_bytes() == b"one" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    (tmp_path / ".out.bin.killed.tmp").write_bytes(b"left by SIGKILL")
+    remove_stale_temps(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import faiss
@@ -13,6 +18,7 @@ import build_index
 from retriever import index as index_module
 from retriever.encoder import Encoder, spec_for
 from retriever.index import SearchIndex, faiss_gpu_count, load_index
+from retriever_download.files import folder_lock
 
 
 def _rss_anon_kb() -> int:
@@ -201,3 +207,92 @@ def test_build_index_help_explains_every_flag():
                  "--keep_shards"):  # fmt: skip
         assert flag in text
     assert "HNSW32" in text and "IVF4096" in text and "recall" in text
+
+
+BUILD_INDEX = Path(build_index.__file__)
+
+
+def _shards_appear(proc: subprocess.Popen, shard: Path, timeout_s: float) -> None:
+    """Wait (bounded) until ``shard``'s fingerprint is written or the build has ended."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and not shard.exists():
+        assert time.monotonic() < deadline, f"{shard} not written within {timeout_s}s"
+        time.sleep(0.05)
+
+
+@pytest.mark.e2e
+def test_interrupted_build_rerun_on_a_changed_corpus_reencodes_what_changed(
+    tmp_path: Path, toy_corpus_files: tuple[Path, Path], minilm_dir: Path, minilm_e5: Encoder
+):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(toy_corpus_files[0].read_bytes())
+    index_path = tmp_path / "toy.index"
+    argv = [sys.executable, str(BUILD_INDEX), *_build_argv(corpus, minilm_dir, index_path)]
+    argv += ["--shard_size", "32", "--keep_shards", "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    work = tmp_path / "toy.index.shards"
+
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _shards_appear(first, work / "shard_00001.json", timeout_s=240)
+    finally:
+        first.kill()  # SIGKILL mid-build (or just after it finished: the shards are kept either way)
+        first.communicate(timeout=60)
+    assert (work / "shard_00001.npy").exists()
+
+    # Same line count, one passage replaced in shard 0; shard 1's fingerprint says another dtype.
+    lines = corpus.read_text().splitlines()
+    new_passage = '"Quxlerbine"\nQuxlerbine is a violet lighthouse that was built on the moon Ferrovia in 1321.'
+    lines[5] = json.dumps({"id": "5", "contents": new_passage})
+    corpus.write_text("\n".join(lines) + "\n")
+    fingerprint = json.loads((work / "shard_00001.json").read_text())
+    fingerprint["encoding"]["dtype"] = "float16"
+    (work / "shard_00001.json").write_text(json.dumps(fingerprint))
+    kept = {
+        s.name: s.stat().st_mtime_ns
+        for s in work.glob("shard_*.npy")
+        if s.name not in {"shard_00000.npy", "shard_00001.npy"}
+    }
+
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    said = [line for line in rerun.stderr.splitlines() if "re-encoding" in line]
+    assert len(said) == 2, said
+    assert said[0].endswith("shard 0: built from other lines (the corpus changed since) - re-encoding")
+    assert said[1].endswith("shard 1: encoded with other settings (dtype 'float16' -> 'float32') - re-encoding")
+    assert {name: (work / name).stat().st_mtime_ns for name in kept} == kept, "unchanged shards are reused"
+
+    index = faiss.read_index(str(index_path))
+    assert index.ntotal == len(lines)
+    np.testing.assert_allclose(index.reconstruct(5), minilm_e5.encode_passages([new_passage])[0], atol=1e-5)
+    _, ids = index.search(minilm_e5.encode_queries(["Which lighthouse was built on the moon Ferrovia?"]), 1)
+    assert ids[0, 0] == 5
+    assert not list(tmp_path.rglob("*.tmp")), "no temporary file is left behind"
+
+
+def test_shard_fingerprint_names_what_differs(tmp_path: Path):
+    shard = tmp_path / "shard_00000.npy"
+    np.save(shard, np.zeros((2, 4), dtype=np.float32))
+    encoding = {"model": "m", "encoder": {}, "max_length": 8, "dtype": "float32", "dim": 4}
+    fingerprint = {"rows": [0, 2], "lines_sha256": build_index.lines_digest(["a", "b"]), "encoding": encoding}
+    assert build_index.shard_mismatch(shard, fingerprint).startswith("has no fingerprint")
+    shard.with_suffix(".json").write_text(json.dumps(fingerprint))
+    assert build_index.shard_mismatch(shard, fingerprint) is None
+    assert build_index.lines_digest(["ab", ""]) != build_index.lines_digest(["a", "b"])
+    other = {**fingerprint, "lines_sha256": build_index.lines_digest(["a", "c"])}
+    assert build_index.shard_mismatch(shard, other) == "built from other lines (the corpus changed since)"
+    longer = {**fingerprint, "encoding": {**encoding, "max_length": 16}}
+    assert build_index.shard_mismatch(shard, longer) == "encoded with other settings (max_length 8 -> 16)"
+    np.save(shard, np.zeros((1, 4), dtype=np.float32))
+    assert build_index.shard_mismatch(shard, fingerprint) == "holds vectors of shape (1, 4), not (2, 4)"
+    shard.write_bytes(b"PK not numpy")
+    assert build_index.shard_mismatch(shard, fingerprint).startswith("its vectors are unreadable")
+
+
+def test_a_second_build_into_the_same_work_dir_is_refused(tmp_path: Path, toy_corpus_files, minilm_dir: Path):
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = _build_argv(toy_corpus_files[0], minilm_dir, tmp_path / "x.index", "--work_dir", str(work))
+    with folder_lock(work, "held by the test"), pytest.raises(SystemExit, match=r"another build_index\.py is writing"):
+        build_index.main([*argv, "--device", "cpu"])
+    assert not (tmp_path / "x.index").exists()

@@ -1,7 +1,9 @@
-"""Crash-safe file primitives: atomic JSON, chunked append from a known offset, streaming gunzip.
+"""Crash-safe file primitives: a final name only for complete files, atomic JSON, chunked append from a known offset,
+streaming gunzip, folder locks.
 
 Every function here leaves either the old or the new state on disk (never a half-written manifest) and
 fsyncs before the caller records progress, so a state file never claims bytes the disk may not hold.
+build_index.py uses :func:`atomic_path` and :func:`folder_lock` too (this folder's one copy of them).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import gzip
 import json
 import logging
 import os
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +34,10 @@ class DownloadError(RuntimeError):
     """A problem the user must act on; the message says what is wrong and what to do."""
 
 
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's lock (:func:`folder_lock`); the message names the work and the folder."""
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename/unlink in ``directory`` durable before anything is recorded about it."""
     fd = os.open(directory, os.O_RDONLY)
@@ -40,15 +47,48 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def temp_name_pattern(target: Path) -> str:
+    """The glob that matches every temporary name :func:`atomic_path` may give ``target``."""
+    return f".{target.name}.*.tmp"
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A fresh temporary path in ``target``'s folder; on a clean exit it becomes ``target`` (``os.replace``).
+
+    The name is unique (``.NAME.XXXXXXXX.tmp``), so two writers of one target never share a temporary file, and
+    ``target`` is only ever absent, the old file or the complete new one. On any exception, Ctrl-C included, the
+    temporary file is removed; a SIGKILL leaves it, and a later run holding the folder's lock may sweep it with
+    :func:`remove_stale_temps`.
+    """
+    target = Path(target)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Delete temporary files :func:`atomic_path` left for ``target`` when a run was killed.
+
+    Only call this while holding the lock that keeps every other writer of ``target`` out.
+    """
+    for path in Path(target).parent.glob(temp_name_pattern(Path(target))):
+        logger.info("removing %s, left by an interrupted run", path)
+        path.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Replace ``path`` with ``data`` as JSON so that a reader sees the old or the new version, never a mix."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     fsync_dir(path.parent)
 
 
@@ -130,3 +170,20 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def folder_lock(directory: Path, what: str) -> Iterator[None]:
+    """Hold an advisory lock on ``directory`` itself (no lock file is left behind), or refuse at once.
+
+    ``what`` names the work in the refusal, e.g. "another build_index.py is writing shards".
+    """
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise FolderBusy(f"{what} in {directory}: wait for it to finish, or use another folder") from exc
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

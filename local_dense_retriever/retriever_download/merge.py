@@ -11,6 +11,11 @@ a rerun continues from it:
 - a part recorded but not yet deleted: it is deleted on the rerun;
 - the partial file renamed to the target but the caller has not yet written its manifest: the target's size is
   checked against the state and accepted.
+
+The target only ever appears complete: the parts are joined under ``NAME.partial`` and renamed at the end. That name
+is fixed, not unique, because it is the resume state a rerun continues from; two merges never share it since the
+caller (:func:`.pipeline.run_download`) holds the folder's lock for the whole download. The state file is replaced
+through a unique temporary name (:func:`.files.write_json_atomic`).
 """
 
 from __future__ import annotations

@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .fetching import Checkpoint, ensure_file, no_checkpoint
-from .files import CHUNK_BYTES, DownloadError, OnChunk, exclusive_lock, fsync_dir, gunzip_file
+from .files import (
+    CHUNK_BYTES,
+    DownloadError,
+    OnChunk,
+    atomic_path,
+    exclusive_lock,
+    fsync_dir,
+    gunzip_file,
+    remove_stale_temps,
+)
 from .hub import hub_fetch, hub_fetch_model, hub_file_sizes
 from .index_check import flat_index_problem
-from .manifest import Manifest
-from .merge import PARTIAL_SUFFIX, clear_state, merge_parts, state_path
+from .manifest import MANIFEST_NAME, Manifest
+from .merge import PARTIAL_SUFFIX, STATE_SUFFIX, clear_state, merge_parts, state_path
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +102,8 @@ def run_download(
     sizes = _HubSizes(file_sizes)
     with exclusive_lock(save / LOCK_NAME):
         _remove_stale_hub_temp_files(save)
+        for name in (MANIFEST_NAME, plan.corpus_name, plan.index_name + STATE_SUFFIX):
+            remove_stale_temps(save / name)
         manifest = Manifest.load(save)
         if plan.get_index:
             _ensure_index(plan, manifest, fetch, sizes, checkpoint, chunk_bytes, on_chunk)
@@ -220,10 +230,9 @@ def _ensure_corpus(
     expected = sizes.get(plan.corpus_repo, [name], name)
     ensure_file(save, name, lambda n: fetch(plan.corpus_repo, n, save), expected, checkpoint)
     if out != packed:
-        partial = out.with_name(out.name + ".partial")
-        gunzip_file(packed, partial, desc=f"decompress {name}", chunk_bytes=chunk_bytes, on_chunk=on_chunk)
-        _check_corpus_format(partial)
-        os.replace(partial, out)
+        with atomic_path(out) as partial:
+            gunzip_file(packed, partial, desc=f"decompress {name}", chunk_bytes=chunk_bytes, on_chunk=on_chunk)
+            _check_corpus_format(partial)
         fsync_dir(save)
         checkpoint("decompressed", out.name)
     manifest.record_file(out.name, out.stat().st_size, source=source)
