@@ -16,13 +16,25 @@ import asyncio
 import dataclasses
 import json
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from search_r1_eval.dataset import EvalDataError, load_items
+from search_r1_eval.dataset import EvalDataError, EvalItem, load_items
+from search_r1_eval.lock import OutLock, OutLocked
 from search_r1_eval.plot import plot_summary
-from search_r1_eval.report import compare, render_table, summarize, write_summary
-from search_r1_eval.runner import read_results, run_evaluation, sampling_params
-from search_r1_oai.config import ConfigError, load_settings_with_urls
+from search_r1_eval.report import (
+    NotASummary,
+    check_summary,
+    compare,
+    coverage_warnings,
+    render_summary,
+    summarize,
+    write_summary,
+)
+from search_r1_eval.results_file import ResultsStore, ResultsWriteError, clean_text
+from search_r1_eval.runner import run_evaluation, sampling_params
+from search_r1_oai.config import ConfigError, Settings, load_settings_with_urls
 
 
 def _positive(text: str) -> int:
@@ -68,14 +80,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _compare(paths: list[Path]) -> int:
-    try:
-        before, after = (json.loads(path.read_text()) for path in paths)
-    except (OSError, json.JSONDecodeError) as exc:
-        print(f"error: cannot read a summary: {exc}", file=sys.stderr)
-        return 2
+    summaries = []
+    for path in paths:
+        try:
+            summaries.append(check_summary(json.loads(path.read_text(encoding="utf-8")), str(path)))
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+        except json.JSONDecodeError as exc:
+            print(
+                f"error: {path} is not an evaluate.py summary (not JSON: {exc}); pass its summary.json", file=sys.stderr
+            )
+            return 2
+        except NotASummary as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    before, after = summaries
+    for warning in coverage_warnings(before, after):
+        print(warning, file=sys.stderr)
     print(compare(before, after, ("A", "B")), end="")
     print(f"A = {paths[0]}\nB = {paths[1]}")
     return 0
+
+
+def _failure_lines(failed: list[dict[str, Any]]) -> list[str]:
+    """``failed N:`` and one line per distinct reason with its count, most frequent first."""
+    reasons = Counter(clean_text(str(record.get("error") or f"status {record.get('status')}")) for record in failed)
+    return [f"failed {len(failed)}:"] + [f"  {count}x {reason}" for reason, count in reasons.most_common()]
+
+
+def _unique(items: list[EvalItem]) -> list[EvalItem]:
+    """One item per sample key (the same file passed twice is evaluated once)."""
+    return list({item.key: item for item in items}.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,10 +121,37 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings_with_urls(args.retrieval_url)
         settings = dataclasses.replace(settings, concurrency=max(settings.concurrency, args.concurrency))
-        items = [item for path in args.data for item in load_items(path, args.max_samples)]
+        items = _unique([item for path in args.data for item in load_items(path, args.max_samples)])
     except (ConfigError, EvalDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    lock = OutLock(args.out)
+    try:
+        taken_over = lock.acquire()
+    except OutLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot lock {lock.path}: {exc}", file=sys.stderr)
+        return 2
+    with lock:
+        if taken_over:
+            print(taken_over, file=sys.stderr)
+        return _evaluate(args, settings, items)
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings, items: list[EvalItem]) -> int:
+    """The run proper, with the folder's lock held."""
+    store = ResultsStore(args.out)
+    try:
+        for message in store.open():
+            print(message, file=sys.stderr)
+    except OSError as exc:
+        print(f"error: cannot open the results in {args.out}: {exc}", file=sys.stderr)
+        return 1
+    state = store.state(items)
+    todo = [item for item in items if item.key not in state.done]
+    retrying = sum(item.key in state.failed for item in todo)
 
     from transformers import AutoTokenizer
 
@@ -96,31 +159,59 @@ def main(argv: list[str] | None = None) -> int:
 
     context = RolloutContext(settings, AutoTokenizer.from_pretrained(args.tokenizer), args.policy_url)
     sampling = sampling_params(args.max_new_tokens, args.temperature)
-    results = args.out / "results.jsonl"
-    print(f"{len(items)} samples from {len(args.data)} file(s); results in {results}", flush=True)
+    print(
+        f"{len(items)} samples from {len(args.data)} file(s); results in {store.results_path}"
+        + (
+            f"; {len(state.done)} done before, {retrying} failed before and run again" if state.done or retrying else ""
+        ),
+        flush=True,
+    )
     interrupted = False
     try:
-        ran = asyncio.run(
-            run_evaluation(
-                items, context, sampling, results, concurrency=args.concurrency, progress=not args.no_progress
-            )
+        counts = asyncio.run(
+            run_evaluation(todo, context, sampling, store, concurrency=args.concurrency, progress=not args.no_progress)
         )
-        print(f"evaluated {ran} new sample(s)")
+        print(
+            f"evaluated {counts.finished + counts.failed} new sample(s): {counts.finished} finished, {counts.failed} failed"
+        )
     except KeyboardInterrupt:
         interrupted = True
-        print(f"\ninterrupted: finished samples are kept in {results}; run the same command to resume", file=sys.stderr)
+        print(
+            f"\ninterrupted: finished samples are kept in {store.results_path}; run the same command to resume",
+            file=sys.stderr,
+        )
+    except ResultsWriteError as exc:
+        print(f"error: {exc}; the samples written so far are kept, run the same command to resume", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
 
-    wanted = {item.id for item in items}
-    records = [record for record in read_results(results) if record["id"] in wanted]
+    state = store.state(items)
+    for note in state.notes:
+        print(note, file=sys.stderr)
+    records = [state.done[item.key] for item in items if item.key in state.done]
+    failed = [state.failed[item.key] for item in items if item.key in state.failed]
+    if failed:
+        print("\n".join(_failure_lines(failed)), file=sys.stderr)
+        print(
+            f"(every attempt is in {store.failures_path}; run the same command to retry the failed samples)",
+            file=sys.stderr,
+        )
     if not records:
         print("no finished samples yet")
         return 130 if interrupted else 1
-    table = summarize(records)
-    print(render_table(table), end="")
-    markdown, as_json = write_summary(table, args.out)
-    plot = plot_summary(table, records, args.out / "summary.png")
+    table = summarize(records, failed)
+    print(render_summary(table), end="")
+    try:
+        markdown, as_json = write_summary(table, args.out)
+        plot = plot_summary(table, records, args.out / "summary.png")
+    except OSError as exc:
+        print(f"error: cannot write the summary into {args.out}: {exc}", file=sys.stderr)
+        return 1
     print(f"written: {markdown}, {as_json}, {plot}")
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

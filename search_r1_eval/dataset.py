@@ -6,8 +6,10 @@ Columns as ``data_preprocess.py`` writes them (and slime's ``--input-key prompt 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,17 @@ class EvalDataError(ValueError):
     """A data file cannot be evaluated; the message names the file and what to do."""
 
 
+def content_hash(data_source: str, question: str, gold: list[str], messages: list[dict[str, Any]]) -> str:
+    """What makes two samples the same question, whatever folder their file is in: 16 hex digits."""
+    content = json.dumps([data_source, question, gold, messages], ensure_ascii=True, sort_keys=True, default=str)
+    return hashlib.sha256(content.encode("ascii")).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class EvalItem:
-    """One question; ``id`` is stable across runs (file name and row), so a results file can be resumed."""
+    """One question. ``id`` (file name and row) is for people; ``key`` (the id and a hash of the sample's content:
+    data source, question, gold answers, prompt) is what resume matches, so ``eval/nq/test.parquet`` and
+    ``eval/tq/test.parquet`` never take each other's results, and a moved data folder still resumes."""
 
     id: str
     data_source: str
@@ -34,6 +44,14 @@ class EvalItem:
     @property
     def gold(self) -> list[str]:
         return gold_answers(self.label)
+
+    @cached_property
+    def key(self) -> str:
+        try:
+            gold = self.gold
+        except ValueError:  # an unreadable label still names a sample (its reward will say what is wrong)
+            gold = [repr(self.label)]
+        return f"{self.id}#{content_hash(self.data_source, self.question, gold, self.messages)}"
 
 
 def load_items(path: Path, max_samples: int | None = None) -> list[EvalItem]:

@@ -4,8 +4,9 @@ Score 1.0 when the normalised answer equals any normalised gold answer; ``format
 answer is wrong but the trajectory is well formed (final turn has exactly one ``<answer>`` and no tool calls,
 every earlier turn made well-formed search calls, nothing was cut by length or budget); 0.0 otherwise. A search
 the retriever failed to answer does not cost the format score: the call was well formed, the outage is not the
-policy's doing (``RolloutStats.bad_tool_calls`` counts only malformed calls; ``tool_errors`` counts both). EM and
-token F1 come with the reward for evaluation.
+policy's doing (``RolloutStats.bad_tool_calls`` counts only malformed calls; ``tool_errors`` counts both). EM,
+token F1 and cover-EM (a normalised gold answer contained in the normalised prediction, as Search-R1's evaluation
+reports it) come with the reward for evaluation; all three share one :func:`normalize_answer`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def exact_match(prediction: str, golds: list[str]) -> bool:
     return any(normalize_answer(gold) == normalized for gold in golds)
 
 
+def cover_exact_match(prediction: str, golds: list[str]) -> bool:
+    """Whether any normalised gold answer occurs in the normalised prediction (Search-R1's ``cover_em``): "the
+    Beatles band" covers "Beatles". A gold answer that normalises to nothing covers nothing."""
+    normalized = normalize_answer(prediction)
+    return any(gold_key and gold_key in normalized for gold_key in map(normalize_answer, golds))
+
+
 def f1(prediction: str, golds: list[str]) -> float:
     """Best token-level F1 over the gold answers (after normalisation)."""
     predicted = normalize_answer(prediction).split()
@@ -71,6 +79,7 @@ class Score:
     f1: float
     pred_answer: str | None
     error: str | None = None
+    cover_em: float = 0.0
 
 
 def is_well_formed(final_text: str, outcome: Outcome | None, stop_reason: str, bad_tool_calls: int) -> bool:
@@ -93,7 +102,10 @@ def score(final_text: str, label: Any, *, well_formed: bool, format_score: float
     answer = extract_answer(final_text)
     em = answer is not None and exact_match(answer, golds)
     reward = 1.0 if em else (format_score if well_formed else 0.0)
-    return Score(reward=reward, em=float(em), f1=f1(answer, golds) if answer is not None else 0.0, pred_answer=answer)
+    if answer is None:
+        return Score(reward=reward, em=0.0, f1=0.0, pred_answer=None)
+    cover = cover_exact_match(answer, golds)
+    return Score(reward=reward, em=float(em), f1=f1(answer, golds), pred_answer=answer, cover_em=float(cover))
 
 
 def score_result(result: RolloutResult, label: Any, format_score: float) -> Score:
