@@ -3,7 +3,8 @@ eval sets, or check such files (``--check``).
 
 Run ``python data_preprocess.py --help``; the logic lives in ``search_r1_data/`` (``convert.py``, ``eval_sets.py``,
 ``check.py``). Every mistake in the arguments or the inputs is one ``error:`` line and exit status 2, never a
-traceback: this is the first thing a newcomer runs.
+traceback: this is the first thing a newcomer runs. One run writes into a ``--local_dir`` at a time (a second is
+refused), and each file appears under its name only when complete.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from search_r1_data import check, convert, eval_sets
+from search_r1_data import check, convert, eval_sets, files
 
 DEFAULT_SPLITS = "train,test"
 USAGE_HINT = "python data_preprocess.py --help lists every flag"
@@ -139,22 +140,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_check(paths: list[Path], batch_size: int) -> int:
-    """Check each file and print its problems; 1 if any file has one. A path that is not there is an input
-    mistake (a typo), not a bad file: a :class:`convert.DataError` before anything is checked."""
+    """Check each file and print its problems; 1 if any file has one, 2 if any file is damaged.
+
+    A path that is not there is an input mistake (a typo), not a bad file: a :class:`convert.DataError` before
+    anything is checked. A corrupt or truncated file is one ``error:`` line on stderr, like every other input
+    mistake, and status 2: its rows cannot be listed, and the fix is to write it again.
+    """
     missing = [str(path) for path in paths if not Path(path).exists()]
     if missing:
         raise convert.DataError(
             f"--check: {', '.join(missing)} does not exist; pass parquet files data_preprocess.py wrote "
             "(e.g. data/search_r1_processed/train.parquet or .../eval/nq.parquet)"
         )
-    failed = False
+    status = 0
     for path in paths:
         problems = check.check_file(path, batch_size=batch_size)
+        damaged = next((problem for problem in problems if problem.damaged), None)
+        if damaged is not None:
+            print(f"error: {path} {damaged.message}; write it again with data_preprocess.py", file=sys.stderr)
+            status = 2
+            continue
         for problem in problems:
             print(f"{path}: {problem}")
         print(f"{path}: {len(problems)} problem(s)" if problems else f"{path}: OK")
-        failed = failed or bool(problems)
-    return 1 if failed else 0
+        status = status or (1 if problems else 0)
+    return status
 
 
 def _one_line(text: str) -> str:
@@ -179,23 +189,29 @@ def main(argv: list[str] | None = None) -> int:
         eval_inputs = eval_sets.resolve_eval_inputs(names, input_dir=args.input_dir, hf_repo_id=args.eval_hf_repo_id)
         train_inputs = convert.resolve_inputs(splits, input_dir=args.input_dir, hf_repo_id=args.hf_repo_id)
         progress = not args.no_progress
-        summaries = convert.convert_splits(
-            train_inputs,
-            args.local_dir,
-            system_prompt=system_prompt,
-            max_rows=args.max_samples,
-            batch_size=args.batch_size,
-            progress=progress,
-        )
-        summaries += eval_sets.convert_eval_sets(
-            eval_inputs,
-            args.local_dir,
-            system_prompt=system_prompt,
-            max_rows=args.eval_max_samples,
-            batch_size=args.batch_size,
-            progress=progress,
-        )
-    except convert.DataError as exc:
+        args.local_dir.mkdir(parents=True, exist_ok=True)
+        with files.folder_lock(args.local_dir, "another data_preprocess.py is writing"):
+            outputs = [args.local_dir / f"{split}.parquet" for split in train_inputs]
+            outputs += [args.local_dir / eval_sets.EVAL_SUBDIR / f"{name}.parquet" for name in eval_inputs]
+            for output in outputs:
+                files.remove_stale_temps(output)
+            summaries = convert.convert_splits(
+                train_inputs,
+                args.local_dir,
+                system_prompt=system_prompt,
+                max_rows=args.max_samples,
+                batch_size=args.batch_size,
+                progress=progress,
+            )
+            summaries += eval_sets.convert_eval_sets(
+                eval_inputs,
+                args.local_dir,
+                system_prompt=system_prompt,
+                max_rows=args.eval_max_samples,
+                batch_size=args.batch_size,
+                progress=progress,
+            )
+    except (convert.DataError, files.FolderBusy) as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     for summary in summaries:

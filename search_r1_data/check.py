@@ -33,6 +33,8 @@ class Problem:
     row: int | None
     column: str
     message: str
+    # The file itself is corrupt or truncated (not a bad row): data_preprocess.py --check says so in one line, exit 2.
+    damaged: bool = False
 
     def __str__(self) -> str:
         where = "file" if self.row is None else f"row {self.row}"
@@ -174,15 +176,27 @@ def check_file(path: Path, *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Prob
     if path.is_dir():
         return [Problem(None, "<file>", "is a folder, not a parquet file")]
     try:
-        parquet = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as exc:
-        return [Problem(None, "<file>", f"cannot be read as parquet: {exc}")]
+        # Page checksums (convert.py writes them) catch a broken middle that still has PAR1 at both ends.
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        return [Problem(None, "<file>", f"cannot be read as parquet: {_one_line(exc)}", damaged=True)]
     problems = list(_check_schema(parquet.schema_arrow))
     start = 0
-    for batch in parquet.iter_batches(batch_size=batch_size):
-        rows = batch.to_pylist()
-        problems.extend(check_rows(rows, start=start))
-        start += len(rows)
-    if start == 0:
+    try:
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            rows = batch.to_pylist()
+            problems.extend(check_rows(rows, start=start))
+            start += len(rows)
+    except (OSError, pa.ArrowException, ValueError) as exc:  # a corrupt page fails part-way
+        message = f"is damaged: reading failed after {start} rows ({_one_line(exc)})"
+        return [*problems, Problem(None, "<file>", message, damaged=True)]
+    if start != parquet.metadata.num_rows:
+        message = f"is damaged: its footer promises {parquet.metadata.num_rows} rows, {start} could be read"
+        problems.append(Problem(None, "<file>", message, damaged=True))
+    elif start == 0:
         problems.append(Problem(None, "<file>", "has no rows"))
     return problems
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

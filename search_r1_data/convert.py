@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from search_r1_data.check import DEFAULT_BATCH_SIZE
+from search_r1_data.files import atomic_path
 from search_r1_oai.labels import raw_answers
 from search_r1_oai.prompts import SYSTEM_PROMPT, build_messages, tools_json
 from search_r1_oai.reward import normalize_answer
@@ -319,44 +319,41 @@ def stream_convert(
 
     One loop for the training parquet and the FlashRAG eval jsonl (:mod:`search_r1_data.eval_sets`): both sides
     produce their rows through ``convert`` (built on :func:`convert_row`), so the files have the same form and the
-    same accounting. The output is written to a temporary name and renamed at the end: an interrupted run never
-    leaves a partial file that looks complete.
+    same accounting. The output is written to a unique temporary name in its folder and renamed at the end
+    (:func:`search_r1_data.files.atomic_path`): an interrupted run never leaves a partial file that looks complete,
+    and two runs never write into one file.
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     output_path = Path(summary.output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = output_path.with_name(output_path.name + ".tmp")
     buffer: list[dict[str, Any]] = []
-    try:
-        with (
-            pq.ParquetWriter(tmp_path, OUTPUT_SCHEMA) as writer,
-            tqdm(total=total, desc=summary.split, unit="rows", disable=not progress) as bar,
-        ):
-            for index, row in rows:
-                summary.rows_in += 1
-                bar.update(1)
-                try:
-                    converted = convert(index, row)
-                except RowRejected as exc:
-                    reason = str(exc)
-                    summary.rejected[reason] += 1
-                    if len(summary.rejected_examples) < MAX_EXAMPLES:
-                        summary.rejected_examples.append((index, reason, snippet(row)))
-                    continue
-                summary.per_source[converted.row["data_source"]] += 1
-                summary.target_origin[converted.target_origin] += 1
-                buffer.append(converted.row)
-                if len(buffer) >= batch_size:
-                    _write(writer, buffer)
-                    summary.rows_out += len(buffer)
-                    buffer.clear()
-            if buffer:
+    with (
+        atomic_path(output_path) as tmp_path,
+        pq.ParquetWriter(tmp_path, OUTPUT_SCHEMA, write_page_checksum=True) as writer,
+        tqdm(total=total, desc=summary.split, unit="rows", disable=not progress) as bar,
+    ):
+        for index, row in rows:
+            summary.rows_in += 1
+            bar.update(1)
+            try:
+                converted = convert(index, row)
+            except RowRejected as exc:
+                reason = str(exc)
+                summary.rejected[reason] += 1
+                if len(summary.rejected_examples) < MAX_EXAMPLES:
+                    summary.rejected_examples.append((index, reason, snippet(row)))
+                continue
+            summary.per_source[converted.row["data_source"]] += 1
+            summary.target_origin[converted.target_origin] += 1
+            buffer.append(converted.row)
+            if len(buffer) >= batch_size:
                 _write(writer, buffer)
                 summary.rows_out += len(buffer)
-        os.replace(tmp_path, output_path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+                buffer.clear()
+        if buffer:
+            _write(writer, buffer)
+            summary.rows_out += len(buffer)
     logger.info(
         "%s: %d rows in, %d out, %d rejected", summary.split, summary.rows_in, summary.rows_out, summary.rows_rejected
     )

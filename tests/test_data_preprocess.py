@@ -431,3 +431,70 @@ def test_misuse_through_a_real_process_has_no_traceback(tmp_path: Path) -> None:
     result = run_cli("--max_samples", "0", "--local_dir", tmp_path / "out")
     assert result.returncode == 2
     assert "--max_samples: must be an integer >= 1, got 0" in _one_error_line(result.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# damaged files and concurrent runs
+
+
+def _converted(tmp_path: Path, rows: int = 3000) -> Path:
+    source = write_upstream(
+        tmp_path / "in" / "train.parquet", [upstream_row(i, f"question {i}", [f"answer {i}"]) for i in range(rows)]
+    )
+    out = tmp_path / "out" / "train.parquet"
+    convert.convert_file(source, out, split="train", batch_size=500, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("damage", ["zeroed_middle", "four_flipped_bytes", "truncated", "truncated_but_ends_in_PAR1"])
+def test_check_on_a_damaged_file_is_one_line_and_status_2(tmp_path: Path, damage: str) -> None:
+    good = _converted(tmp_path)
+    data = good.read_bytes()
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    middle = footer // 2
+    damaged = {
+        # what two writers sharing one temporary file left: PAR1 at both ends, the pages between broken
+        "zeroed_middle": data[: footer // 3] + b"\0" * (footer - footer // 3) + data[footer:],
+        "four_flipped_bytes": data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 4]) + data[middle + 4 :],
+        "truncated": data[: len(data) // 2],
+        "truncated_but_ends_in_PAR1": data[: len(data) // 2] + b"PAR1",
+    }[damage]
+    if damage != "truncated":
+        assert damaged[:4] == damaged[-4:] == b"PAR1"
+    bad = tmp_path / f"{damage}.parquet"
+    bad.write_bytes(damaged)
+
+    result = run_cli("--check", good, bad)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = _one_error_line(result.stderr)
+    assert line.startswith(f"error: {bad} ") and "write it again with data_preprocess.py" in line
+    assert ("is damaged" in line) or ("cannot be read as parquet" in line)
+    assert f"{good}: OK" in result.stdout, "the other files are still checked"
+    [problem] = check.check_file(bad)
+    assert problem.damaged and problem.column == "<file>"
+
+
+def test_two_runs_into_one_folder_never_leave_a_corrupt_file(tmp_path: Path) -> None:
+    rows = 40_000
+    write_upstream(tmp_path / "in" / "train.parquet", [upstream_row(i, f"q {i}", [f"a {i}"]) for i in range(rows)])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".train.parquet.killed00.tmp").write_bytes(b"PAR1 left by a SIGKILLed run")
+    argv = [sys.executable, str(REPO_ROOT / "data_preprocess.py"), "--no_progress", "--splits", "train"]
+    argv += ["--input_dir", str(tmp_path / "in"), "--local_dir", str(out), "--batch_size", "256"]
+    procs = [subprocess.Popen(argv, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)]
+    procs.append(subprocess.Popen(argv, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=180)
+        results.append((proc.returncode, stdout, stderr))
+
+    assert 0 in [code for code, _, _ in results], results
+    for code, _, stderr in results:
+        if code != 0:  # the second run refused: one clear line
+            assert code == 2, stderr
+            assert f"another data_preprocess.py is writing into {out}" in _one_error_line(stderr)
+    assert check.check_file(out / "train.parquet") == []
+    assert pq.read_metadata(out / "train.parquet").num_rows == rows
+    assert sorted(p.name for p in out.iterdir()) == ["train.parquet"], "no temporary file is left"
