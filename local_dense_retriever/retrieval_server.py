@@ -1,7 +1,8 @@
 """Serve a FAISS passage index over HTTP: POST /retrieve, GET /health, /docs.
 
 The port opens at once and the index, corpus and encoder load in the background; poll /health until it
-answers 200. Example:
+answers 200. With RETRIEVER_API_KEY set in its environment, /retrieve answers only requests that carry
+``Authorization: Bearer <that key>`` (401 otherwise). Example:
 
     python local_dense_retriever/retrieval_server.py --index_path e5_Flat.index \\
         --corpus_path wiki-18.jsonl --topk 3 --retriever_name e5 --retriever_model intfloat/e5-base-v2
@@ -17,9 +18,11 @@ import sys
 import uvicorn
 
 from retriever.api import create_app
+from retriever.connections import server_config
 from retriever.settings import add_arguments, settings_from_args
 
 logger = logging.getLogger("retrieval_server")
+API_KEY_ENV = "RETRIEVER_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_load_error=stop_on_load_error)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=settings.access_log
-    )
-    server = uvicorn.Server(config)
+    # The bearer token comes from the environment, never from a flag: argv is readable by every user of the host.
+    api_key = os.environ.get(API_KEY_ENV) or None
+    app = create_app(settings, on_load_error=stop_on_load_error, api_key=api_key)
+    if api_key is not None:
+        logger.info("/retrieve needs Authorization: Bearer <$%s>", API_KEY_ENV)
+    server = uvicorn.Server(server_config(app, settings))
     server.run()
     if failed:
         logger.error("exiting: the retriever could not be loaded (%s)", failed[0])

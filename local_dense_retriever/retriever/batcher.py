@@ -4,14 +4,22 @@ Encoding one query at a time wastes the encoder and re-reads the whole flat inde
 a batch of 256 queries costs little more than one. So every request's queries go into one queue, and a
 batch loop on the event loop takes up to ``max_batch_size`` of them (waiting at most ``max_wait_ms`` after
 the oldest arrived), searches each distinct query once in the worker thread and resolves the callers'
-futures. Identical in-flight (query, topk) pairs share one future; finished ones are kept in an LRU cache,
-which GRPO groups (n samples of the same prompt) hit constantly. A failing batch fails only its own callers.
+futures. Identical in-flight (query, topk) pairs share one future; finished ones are kept in an LRU cache
+(bounded in entries and bytes), which GRPO groups (n samples of the same prompt) hit constantly. A failing batch
+fails only its own callers.
+
+A caller that goes away (its client hung up and the handler was cancelled) takes its queries with it: a query no
+caller waits for any more is dropped from the queue before it is encoded, and a search function that takes
+``still_wanted`` (RetrievalEngine.search) skips the rest of such queries inside a running batch. Without this a
+client that sent 128 long queries and hung up kept the worker busy for ~10 s while the next request waited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,12 +44,31 @@ class OverloadedError(RuntimeError):
     """Too many queries are already waiting; the caller should back off and retry."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
+    """One distinct (query, topk) waiting or being searched; ``waiters`` callers want it."""
+
     query: str
     topk: int
     future: asyncio.Future
     enqueued: float
+    waiters: int = 1
+    dropped: bool = False  # every caller went away: not to be searched
+    started: bool = False  # taken into a batch
+
+
+def hits_bytes(key: Any, hits: Hits) -> int:
+    """Roughly what a cache entry holds in memory: its key and every passage of its hits (a passage shared by two
+    entries is counted twice, so the estimate errs high)."""
+    total = sys.getsizeof(key[0]) + 200 if isinstance(key, tuple) and key else 200
+    for hit in hits:
+        total += 120
+        doc = hit[0] if isinstance(hit, tuple) and hit else hit
+        if isinstance(doc, dict):
+            total += sys.getsizeof(doc) + sum(sys.getsizeof(value) for value in doc.values())
+        else:
+            total += sys.getsizeof(doc)
+    return total
 
 
 @dataclass
@@ -58,6 +85,8 @@ class BatcherStats:
     failed_batches: int = 0
     largest_batch: int = 0
     busy_s: float = 0.0
+    abandoned: int = 0  # requests whose caller went away before their answer
+    dropped: int = 0  # queries nobody waited for any more, skipped before they were encoded
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -80,6 +109,7 @@ class Batcher:
         cache_size: int = 10000,
         batching: bool = True,
         max_pending: int = 65536,
+        cache_bytes: int | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -88,11 +118,13 @@ class Batcher:
         self.batching = batching
         self.max_pending = max_pending
         self.stats = BatcherStats()
-        self._cache: LRUCache[Hits] = LRUCache(cache_size)
+        self._cache: LRUCache[Hits] = LRUCache(cache_size, max_bytes=cache_bytes, size_of=hits_bytes)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retriever-worker")
         self._search: SearchFn | None = None
-        self._queue: deque[_Item] = deque()
-        self._inflight: dict[tuple[str, int], asyncio.Future] = {}
+        self._search_checks = False  # the search function takes still_wanted=
+        self._queue: deque[_Item] = deque()  # dropped items stay until they reach the front; _queued counts the rest
+        self._queued = 0
+        self._inflight: dict[tuple[str, int], _Item] = {}
         self._running = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -108,7 +140,7 @@ class Batcher:
             await asyncio.gather(self._task, return_exceptions=True)
         while self._queue:
             item = self._queue.popleft()
-            if not item.future.done():
+            if not item.dropped and not item.future.done():
                 item.future.set_exception(BatchFailedError("server is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -119,15 +151,24 @@ class Batcher:
     def set_search(self, search: SearchFn) -> None:
         """Install the search function once the engine is loaded; it is only ever called on the worker."""
         self._search = search
+        try:
+            self._search_checks = "still_wanted" in inspect.signature(search).parameters
+        except (TypeError, ValueError):
+            self._search_checks = False
 
     @property
     def queue_depth(self) -> int:
         """Queries waiting for a batch plus those being searched right now."""
-        return len(self._queue) + self._running
+        return self._queued + self._running
 
     @property
     def cache_entries(self) -> int:
         return len(self._cache)
+
+    @property
+    def cache_bytes(self) -> int:
+        """The cache's estimated size (see :func:`hits_bytes`)."""
+        return self._cache.bytes
 
     # -- requests --------------------------------------------------------------------------------------
     async def retrieve(self, queries: list[str], topk: int) -> list[Hits]:
@@ -143,7 +184,7 @@ class Batcher:
 
         loop = asyncio.get_running_loop()
         results: list[Hits | None] = [None] * len(queries)
-        waits: list[tuple[int, asyncio.Future]] = []
+        waits: list[tuple[int, _Item]] = []
         for position, query in enumerate(queries):
             key = (query, topk)
             cached = self._cache.get(key)
@@ -151,22 +192,43 @@ class Batcher:
                 self.stats.cache_hits += 1
                 results[position] = cached
                 continue
-            future = self._inflight.get(key)
-            if future is not None:
+            item = self._inflight.get(key)
+            if item is not None:
                 self.stats.coalesced += 1
+                item.waiters += 1
             else:
-                future = loop.create_future()
-                self._inflight[key] = future
-                self._queue.append(_Item(query, topk, future, loop.time()))
-            waits.append((position, future))
+                item = _Item(query, topk, loop.create_future(), loop.time())
+                self._inflight[key] = item
+                self._queue.append(item)
+                self._queued += 1
+            waits.append((position, item))
         if waits:
             assert self._wakeup is not None
             self._wakeup.set()
-            # shield: a caller that goes away must not cancel a future other callers share.
-            done = await asyncio.gather(*(asyncio.shield(future) for _, future in waits))
+            try:
+                # shield: a caller that goes away must not cancel a future other callers share.
+                done = await asyncio.gather(*(asyncio.shield(item.future) for _, item in waits))
+            except asyncio.CancelledError:
+                self._abandon([item for _, item in waits])
+                raise
             for (position, _), hits in zip(waits, done, strict=True):
                 results[position] = hits
         return results  # type: ignore[return-value]
+
+    def _abandon(self, items: list[_Item]) -> None:
+        """The caller of ``items`` went away: drop each one no other caller waits for."""
+        self.stats.abandoned += 1
+        for item in items:
+            item.waiters -= 1
+            if item.waiters > 0 or item.future.done() or item.dropped:
+                continue
+            item.dropped = True
+            self.stats.dropped += 1
+            if self._inflight.get((item.query, item.topk)) is item:
+                del self._inflight[(item.query, item.topk)]
+            if not item.started:
+                self._queued -= 1
+            item.future.cancel()
 
     async def _retrieve_alone(self, queries: list[str], topk: int) -> list[Hits]:
         self._running += len(queries)
@@ -175,13 +237,18 @@ class Batcher:
         finally:
             self._running -= len(queries)
 
-    async def _run_search(self, queries: list[str], topk: int) -> list[Hits]:
+    async def _run_search(
+        self, queries: list[str], topk: int, still_wanted: Callable[[], list[bool]] | None = None
+    ) -> list[Hits]:
         search = self._search
         assert search is not None
 
         def timed() -> tuple[list[Hits], float]:
             start = time.perf_counter()
-            out = search(queries, topk)
+            if still_wanted is not None and self._search_checks:
+                out = search(queries, topk, still_wanted=still_wanted)  # type: ignore[call-arg]
+            else:
+                out = search(queries, topk)
             return out, time.perf_counter() - start
 
         self.stats.batches += 1
@@ -200,15 +267,23 @@ class Batcher:
         return hits
 
     # -- batch loop ------------------------------------------------------------------------------------
+    def _trim(self) -> None:
+        """Forget dropped items at the front of the queue."""
+        while self._queue and self._queue[0].dropped:
+            self._queue.popleft()
+
     async def _next_batch(self) -> list[_Item]:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
-        while not self._queue:
+        while True:
+            self._trim()
+            if self._queue:
+                break
             self._wakeup.clear()
             await self._wakeup.wait()
         # Under load the oldest item has waited long enough already and this returns at once.
         deadline = self._queue[0].enqueued + self.max_wait_s
-        while len(self._queue) < self.max_batch_size:
+        while self._queued < self.max_batch_size:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -217,11 +292,20 @@ class Batcher:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
                 break
-        return [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch_size))]
+        batch: list[_Item] = []
+        while self._queue and len(batch) < self.max_batch_size:
+            item = self._queue.popleft()
+            if not item.dropped:
+                item.started = True
+                batch.append(item)
+        self._queued -= len(batch)
+        return batch
 
     async def _loop(self) -> None:
         while True:
             batch = await self._next_batch()
+            if not batch:  # every item was dropped while the batch was being formed
+                continue
             self._running = len(batch)
             try:
                 await self._execute(batch)
@@ -233,15 +317,23 @@ class Batcher:
                 self._running = 0
 
     async def _execute(self, batch: list[_Item]) -> None:
-        distinct = list(dict.fromkeys(item.query for item in batch))
+        by_text: dict[str, list[_Item]] = {}
+        for item in batch:
+            by_text.setdefault(item.query, []).append(item)
+        distinct = list(by_text)
         self.stats.batch_duplicates += len(batch) - len(distinct)
         k = max(item.topk for item in batch)
+
+        def still_wanted() -> list[bool]:  # read on the worker thread; a stale answer only costs some work
+            return [not all(item.dropped for item in by_text[query]) for query in distinct]
+
         try:
-            hits = await self._run_search(distinct, k)
+            hits = await self._run_search(distinct, k, still_wanted)
         except BaseException as exc:
             message = str(exc) if isinstance(exc, BatchFailedError) else f"batch aborted: {exc!r}"
             for item in batch:
-                self._inflight.pop((item.query, item.topk), None)
+                if self._inflight.get((item.query, item.topk)) is item:
+                    del self._inflight[(item.query, item.topk)]
                 if not item.future.done():
                     item.future.set_exception(BatchFailedError(message))
             if isinstance(exc, asyncio.CancelledError):
@@ -249,6 +341,8 @@ class Batcher:
             return
         by_query = dict(zip(distinct, hits, strict=True))
         for item in batch:
+            if item.dropped:
+                continue  # nobody waits for it, and a skipped search has no hits worth caching
             key = (item.query, item.topk)
             result = by_query[item.query][: item.topk]
             self._cache.put(key, result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +19,11 @@ BACKENDS = ("faiss", "torch")
 logger = logging.getLogger(__name__)
 
 Hit = tuple[dict[str, Any], float]
+
+# With ``still_wanted``, queries are encoded in pieces of about this many characters (each query counted up to the
+# characters its token limit keeps), asking between pieces which are still wanted: 128 long queries are 4 pieces,
+# while a batch of short queries stays one piece.
+CHECK_EVERY_CHARS = 32768
 
 
 class VectorIndex(Protocol):
@@ -110,15 +116,29 @@ class RetrievalEngine:
     def size(self) -> int:
         return self.index.ntotal
 
-    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        """Top-``k`` ``(doc, score)`` per query, best first."""
+    def search(
+        self, queries: list[str], k: int, still_wanted: Callable[[], list[bool]] | None = None
+    ) -> list[list[Hit]]:
+        """Top-``k`` ``(doc, score)`` per query, best first.
+
+        ``still_wanted`` (one flag per query) is asked between encoding pieces and before the index search; a
+        query no longer wanted is skipped and gets no hits (its caller went away: see batcher.py).
+        """
         if not queries:
             return []
-        vectors = self.encoder.encode_queries(queries)
+        if still_wanted is None:
+            kept, vectors = list(range(len(queries))), self.encoder.encode_queries(queries)
+        else:
+            kept, vectors = self._encode_wanted(queries, still_wanted)
+            wanted = still_wanted()
+            rows = [row for row, position in enumerate(kept) if wanted[position]]
+            kept, vectors = [kept[row] for row in rows], vectors[rows]
+        results: list[list[Hit]] = [[] for _ in queries]
+        if not kept:
+            return results
         scores, ids = self.index.search(vectors, k)
         docs: dict[int, dict[str, Any]] = {}
-        results: list[list[Hit]] = []
-        for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True):
+        for position, row_scores, row_ids in zip(kept, scores.tolist(), ids.tolist(), strict=True):
             hits: list[Hit] = []
             for score, doc_id in zip(row_scores, row_ids, strict=True):
                 if doc_id < 0:
@@ -126,8 +146,32 @@ class RetrievalEngine:
                 if doc_id not in docs:
                     docs[doc_id] = self.corpus.doc(doc_id)
                 hits.append((docs[doc_id], score))
-            results.append(hits)
+            results[position] = hits
         return results
+
+    def _encode_wanted(self, queries: list[str], still_wanted: Callable[[], list[bool]]) -> tuple[list[int], Any]:
+        """Positions of the queries encoded and their vectors, encoding in pieces of :data:`CHECK_EVERY_CHARS`
+        (shortest first, so a piece pads little) and only what ``still_wanted`` still wants."""
+        longest = self.encoder.max_length * 4  # characters the tokenizer keeps, roughly
+        order = sorted(range(len(queries)), key=lambda i: len(queries[i]))
+        kept: list[int] = []
+        parts: list[np.ndarray] = []
+        piece: list[int] = []
+        cost = 0
+        for count, position in enumerate(order, start=1):
+            piece.append(position)
+            cost += min(len(queries[position]), longest)
+            if cost < CHECK_EVERY_CHARS and len(piece) < self.encoder.batch_size and count < len(order):
+                continue
+            wanted = still_wanted()
+            chosen = [i for i in piece if wanted[i]]
+            if chosen:
+                parts.append(self.encoder.encode_queries([queries[i] for i in chosen]))
+                kept.extend(chosen)
+            piece, cost = [], 0
+        if not parts:
+            return [], np.zeros((0, self.encoder.dim), dtype=np.float32)
+        return kept, np.concatenate(parts)
 
     def close(self) -> None:
         self.corpus.close()

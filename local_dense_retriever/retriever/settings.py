@@ -113,6 +113,34 @@ class Settings:
     port: int = setting(8000, group=NETWORK, type=in_range(int, 0, 65535), help="TCP port (default: %(default)s)")
     log_level: str = setting("info", group=NETWORK, choices=["debug", "info", "warning", "error"], help="log level")
     access_log: bool = setting(False, group=NETWORK, help="log every HTTP request (costly under load)")
+    max_connections: int = setting(
+        1000,
+        group=NETWORK,
+        type=in_range(int, 1),
+        help="open connections at once; one more is answered 503 and closed, counted in /health's refused "
+        "(lowered at start to fit the open-file limit, ulimit -n) (default: %(default)s)",
+    )
+    keep_alive_timeout_s: float = setting(
+        5.0,
+        group=NETWORK,
+        type=in_range(float, 0, exclude_low=True),
+        help="an idle kept-alive connection is closed after this many seconds (default: %(default)s)",
+    )
+    header_timeout_s: float = setting(
+        10.0,
+        group=NETWORK,
+        type=in_range(float, 0, exclude_low=True),
+        help="a request's headers must be complete this many seconds after the connection opened or the next "
+        "request's first byte arrived, else 408 and close; a connection that sends nothing is closed "
+        "(default: %(default)s)",
+    )
+    body_timeout_s: float = setting(
+        60.0,
+        group=NETWORK,
+        type=in_range(float, 0, exclude_low=True),
+        help="a request's body must be complete this many seconds after its headers, else 408 and close "
+        "(default: %(default)s)",
+    )
     # search backend: faiss (default) or torch (torch_index.py; exact inner product, sharded over the GPUs)
     backend: str = setting(
         "faiss",
@@ -173,6 +201,13 @@ class Settings:
         group=BATCHING,
         type=in_range(int, 0),
         help="LRU entries of (query, topk) -> passages; 0 disables (default: %(default)s)",
+    )
+    cache_mb: float = setting(
+        256.0,
+        group=BATCHING,
+        type=in_range(float, 0),
+        help="most MiB the result cache holds (estimated from the passages' sizes); whichever of this and "
+        "--cache_size is reached first evicts; 0 disables (default: %(default)s)",
     )
     encode_batch_size: int = setting(
         256, group=BATCHING, type=in_range(int, 1), help="queries per encoder forward pass (default: %(default)s)"
