@@ -17,7 +17,8 @@
 #   -- FLAGS...       passed to retrieval_server.py as they are, e.g. -- --max_batch_size 512
 #   -h, --help        this text
 # Environment:
-#   SAVE_PATH         download folder of download.py [default $HOME/search_r1_data]
+#   SAVE_PATH         download folder of download.py [default ~/search_r1_data: $HOME, or the passwd home when
+#                     HOME is unset (systemd units, env -i), as download.py does]
 #   INDEX_PATH        FAISS index [default $SAVE_PATH/e5_Flat.index]
 #   CORPUS_PATH       jsonl corpus [default $SAVE_PATH/wiki-18.jsonl]
 #   RETRIEVER_MODEL   encoder dir or Hub name [default $SAVE_PATH/e5-base-v2 if present, else intfloat/e5-base-v2]
@@ -35,7 +36,11 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-SAVE_PATH="${SAVE_PATH:-$HOME/search_r1_data}"
+# Not $HOME: it is unset under systemd units and `env -i`. Bash's ~ falls back to the passwd entry, as Python's
+# Path.home() in download.py does; it stays a literal ~ when the user has none.
+home=~
+if [[ "$home" == "~" ]]; then home=""; fi
+SAVE_PATH="${SAVE_PATH:-${home:+$home/search_r1_data}}"
 PORT="${PORT:-8000}"
 HOST="${HOST:-127.0.0.1}"
 LOG_FILE="${LOG_FILE:-}"
@@ -69,11 +74,14 @@ while (($#)); do
   esac
 done
 
+if [[ -z "$SAVE_PATH" && (-z "${INDEX_PATH:-}" || -z "${CORPUS_PATH:-}") ]]; then
+  die "HOME is unset and user $(id -u) has no home directory: set SAVE_PATH (or INDEX_PATH and CORPUS_PATH)"
+fi
 INDEX_PATH="${INDEX_PATH:-$SAVE_PATH/e5_Flat.index}"
 CORPUS_PATH="${CORPUS_PATH:-$SAVE_PATH/wiki-18.jsonl}"
 if [[ -z "${RETRIEVER_MODEL:-}" ]]; then
   RETRIEVER_MODEL="intfloat/e5-base-v2"
-  if [[ -f "$SAVE_PATH/e5-base-v2/config.json" ]]; then RETRIEVER_MODEL="$SAVE_PATH/e5-base-v2"; fi
+  if [[ -n "$SAVE_PATH" && -f "$SAVE_PATH/e5-base-v2/config.json" ]]; then RETRIEVER_MODEL="$SAVE_PATH/e5-base-v2"; fi
 fi
 
 if ! [[ "$PORT" =~ ^[0-9]{1,5}$ ]] || ((10#$PORT < 1 || 10#$PORT > 65535)); then

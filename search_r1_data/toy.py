@@ -13,6 +13,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from search_r1_data.files import atomic_path
 from search_r1_oai.config import Settings
 
 _SYLLABLES = [
@@ -91,8 +92,10 @@ def write_toy_corpus(out_dir: Path, num_entities: int = 150, seed: int = 0) -> t
     passages, facts = make_toy_corpus(num_entities, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus_path, facts_path = out_dir / "corpus.jsonl", out_dir / "facts.jsonl"
-    corpus_path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in passages))
-    facts_path.write_text("".join(json.dumps(asdict(f), ensure_ascii=False) + "\n" for f in facts))
+    with atomic_path(corpus_path) as tmp:
+        tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in passages))
+    with atomic_path(facts_path) as tmp:
+        tmp.write_text("".join(json.dumps(asdict(f), ensure_ascii=False) + "\n" for f in facts))
     return corpus_path, facts_path
 
 
@@ -115,7 +118,8 @@ def write_toy_qa_parquet(facts: list[ToyFact], path: Path) -> Path:
         for i, fact in enumerate(facts)
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
     return path
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -196,6 +197,22 @@ def test_positional_form_of_the_slime_example(start, fake_python: Path, data_dir
     assert [flag(argv, f) for f in ("--topk", "--retriever_name", "--retriever_model")] == ["4", "bge", "some/model"]
     server.stop()
     assert log.exists()
+
+
+def test_works_without_home(start, fake_python: Path, data_dir: Path, port: int) -> None:
+    """systemd units and `env -i` have no HOME: the default SAVE_PATH comes from the passwd home, like download.py's."""
+    bare = {"PATH": os.environ["PATH"], "RETRIEVER_PYTHON": str(fake_python)}
+    server = start(["--port", str(port)], {**bare, "INDEX_PATH": str(data_dir / "e5_Flat.index"),
+                                           "CORPUS_PATH": str(data_dir / "wiki-18.jsonl")})  # fmt: skip
+    assert flag(server.health(port)["argv"], "--index_path") == str(data_dir / "e5_Flat.index")
+    out = server.stop()
+    assert "unbound variable" not in out
+
+    checked = subprocess.run(["bash", str(START), "--check", "--port", str(port)], env=bare, capture_output=True,
+                             text=True, timeout=30)  # fmt: skip
+    assert "unbound variable" not in checked.stderr
+    default = Path(pwd.getpwuid(os.getuid()).pw_dir) / "search_r1_data"
+    assert checked.returncode == 0 or f"download.py --save_path {default} " in checked.stderr, checked.stderr
 
 
 @pytest.mark.parametrize(
