@@ -199,6 +199,7 @@ def finished_of(sample: Sample) -> Finished:
         data_source=str(metadata.get("data_source") or "unknown"),
         outcome=_outcome_of(sample)[0],
         stats=RolloutStats.from_dict(metadata),
+        stop_reason=str(metadata.get("stop_reason") or ""),
         reward=None if reward is None else float(reward),
         em=metadata.get("em"),
         f1=metadata.get("f1"),

@@ -45,6 +45,11 @@ class PolicyError(RuntimeError):
     """The policy call failed for good (non-retryable 4xx, or retries exhausted, or a malformed reply)."""
 
 
+class BadServerValue(PolicyError):
+    """The policy server sent a value that must not become training data (see :mod:`search_r1_oai.server_values`);
+    the message names the field, the position and the value."""
+
+
 def chat_sampling_fields(sampling_params: dict[str, Any]) -> dict[str, Any]:
     """Translate slime's SGLang-native ``sampling_params`` to chat-completions fields.
 
@@ -99,9 +104,9 @@ def parse_chat_response(body: Any, latency_s: float = 0.0) -> TurnOutput:
         finish = meta["finish_reason"].get("type")
     logprob_content = (choice.get("logprobs") or {}).get("content")
     output_ids, output_logprobs = _sampled_ids(choice, meta, logprob_content)
-    prompt_ids = choice.get("prompt_token_ids")
+    # Ids and logprobs are taken as sent, unconverted: server_values checks them before they are used.
     return TurnOutput(
-        prompt_ids=list(prompt_ids) if prompt_ids is not None else None,
+        prompt_ids=choice.get("prompt_token_ids"),
         output_ids=output_ids,
         output_logprobs=output_logprobs,
         finish_reason=str(finish or "stop"),
@@ -127,12 +132,17 @@ def _sampled_ids(
     triples = meta.get("output_token_logprobs")
     if triples is not None:
         try:
-            return [int(t[1]) for t in triples], [float(t[0]) for t in triples]
-        except (TypeError, ValueError, IndexError):
-            raise PolicyError("meta_info.output_token_logprobs is not a list of [logprob, id, text]") from None
+            return [t[1] for t in triples], [t[0] for t in triples]
+        except (TypeError, KeyError, IndexError):
+            raise BadServerValue(
+                f"meta_info.output_token_logprobs is not a list of [logprob, id, text]: {str(triples)[:100]}"
+            ) from None
     ids = choice.get("response_token_ids", choice.get("token_ids"))
-    if ids is not None and logprob_content is not None and len(ids) == len(logprob_content):
-        return [int(i) for i in ids], [float(entry["logprob"]) for entry in logprob_content]
+    if isinstance(ids, list) and isinstance(logprob_content, list) and len(ids) == len(logprob_content):
+        try:
+            return ids, [entry["logprob"] for entry in logprob_content]
+        except (TypeError, KeyError):
+            raise BadServerValue("logprobs.content entries have no logprob") from None
     return None, None
 
 
@@ -205,6 +215,8 @@ class ChatClient:
                 url,
                 self._settings.policy_retries,
                 self._settings,
+                attempt_timeout_s=self._settings.policy_timeout_s,
+                deadline_s=self._settings.policy_deadline_s,
                 on_failure=on_failure,
                 content=content,
                 headers=headers,

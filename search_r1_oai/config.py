@@ -108,10 +108,46 @@ class Settings:
         "The model field of /v1/chat/completions requests (SGLang serves its one model under any name).",
     )
     policy_timeout_s: float = _setting(
-        600.0, "SEARCH_R1_POLICY_TIMEOUT_S", "float", "Read timeout of one policy call (a whole turn), seconds.", 0.001
+        600.0,
+        "SEARCH_R1_POLICY_TIMEOUT_S",
+        "float",
+        "Timeout of one attempt of a policy call (a whole turn), seconds: from connecting to the last byte of the "
+        "reply, so a server that trickles bytes or stalls after its headers trips it too.",
+        0.001,
+    )
+    policy_deadline_s: float = _setting(
+        1200.0,
+        "SEARCH_R1_POLICY_DEADLINE_S",
+        "float",
+        "Longest one policy call may take, all attempts and backoff waits together, seconds; no attempt runs past "
+        "it and no retry starts after it. Then the sample is FAILED (stop_reason policy_error).",
+        0.001,
     )
     retrieval_timeout_s: float = _setting(
-        30.0, "SEARCH_R1_RETRIEVAL_TIMEOUT_S", "float", "Timeout of one /retrieve call, seconds.", 0.001
+        30.0,
+        "SEARCH_R1_RETRIEVAL_TIMEOUT_S",
+        "float",
+        "Timeout of one attempt of a /retrieve call, seconds, from connecting to the last byte of the reply.",
+        0.001,
+    )
+    retrieval_deadline_s: float = _setting(
+        120.0,
+        "SEARCH_R1_RETRIEVAL_DEADLINE_S",
+        "float",
+        "Longest one search may take, all attempts, replicas and backoff waits together, seconds; then the tool "
+        "message says the search failed and the trajectory carries on.",
+        0.001,
+    )
+    trajectory_timeout_s: float = _setting(
+        1800.0,
+        "SEARCH_R1_TRAJECTORY_TIMEOUT_S",
+        "float",
+        "Wall-clock bound of one trajectory (every turn, search and wait of one generate call), seconds. slime waits "
+        "for every sample of a rollout step, so this bounds the step: a Search-R1 step (a few hundred prompts x 5 "
+        "samples, <= 4 turns of <= 500 new tokens on a 3B policy) takes minutes, so 30 min never cuts a healthy "
+        "trajectory and a stuck one holds the step at most that long. Past it the sample ends TRUNCATED with "
+        "stop_reason deadline and is not trained on (the cut is the servers' doing, not the policy's).",
+        0.001,
     )
     connect_timeout_s: float = _setting(
         10.0, "SEARCH_R1_CONNECT_TIMEOUT_S", "float", "TCP connect timeout for both servers, seconds.", 0.001
@@ -145,6 +181,22 @@ class Settings:
     )
     retry_max_wait_s: float = _setting(
         8.0, "SEARCH_R1_RETRY_MAX_WAIT_S", "float", "Longest single wait of the exponential backoff.", 0.0
+    )
+    tool_result_max_chars: int = _setting(
+        32768,
+        "SEARCH_R1_TOOL_RESULT_MAX_CHARS",
+        "int",
+        "Most characters of one tool result; longer ones are cut (with a note saying so) before anything tokenizes "
+        "them, so a retriever answering megabytes costs no time or memory.",
+        1,
+    )
+    tool_result_max_tokens: int = _setting(
+        4096,
+        "SEARCH_R1_TOOL_RESULT_MAX_TOKENS",
+        "int",
+        "Most tokens of one tool result after the character cut (Search-R1's 3 passages are ~500); longer ones are "
+        "cut at a token boundary, with a note.",
+        1,
     )
     log_every: int = _setting(
         100,

@@ -8,6 +8,7 @@ One object instead of module globals, so a test or an evaluation run makes its o
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import weakref
@@ -77,6 +78,11 @@ class RolloutContext:
         if template is None:
             template = self._templates[key] = ToolTurnTemplate(self.tokenizer, tools)
         return template
+
+    @functools.cached_property
+    def vocab_size(self) -> int:
+        """``len(tokenizer)``: every id a server returns must be below it."""
+        return len(self.tokenizer)
 
     def token_vocab(self) -> TokenVocab:
         """The tokenizer's vocabulary maps, for the re-encoding fallback only."""

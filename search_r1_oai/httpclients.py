@@ -17,15 +17,25 @@ import functools
 import itertools
 import json
 import ssl
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential,
+    wait_random,
+)
 
 from search_r1_oai.config import Settings
+from search_r1_oai.text import clean_text
 
 # Concurrent requests per client shard, so each httpcore pool only ever tracks a handful of connections.
 CONNECTIONS_PER_SHARD = 8
@@ -98,6 +108,16 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
+class AttemptTimeout(httpx.TimeoutException):
+    """One attempt got no complete reply within its overall limit (connect to last byte). httpx's own timeouts
+    are per read, so a server that trickles a byte a second, or stalls after its headers, never trips them."""
+
+    def __init__(self, limit_s: float, by_deadline: bool, request: httpx.Request) -> None:
+        what = "the call's deadline" if by_deadline else "the attempt's timeout"
+        super().__init__(f"no complete reply within {limit_s:.3g} s ({what})", request=request)
+        self.limit_s = limit_s
+
+
 class RequestFailed(Exception):
     """A request that still failed after its retries; the message says after how many attempts and why."""
 
@@ -122,13 +142,29 @@ async def post_json(
     retries: int,
     settings: Settings,
     *,
+    attempt_timeout_s: float,
+    deadline_s: float,
     on_failure: Callable[[str, BaseException], None] | None = None,
     **request: Any,
 ) -> PostResult:
     """POST and decode the JSON reply, with up to ``retries`` extra attempts on retryable errors (backoff with
     jitter). A callable ``url`` is asked for every attempt with the attempt's index (0 first), so a retry can go to
-    another replica; ``on_failure(url, error)`` hears of every failed attempt (to mark a replica down)."""
-    return await request_json(client, "POST", url, retries, settings, on_failure=on_failure, **request)
+    another replica; ``on_failure(url, error)`` hears of every failed attempt (to mark a replica down).
+
+    Nothing waits forever: each attempt must be complete (connect to last byte) within ``attempt_timeout_s``, and
+    the whole call, attempts and backoff together, within ``deadline_s``: no attempt runs past it, no wait sleeps
+    past it and no attempt starts after it. A cut attempt is an :class:`AttemptTimeout` (retryable)."""
+    return await request_json(
+        client,
+        "POST",
+        url,
+        retries,
+        settings,
+        attempt_timeout_s=attempt_timeout_s,
+        deadline_s=deadline_s,
+        on_failure=on_failure,
+        **request,
+    )
 
 
 async def request_json(
@@ -138,28 +174,43 @@ async def request_json(
     retries: int,
     settings: Settings,
     *,
+    attempt_timeout_s: float,
+    deadline_s: float,
     on_failure: Callable[[str, BaseException], None] | None = None,
     **request: Any,
 ) -> PostResult:
     """:func:`post_json` for any method."""
     tried: list[str] = []
+    ends_at = time.monotonic() + deadline_s
 
     async def attempt() -> Any:
         target = url(len(tried)) if callable(url) else url
         tried.append(target)
+        limit = max(0.0, min(attempt_timeout_s, ends_at - time.monotonic()))
         try:
-            response = await client.request(method, target, **request)
-            response.raise_for_status()
-            return response.json()
+            try:
+                async with asyncio.timeout(limit):
+                    response = await client.request(method, target, **request)
+                    response.raise_for_status()
+                    return response.json()
+            except TimeoutError:
+                raise AttemptTimeout(limit, limit < attempt_timeout_s, httpx.Request(method, target)) from None
         except (httpx.HTTPError, ValueError) as exc:
             if on_failure is not None:
                 on_failure(target, exc)
             raise
 
+    backoff = wait_exponential(multiplier=settings.retry_initial_wait_s, max=settings.retry_max_wait_s) + wait_random(
+        0, settings.retry_initial_wait_s
+    )
+
+    def wait(state: RetryCallState) -> float:
+        return max(0.0, min(backoff(state), ends_at - time.monotonic()))
+
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(retries + 1),
-        wait=wait_exponential(multiplier=settings.retry_initial_wait_s, max=settings.retry_max_wait_s)
-        + wait_random(0, settings.retry_initial_wait_s),
+        # stop_before_delay counts the coming wait: no retry that would start at (or after) the deadline.
+        stop=stop_after_attempt(retries + 1) | stop_before_delay(deadline_s),
+        wait=wait,
         retry=retry_if_exception(is_retryable),
         reraise=True,
     )
@@ -172,7 +223,12 @@ async def request_json(
 
 def error_detail(response: httpx.Response, limit: int = 500) -> str:
     """The server's own error message (SGLang's or our retriever's ``message``, FastAPI's ``detail``: a validation
-    list becomes ``field: problem; ...``, OpenAI's ``error.message``) or the start of the body."""
+    list becomes ``field: problem; ...``, OpenAI's ``error.message``) or the start of the body; always valid
+    Unicode (it reaches logs, tool messages and result files)."""
+    return clean_text(_error_detail(response, limit))
+
+
+def _error_detail(response: httpx.Response, limit: int) -> str:
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -203,6 +259,8 @@ def describe_error(exc: BaseException) -> str:
         return f"HTTP {exc.response.status_code} from {exc.request.url}: {error_detail(exc.response)}"
     if isinstance(exc, httpx.TransportError):
         where = f" calling {exc.request.url}" if _has_request(exc) else ""
+        if isinstance(exc, AttemptTimeout):
+            return f"timed out{where}: {exc}"
         if isinstance(exc, httpx.TimeoutException):
             return f"timed out{where} ({type(exc).__name__})"
         return f"cannot reach the server{where} ({type(exc).__name__}: {exc})"

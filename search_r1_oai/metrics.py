@@ -22,6 +22,7 @@ class Finished:
     data_source: str
     outcome: Outcome | None
     stats: RolloutStats
+    stop_reason: str = ""
     reward: float | None = None
     em: float | None = None
     f1: float | None = None
@@ -42,7 +43,10 @@ def _mean(values: Sequence[float]) -> float:
 
 def search_metrics(items: Sequence[Finished], format_score: float) -> dict[str, float]:
     """Per-batch metrics, flat names (the caller adds its prefix). Rates are fractions of trajectories, except
-    ``tool_error_rate`` (of tool calls); latencies are per ``/retrieve`` call, in seconds."""
+    ``tool_error_rate`` (of tool calls); latencies are per ``/retrieve`` call, in seconds. ``bad_server_values``
+    counts the trajectories failed for a value the policy server should never send (ids beyond the vocabulary,
+    NaN logprobs...): any is a server bug, so it is a count, not a rate; ``deadline_rate`` is the fraction cut by
+    the trajectory's wall-clock bound."""
     if not items:
         return {}
     n = len(items)
@@ -64,6 +68,8 @@ def search_metrics(items: Sequence[Finished], format_score: float) -> dict[str, 
         "failed_rate": outcomes.count(Outcome.FAILED) / n,
         "aborted_rate": outcomes.count(Outcome.ABORTED) / n,
         "truncated_rate": outcomes.count(Outcome.TRUNCATED) / n,
+        "bad_server_values": float(sum(item.stop_reason == "bad_server_value" for item in items)),
+        "deadline_rate": sum(item.stop_reason == "deadline" for item in items) / n,
     }
     if scored and format_score > 0:
         # Wrong answer in a well-formed trajectory: the reward is exactly the format score and EM is 0.

@@ -135,7 +135,15 @@ class PolicyRoute:
         client = self.pools.client("policy-admin", self.settings, self.settings.connect_timeout_s)
         url = self.base_url + "/workers"
         try:
-            reply = await request_json(client, "GET", url, self.settings.policy_retries, self.settings)
+            reply = await request_json(
+                client,
+                "GET",
+                url,
+                self.settings.policy_retries,
+                self.settings,
+                attempt_timeout_s=self.settings.connect_timeout_s,
+                deadline_s=self.settings.policy_deadline_s,
+            )
         except RequestFailed as exc:
             if isinstance(exc.__cause__, httpx.HTTPStatusError) and not is_retryable(exc.__cause__):
                 return None  # 404 and friends: an SGLang server, not a router
@@ -168,7 +176,14 @@ class PolicyRoute:
         client = self.pools.client("policy-admin", self.settings, _PROBE_TIMEOUT_S)
         try:
             reply = await request_json(
-                client, "POST", url + CHAT_PATH, self.settings.policy_retries, self.settings, json=body
+                client,
+                "POST",
+                url + CHAT_PATH,
+                self.settings.policy_retries,
+                self.settings,
+                attempt_timeout_s=min(_PROBE_TIMEOUT_S, self.settings.policy_timeout_s),
+                deadline_s=self.settings.policy_deadline_s,
+                json=body,
             )
             output = parse_chat_response(reply.body)
         except (RequestFailed, PolicyError) as exc:

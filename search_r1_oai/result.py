@@ -19,9 +19,11 @@ class Outcome(Enum):
     """How a trajectory ended; the names are slime's ``Sample.Status`` names.
 
     COMPLETED: the assistant answered without tool calls. TRUNCATED: ``finish_reason == "length"``, the context
-    budget ran out, or the last allowed turn still called tools. ABORTED: the server aborted the turn or slime asked
-    to stop between turns (the state to resume from comes with it). FAILED: the policy call failed for good, the
-    server cannot give token ids, or an invariant broke.
+    budget ran out, the last allowed turn still called tools, or the trajectory's wall-clock bound passed
+    (stop_reason ``deadline``: its tokens are exact but it is not trained on, since the cut is the servers'
+    doing, not the policy's). ABORTED: the server aborted the turn or slime asked to stop between turns (the state
+    to resume from comes with it). FAILED: the policy call failed for good, the server cannot give token ids, sent
+    a value that cannot be trained on (stop_reason ``bad_server_value``), or an invariant broke.
     """
 
     COMPLETED = "COMPLETED"

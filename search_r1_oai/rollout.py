@@ -1,30 +1,35 @@
 """The multi-turn loop of one trajectory: generate, run the tool calls, feed the results back, repeat, then stop.
 
 :func:`run_rollout` takes the prompt messages, the tools schemas and slime's sampling params and returns a
-:class:`~search_r1_oai.result.RolloutResult`. It never raises (``asyncio.CancelledError`` aside): a failed policy
-call becomes outcome FAILED, a failed tool call becomes a tool message. The pieces it calls each do one job:
+:class:`~search_r1_oai.result.RolloutResult`. It never raises (``asyncio.CancelledError`` aside) and never waits
+forever: a failed policy call, or a reply with a value that must not be trained on, becomes outcome FAILED, a
+failed tool call becomes a tool message, and a trajectory still running after ``trajectory_timeout_s`` ends
+TRUNCATED (stop_reason ``deadline``, not trained on). The pieces it calls each do one job:
 :mod:`~search_r1_oai.token_ids` (where ids come from), :mod:`~search_r1_oai.state` (what a resumed rollout
 carries), :mod:`~search_r1_oai.tools` (what a tool call does), :mod:`~search_r1_oai.context` (what rollouts share).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from search_r1_oai.chat_client import PolicyError, TurnOutput, chat_sampling_fields
+from search_r1_oai.chat_client import BadServerValue, PolicyError, TurnOutput, chat_sampling_fields
 from search_r1_oai.context import RolloutContext
 from search_r1_oai.policy_route import RouteError
 from search_r1_oai.prompts import SEARCH_TOOL
 from search_r1_oai.result import Outcome, RolloutResult, RolloutStats
+from search_r1_oai.server_values import check_reply, check_sampled
 from search_r1_oai.state import RolloutState
+from search_r1_oai.text import clean_text
 from search_r1_oai.token_ids import CapabilityError, begin_trajectory, placeholder_trajectory, token_ids_for
 from search_r1_oai.tool_calls import ToolCall, calls_from_server, calls_from_text
 from search_r1_oai.tools import run_tool_calls
-from search_r1_oai.trajectory import TrajectoryError, encode_text, render_chat
+from search_r1_oai.trajectory import TrajectoryError, encode_text, encode_text_off_loop, render_chat
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +43,16 @@ class Stop:
     outcome: Outcome
     reason: str
     error: str | None = None
+    # False keeps even exact tokens out of training (a trajectory cut by the wall clock: the servers' doing).
+    train: bool = True
 
 
 def _failed(error: str, reason: str) -> Stop:
-    return Stop(Outcome.FAILED, reason, error)
+    return Stop(Outcome.FAILED, reason, clean_text(error))
+
+
+def _bad_value(exc: BadServerValue) -> Stop:
+    return _failed(f"the policy server sent a bad value: {exc}", "bad_server_value")
 
 
 async def run_rollout(
@@ -61,10 +72,20 @@ async def run_rollout(
     """
     schemas: list[dict] = []
     stop: Stop
+    limit = context.settings.trajectory_timeout_s
+    deadline = asyncio.timeout(limit)
     try:
         schemas = _tool_schemas(tools)
         state = state or RolloutState.start(messages)
-        stop = await _loop(context, state, schemas, sampling_params, is_aborted)
+        async with deadline:
+            stop = await _loop(context, state, schemas, sampling_params, is_aborted)
+    except TimeoutError as exc:
+        if not deadline.expired():
+            logger.exception("rollout failed")
+            stop = _failed(f"{type(exc).__name__}: {exc}", "internal_error")
+        else:
+            error = f"the trajectory did not finish within SEARCH_R1_TRAJECTORY_TIMEOUT_S={limit:g} s"
+            stop = Stop(Outcome.TRUNCATED, "deadline", error, train=False)
     except Exception as exc:  # nothing may escape into slime's rollout step
         logger.exception("rollout failed")
         stop = _failed(f"{type(exc).__name__}: {exc}", "internal_error")
@@ -121,17 +142,24 @@ async def _loop(
         input_ids = None if server_renders or state.trajectory is None else state.trajectory.tokens_json()
         try:
             output = await chat.complete(body, input_ids)
+        except BadServerValue as exc:
+            return _bad_value(exc)
         except PolicyError as exc:
             return _failed(str(exc), "capability" if isinstance(exc, RouteError) else "policy_error")
         stats.policy_latency_s += output.latency_s
 
-        # 2. Append exactly the ids the server conditioned on and sampled.
+        # 2. Append exactly the ids the server conditioned on and sampled, once they are checked.
         try:
+            check_reply(output, context.vocab_size)
             if ids is None:
                 ids = begin_trajectory(output, state, context, tools)
             else:
                 ids.check_prompt(output, state)
-            turn_text, merged = _append_sampled(context, state, output, *ids.sampled(output, state))
+            sampled_ids, log_probs = ids.sampled(output, state)
+            check_sampled(sampled_ids, log_probs, context.vocab_size)
+            turn_text, merged = _append_sampled(context, state, output, sampled_ids, log_probs)
+        except BadServerValue as exc:
+            return _bad_value(exc)
         except CapabilityError as exc:
             return _failed(str(exc), "capability")
         except TrajectoryError as exc:
@@ -158,7 +186,7 @@ async def _loop(
         tool_messages = await run_tool_calls(calls, tools, context, stats)
         assert state.trajectory is not None
         delta_text = template.delta_text(tool_messages, state.trajectory.tokens[-1] == template.eos_id)
-        delta = encode_text(context.tokenizer, delta_text)
+        delta = await encode_text_off_loop(context.tokenizer, delta_text)
         if len(state.trajectory.tokens) + len(delta) >= settings.context_budget:
             return Stop(Outcome.TRUNCATED, "context_budget")
         state.trajectory.add_observation(delta)
@@ -252,7 +280,7 @@ def _result(context: RolloutContext, state: RolloutState | None, tools: list[dic
         stop_reason=stop.reason,
         stats=state.stats,
         error=stop.error,
-        train=stop.outcome is not Outcome.FAILED and not placeholder,
+        train=stop.train and stop.outcome is not Outcome.FAILED and not placeholder,
         saved_state=state.to_saved() if stop.outcome is Outcome.ABORTED else None,
         messages=state.messages,
     )
@@ -295,4 +323,4 @@ def _maybe_log(context: RolloutContext, result: RolloutResult, evaluation: bool)
             turn += 1
         if turn:
             shown = json.dumps({k: v for k, v in message.items() if k != "role"}, ensure_ascii=False, default=str)
-            logger.info("  turn %s %s: %s", turn, message.get("role"), shown[:2000])
+            logger.info("  turn %s %s: %s", turn, message.get("role"), clean_text(shown[:2000]))

@@ -27,6 +27,7 @@ import httpx
 from search_r1_oai.config import Settings
 from search_r1_oai.httpclients import (
     DEFAULT_POOLS,
+    AttemptTimeout,
     ClientPools,
     RequestFailed,
     describe_error,
@@ -34,6 +35,7 @@ from search_r1_oai.httpclients import (
     post_json,
 )
 from search_r1_oai.replicas import ReplicaSet
+from search_r1_oai.text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +85,11 @@ def passage_from_item(item: Any) -> Passage:
         raise SearchError(f"retriever returned a non-object passage: {item!r:.100}")
     title, text = item.get("title"), item.get("text")
     if isinstance(title, str) and isinstance(text, str):
-        return Passage(title=title, text=text)
+        return Passage(title=clean_text(title), text=clean_text(text))
     contents = item.get("contents")
     if not isinstance(contents, str):
         raise SearchError("retriever passage has neither title/text nor contents")
-    first, _, rest = contents.partition("\n")
+    first, _, rest = clean_text(contents).partition("\n")
     return Passage(title=first.strip().strip('"'), text=rest.strip())
 
 
@@ -151,6 +153,8 @@ def failure_reason(exc: BaseException, timeout_s: float) -> str:
         return f"it answered HTTP {exc.response.status_code}: {server_reason(exc.response)}"
     if isinstance(exc, httpx.ConnectTimeout):
         return "cannot reach the server (the connection timed out)"
+    if isinstance(exc, AttemptTimeout):
+        return f"timed out: no reply within {exc.limit_s:.3g} s"
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out: no reply within {timeout_s:g} s"
     if isinstance(exc, httpx.ConnectError):
@@ -225,6 +229,8 @@ class SearchClient:
                 lambda attempt: plan(attempt) + RETRIEVE_PATH,
                 self._settings.retrieval_retries,
                 self._settings,
+                attempt_timeout_s=self._settings.retrieval_timeout_s,
+                deadline_s=self._settings.retrieval_deadline_s,
                 on_failure=self._record_failure,
                 json=payload,
             )

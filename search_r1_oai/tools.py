@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from search_r1_oai.prompts import SEARCH_TOOL, SEARCH_TOOL_NAME
 from search_r1_oai.result import RolloutStats
 from search_r1_oai.search_client import SearchError, format_search_results
+from search_r1_oai.text import clean_text
 from search_r1_oai.tool_calls import ToolCall
+from search_r1_oai.trajectory import encode_text_off_loop
 
 if TYPE_CHECKING:
     from search_r1_oai.context import RolloutContext
@@ -72,7 +74,8 @@ def search_queries(call: ToolCall) -> tuple[list[str], str | None]:
         raw = [raw]
     if not isinstance(raw, list) or not all(isinstance(q, str) for q in raw):
         return [], f'{SEARCH_TOOL_NAME!r} needs "queries": a list of strings'
-    queries = [q.strip() for q in raw if q.strip()]
+    # JSON the policy wrote may escape a lone surrogate ("\\ud800"): searched as U+FFFD, never an encoding error.
+    queries = [clean_text(q.strip()) for q in raw if q.strip()]
     if not queries:
         return [], f'{SEARCH_TOOL_NAME!r} got no non-empty query; pass "queries": ["..."]'
     return queries, None
@@ -122,7 +125,8 @@ async def run_tool_calls(
     calls: list[ToolCall], tools: list[dict], context: RolloutContext, stats: RolloutStats
 ) -> list[dict[str, Any]]:
     """One tool message per call, in call order. Only the tools the sample offers (its ``tools`` schemas) can run;
-    each tool gets all of its calls of the turn at once."""
+    each tool gets all of its calls of the turn at once. Every message is valid Unicode and bounded
+    (:func:`bound_result`) before anything tokenizes it."""
     offered = [schema["function"]["name"] for schema in tools]
     replies: dict[int, ToolReply] = {}
     by_tool: dict[str, list[int]] = {}
@@ -145,11 +149,33 @@ async def run_tool_calls(
         reply = replies[i]
         content = reply.content
         if reply.error is not None:
-            content = f"Error: {reply.error}"
-            stats.record_tool_error(reply.error)
+            error = clean_text(reply.error)
+            content = f"Error: {error}"
+            stats.record_tool_error(error)
             stats.bad_tool_calls += reply.bad_call
-        messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name or "", "content": content})
+        content = await bound_result(clean_text(content), context)
+        name, call_id = clean_text(str(call.name or "")), clean_text(str(call.id))
+        messages.append({"role": "tool", "tool_call_id": call_id, "name": name, "content": content})
     return messages
+
+
+async def bound_result(text: str, context: RolloutContext) -> str:
+    """``text`` cut to ``tool_result_max_chars`` characters, then to ``tool_result_max_tokens`` tokens, with a note
+    for the policy. The character cut comes first so a result of megabytes is never tokenized whole; the token
+    count is only computed when the UTF-8 length could exceed it (a token covers at least one byte)."""
+    settings = context.settings
+    note = ""
+    if len(text) > settings.tool_result_max_chars:
+        note = f"\n[cut: the result had {len(text)} characters; the first {settings.tool_result_max_chars} are shown]"
+        text = text[: settings.tool_result_max_chars]
+    limit = settings.tool_result_max_tokens
+    if len(text.encode("utf-8")) <= limit:
+        return text + note
+    ids = await encode_text_off_loop(context.tokenizer, text)
+    if len(ids) > limit:
+        text = context.tokenizer.decode(ids[:limit], skip_special_tokens=False)
+        note = f"\n[cut: the result was longer than {limit} tokens; the first {limit} are shown]"
+    return text + note
 
 
 def _available(names: list[str]) -> str:

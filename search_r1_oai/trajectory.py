@@ -12,8 +12,13 @@ grow with the conversation.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
+
+# Longer text is tokenized in a worker thread: the Rust tokenizer releases the GIL, so the event loop (every other
+# rollout of the process) keeps running. Measured on the 2-core dev machine: 20k characters take ~15 ms, 3 MB ~6 s.
+ENCODE_IN_THREAD_ABOVE_CHARS = 8192
 
 
 class TemplateError(RuntimeError):
@@ -37,6 +42,13 @@ def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None, 
 def encode_text(tokenizer: Any, text: str) -> list[int]:
     """Ids of template text with no BOS/EOS added (special-token strings map to their ids)."""
     return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+async def encode_text_off_loop(tokenizer: Any, text: str) -> list[int]:
+    """:func:`encode_text` for a coroutine: short text inline (a thread hop costs more), long text in a thread."""
+    if len(text) <= ENCODE_IN_THREAD_ABOVE_CHARS:
+        return encode_text(tokenizer, text)
+    return await asyncio.to_thread(encode_text, tokenizer, text)
 
 
 def render_prompt_ids(tokenizer: Any, messages: list[dict], tools: list[dict] | None) -> list[int]:

@@ -41,6 +41,11 @@ def test_every_variable_is_read() -> None:
         "SEARCH_R1_ALLOW_REENCODE_FALLBACK": "true",
         "SEARCH_R1_VERIFY_PROMPT_IDS": "1",
         "SEARCH_R1_FORMAT_SCORE": "0.1",
+        "SEARCH_R1_POLICY_DEADLINE_S": "30",
+        "SEARCH_R1_RETRIEVAL_DEADLINE_S": "9.5",
+        "SEARCH_R1_TRAJECTORY_TIMEOUT_S": "90",
+        "SEARCH_R1_TOOL_RESULT_MAX_CHARS": "1000",
+        "SEARCH_R1_TOOL_RESULT_MAX_TOKENS": "300",
         "SEARCH_R1_TOOL_CALL_START": "<call>",
         "SEARCH_R1_TOOL_CALL_END": "</call>",
     }
@@ -63,6 +68,11 @@ def test_every_variable_is_read() -> None:
         allow_reencode_fallback=True,
         verify_prompt_ids=True,
         format_score=0.1,
+        policy_deadline_s=30.0,
+        retrieval_deadline_s=9.5,
+        trajectory_timeout_s=90.0,
+        tool_result_max_chars=1000,
+        tool_result_max_tokens=300,
         tool_call_markers=("<call>", "</call>"),
     )
 
@@ -77,13 +87,18 @@ def test_every_variable_is_in_the_table() -> None:
             "CONTEXT_BUDGET",
             "POLICY_MODEL",
             "POLICY_TIMEOUT_S",
+            "POLICY_DEADLINE_S",
             "RETRIEVAL_TIMEOUT_S",
+            "RETRIEVAL_DEADLINE_S",
+            "TRAJECTORY_TIMEOUT_S",
             "CONNECT_TIMEOUT_S",
             "CONCURRENCY",
             "POLICY_RETRIES",
             "RETRIEVAL_RETRIES",
             "RETRY_INITIAL_WAIT_S",
             "RETRY_MAX_WAIT_S",
+            "TOOL_RESULT_MAX_CHARS",
+            "TOOL_RESULT_MAX_TOKENS",
             "LOG_EVERY",
             "ALLOW_REENCODE_FALLBACK",
             "VERIFY_PROMPT_IDS",
@@ -95,7 +110,7 @@ def test_every_variable_is_in_the_table() -> None:
     assert [knob.env for knob in config.SETTINGS] == names
     assert all(knob.key == knob.env.lower() and knob.help for knob in config.SETTINGS)
     assert {knob.attr for knob in config.SETTINGS} == {f.name for f in dataclasses.fields(Settings)}
-    assert len(dataclasses.fields(Settings)) == 18
+    assert len(dataclasses.fields(Settings)) == 23
     text = config.render_help_text() + config.render_markdown() + config.render_yaml()
     assert [name for name in names if name not in text or name.lower() not in text] == []
 

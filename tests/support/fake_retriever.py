@@ -2,7 +2,10 @@
 
 ``FakeRetriever`` answers every query with ``topk`` deterministic passages (or, given a corpus, the passages
 whose text shares the most words with the query). Set ``fail_next``/``fail_status`` for "5xx then ok",
-``delay_s`` for a slow server; "down" is simply a port nobody serves (start the server later for "then up").
+``delay_s`` for a slow server, ``slow_next``/``slow_fault`` for answers that trickle a byte a second or stall after
+the headers (``tests/support/slow_responses.py``), ``edit`` to change every answer before it is sent (written with
+ASCII escapes, so a lone surrogate goes out as ``\ud800``); "down" is simply a port nobody serves (start the
+server later for "then up").
 
 Requests are validated with the real server's request model and answers are built with its response model
 (``local_dense_retriever/retriever/api.py``), so a schema change on the server breaks the client's tests instead
@@ -13,16 +16,19 @@ of passing against a fake that still speaks the old schema. The models are impor
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 
 from local_dense_retriever.retriever.api import Document, RetrieveRequest, RetrieveResponse, ScoredDocument
 from tests.support.live_server import serve_app
+from tests.support.slow_responses import Fault, slow_response
 
 
 @dataclass
@@ -33,6 +39,9 @@ class FakeRetriever:
     fail_next: int = 0
     fail_status: int = 503
     delay_s: float = 0.0
+    slow_next: int = 0
+    slow_fault: Fault = "stall"
+    edit: Callable[[dict], None] | None = None
     # What the real server's --topk would give a request without ``topk``.
     default_topk: int = 3
     requests: list[dict] = field(default_factory=list)
@@ -52,7 +61,7 @@ class FakeRetriever:
             return {"status": "ok"}
 
         @app.post("/retrieve")
-        async def retrieve(request: RetrieveRequest) -> JSONResponse:
+        async def retrieve(request: RetrieveRequest) -> Response:
             self.requests.append(request.model_dump())
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
@@ -60,7 +69,14 @@ class FakeRetriever:
                 self.fail_next -= 1
                 return JSONResponse({"detail": "scripted failure"}, status_code=self.fail_status)
             topk = request.topk or self.default_topk
-            return JSONResponse(self.response([self.passages(q, topk) for q in request.queries], request).model_dump())
+            answer = self.response([self.passages(q, topk) for q in request.queries], request).model_dump()
+            if self.slow_next > 0:
+                self.slow_next -= 1
+                return slow_response(self.slow_fault, json.dumps(answer).encode())
+            if self.edit is None:
+                return JSONResponse(answer)
+            self.edit(answer)
+            return Response(json.dumps(answer).encode("ascii"), media_type="application/json")
 
         return app
 

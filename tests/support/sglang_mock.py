@@ -14,6 +14,11 @@ Behaviour follows SGLang 0.5.15 (``python/sglang/srt/entrypoints/openai/serving_
 * ``"0.5.17"``: also ``return_token_ids`` -> ``choices[i].token_ids`` (all sampled ids, stop token included) and
   ``prompt_token_ids``; ``"0.5.18"``: the output ids are named ``response_token_ids``.
 
+Faults are scripted per reply too: ``Reply(fault="trickle" | "stall")`` sends the headers and then the body a byte a
+second, or nothing (``tests/support/slow_responses.py``); ``Reply(corrupt=f)`` lets ``f`` edit the response before it
+is sent (NaN and lone surrogates included: such a body is written with ``allow_nan`` and ASCII escapes), for the
+tests of values no server should send. What is recorded is the response before ``corrupt``.
+
 Sampling is scripted: ``MockSGLang.script(question, replies)`` queues raw assistant texts (special tokens included)
 per conversation; a request is matched by the question string in its prompt and pops the next reply. The rollout's
 routing probe (``policy_route.PROBE_TEXT``) is answered with ``OK`` like any model would, recorded under that text. Generation
@@ -32,6 +37,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -43,6 +49,7 @@ from search_r1_oai.policy_route import PROBE_TEXT
 from search_r1_oai.reencode import byte_level_alphabet
 from tests.support.live_server import serve_app
 from tests.support.scripted_logprob import mock_logprob
+from tests.support.slow_responses import Fault, slow_response
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +78,16 @@ class Reply:
     """One scripted assistant turn: the raw text the 'model' samples, or an HTTP error instead.
 
     ``delay_s``: the mock answers that much later; the scripted engine in real SGLang (``real_sglang``) holds the
-    request that long after its first token, so an abort request can reach it mid-turn.
+    request that long after its first token, so an abort request can reach it mid-turn. ``fault`` and ``corrupt``
+    (the mock only): the reply trickles or stalls, or is edited in place before it is sent.
     """
 
     text: str = ""
     status: int = 200
     finish_reason: str | None = None
     delay_s: float = 0.0
+    fault: Fault | None = None
+    corrupt: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -356,6 +366,11 @@ class MockSGLang:
 
     def handle(self, body: Any) -> tuple[int, dict[str, Any], float]:
         """Process one request body synchronously: ``(status, json_body, delay_s)``; records it."""
+        status, payload, reply = self._handle(body)
+        return status, payload, reply.delay_s if reply is not None else 0.0
+
+    def _handle(self, body: Any) -> tuple[int, dict[str, Any], Reply | None]:
+        """:meth:`handle`, with the scripted reply (``None`` for a rejected request)."""
         question, prompt_ids = "", []
         try:
             self._validate(body)
@@ -373,18 +388,21 @@ class MockSGLang:
                     reply = self._pop_reply(question)
         except MockRequestError as err:
             self._record(question, body, prompt_ids, [], [], None, err.status, None)
-            return err.status, error_body(err.message, err.status, err.err_type), 0.0
+            return err.status, error_body(err.message, err.status, err.err_type), None
         sampling = self.engine_sampling_params(body)
         if reply.status != 200:
             message = reply.text or f"MockSGLang scripted error {reply.status}"
             self._record(question, body, prompt_ids, [], [], None, reply.status, None, sampling)
-            return reply.status, error_body(message, reply.status), reply.delay_s
+            return reply.status, error_body(message, reply.status), reply
         output_ids, finish, matched = self._sample(reply, body, len(prompt_ids), max_new)
         logprobs = [mock_logprob(tok, len(prompt_ids) + i) for i, tok in enumerate(output_ids)]
         response = self._build_response(body, prompt_ids, output_ids, logprobs, finish, matched)
         finish_out = response["choices"][0]["finish_reason"]
         self._record(question, body, prompt_ids, output_ids, logprobs, finish_out, 200, response, sampling)
-        return 200, response, reply.delay_s
+        if reply.corrupt is not None:
+            response = copy.deepcopy(response)
+            reply.corrupt(response)
+        return 200, response, reply
 
     def engine_sampling_params(self, body: dict[str, Any]) -> dict[str, Any]:
         """The ``SamplingParams`` SGLang's chat handler would hand its engine for ``body``.
@@ -591,17 +609,23 @@ class MockSGLang:
             return {"object": "list", "data": [card]}
 
         @app.post("/v1/chat/completions")
-        async def chat_completions(request: fastapi.Request) -> JSONResponse:
+        async def chat_completions(request: fastapi.Request) -> fastapi.Response:
             raw = await request.body()
             try:
                 body = json.loads(raw)
             except ValueError as exc:
                 self._record("", {"_raw": raw.decode("utf-8", "replace")}, [], [], [], None, 400, None)
                 return JSONResponse(error_body(f"request body is not valid JSON: {exc}", 400), status_code=400)
-            status, payload, delay = self.handle(body)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            return JSONResponse(payload, status_code=status)
+            status, payload, reply = self._handle(body)
+            if reply is not None and reply.delay_s > 0:
+                await asyncio.sleep(reply.delay_s)
+            if reply is None or (reply.fault is None and reply.corrupt is None):
+                return JSONResponse(payload, status_code=status)
+            # NaN and lone surrogates as a careless server would write them: JSONResponse refuses both.
+            content = json.dumps(payload, allow_nan=True).encode("ascii")
+            if reply.fault is not None:
+                return slow_response(reply.fault, content, status=status)
+            return fastapi.Response(content, status_code=status, media_type="application/json")
 
         return app
 
