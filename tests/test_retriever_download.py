@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -495,3 +496,13 @@ def test_atomic_path_shows_only_complete_files_and_sweeps_what_a_kill_left(tmp_p
     (tmp_path / ".out.bin.killed.tmp").write_bytes(b"left by SIGKILL")
     remove_stale_temps(target)
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_default_save_path_needs_no_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    from retriever_download.cli import default_save_path
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("SAVE_PATH", raising=False)
+    assert default_save_path() == Path(pwd.getpwuid(os.getuid()).pw_dir) / "search_r1_data"
+    monkeypatch.setenv("SAVE_PATH", "/data/wiki18")
+    assert default_save_path() == Path("/data/wiki18")

@@ -11,8 +11,20 @@ from pathlib import Path
 from .files import DownloadError
 from .pipeline import DownloadPlan, check_download, run_download
 
-DEFAULT_SAVE_PATH = Path(os.environ.get("SAVE_PATH", str(Path.home() / "search_r1_data")))
-_DEFAULTS = DownloadPlan(save_path=DEFAULT_SAVE_PATH)
+
+def default_save_path() -> Path | None:
+    """``$SAVE_PATH``, else ``~/search_r1_data`` (with HOME unset, the home from the user database, as
+    start_server.sh does); None when neither exists, e.g. a container user without a passwd entry."""
+    if os.environ.get("SAVE_PATH"):
+        return Path(os.environ["SAVE_PATH"])
+    try:
+        return Path.home() / "search_r1_data"
+    except (RuntimeError, KeyError):
+        return None
+
+
+DEFAULT_SAVE_PATH = default_save_path()
+_DEFAULTS = DownloadPlan(save_path=DEFAULT_SAVE_PATH or Path("search_r1_data"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +113,10 @@ def plan_from_args(args: argparse.Namespace) -> DownloadPlan:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.save_path is None:
+        parser.error("HOME is unset and this user has no home directory: pass --save_path (or set SAVE_PATH)")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("download")
     plan = plan_from_args(args)
