@@ -7,7 +7,7 @@ import pytest
 
 from generate_with_search_oai import reward_func, score_sample
 from search_r1_oai.config import Settings
-from search_r1_oai.reward import extract_answer, f1, gold_answers, normalize_answer
+from search_r1_oai.reward import cover_exact_match, extract_answer, f1, gold_answers, normalize_answer, score
 from tests.support.slime_stub import Sample
 
 LABEL = {"ground_truth": {"target": ["The Beatles", "Beatles"]}, "style": "rule"}
@@ -115,3 +115,23 @@ def test_unusable_label_scores_zero_with_reason() -> None:
     sample = _sample("<answer>x</answer>", label={"weird": 1})
     assert score_sample(sample, FORMAT) == 0.0
     assert "ground_truth" in sample.metadata["reward_error"]
+
+
+@pytest.mark.parametrize(
+    ("prediction", "golds", "covered"),
+    [
+        ("the Beatles band", ["Beatles"], True),
+        ("Beatles", ["The Beatles"], True),
+        ("Paul McCartney", ["Beatles", "Paul"], True),
+        ("Bea", ["Beatles"], False),
+        ("anything", ["the"], False),  # a gold answer that normalises to nothing covers nothing
+    ],
+)
+def test_cover_exact_match(prediction: str, golds: list[str], covered: bool) -> None:
+    assert cover_exact_match(prediction, golds) is covered
+
+
+def test_score_reports_cover_em_beside_em() -> None:
+    result = score("<answer>the Beatles, of course</answer>", LABEL, well_formed=True, format_score=0.2)
+    assert result.em == 0.0 and result.cover_em == 1.0 and result.reward == 0.2
+    assert score("no answer", LABEL, well_formed=False, format_score=0.2).cover_em == 0.0
