@@ -74,10 +74,16 @@ while (($#)); do
     --attach) ATTACH=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; break ;;
+    --dry-run) die "this script has no dry run (it starts a retriever); check the training with: bash run_qwen2.5-3B-it.sh --dry-run" ;;
     *) die "unknown argument: $1 (slime flags go after --; see --help)" ;;
   esac
 done
 TRAIN_ARGS=("$@")
+# The training script's --dry-run counts anywhere among its flags: here it would start the retriever for nothing.
+for arg in "${TRAIN_ARGS[@]}"; do
+  [[ "$arg" != --dry-run ]] ||
+    die "--dry-run after -- would start the retriever for nothing: run bash run_qwen2.5-3B-it.sh --dry-run [flags]"
+done
 
 # ---------------------------------------------------------------------------------------------------------------
 # Checks: nothing is started until every one of them passes.

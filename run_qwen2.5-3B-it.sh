@@ -5,8 +5,12 @@
 #
 #   bash run_qwen2.5-3B-it.sh [--dry-run] [extra slime flags...]
 #
-#   --dry-run     check the settings, print the slime config, the Ray commands, the job's runtime environment
-#                 (WANDB_API_KEY masked) and the train command, then exit without touching Ray
+#   --dry-run     (anywhere on the line) check the settings, print the slime config, the Ray commands, the job's
+#                 runtime environment (WANDB_API_KEY masked) and the train command, then exit without touching Ray.
+#                 What the live run would stop at for a missing path (SLIME_DIR, and so no model flags;
+#                 MEGATRON_DIR, HF_CKPT, REF_LOAD, DATA_DIR/train.parquet) is one warning line each, exit 0; values
+#                 that cannot work fail it as they fail the live run (a bad setting; a tensor-parallel or engine
+#                 size that does not divide NUM_GPUS; batch sizes that Megatron or slime would reject)
 #   -h, --help    this text
 #   extra arguments are appended to slime's flags (later flags win)
 #
@@ -46,7 +50,8 @@
 #   RAY_START_ARGS            extra flags for `ray start --head`, split on spaces (e.g. other ports, --temp-dir) [none]
 #   RAY_CLUSTER_TIMEOUT       seconds to wait for the cluster to answer and have its GPUs [600]
 #   RETRIEVAL_SERVER_URL, SEARCH_R1_*   rollout settings, listed below
-#   SEARCH_R1_CONFIG          a slime config YAML of your own (rollout settings by key, slime flags too) [none]
+#   SEARCH_R1_CONFIG          a slime config YAML of your own: rollout settings by key, and keys of your own for your
+#                             own slime hooks; not slime's flags (below) [none]
 #   WANDB_API_KEY             set to log to wandb (WANDB_PROJECT [search-r1-oai], WANDB_GROUP [qwen2.5-3B-it]); reaches
 #                             the job through a private runtime-env file, never a command line
 #
@@ -57,8 +62,12 @@
 #
 # Rollout settings reach the job as a slime config: the script writes the keys of SEARCH_R1_CONFIG, with each setting
 # exported in this shell on top (the variable wins), to a private YAML and passes --custom-config-path FILE (do not
-# pass it yourself); slime copies its keys onto `args`, which every Ray worker receives. Bad values stop the script
-# before Ray is touched (--dry-run too). Unset settings keep their defaults (variable / config key [default]):
+# pass it yourself); slime copies its keys onto `args`, which every Ray worker receives. A key that is one of slime's
+# flags (found in SLIME_DIR/slime, sglang_* / router_*, or any flag of the train command) is refused with the flag to
+# pass instead: slime applies this file after validating its flags and building the eval datasets from them, so such
+# a key would skip slime's checks (rollout_temperature: 0) or never reach the eval sets (eval_temperature). Without
+# slime at SLIME_DIR, --dry-run warns which keys it could not check. Bad values stop the script before Ray is touched
+# (--dry-run too). Unset settings keep their defaults (variable / config key [default]):
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -68,14 +77,26 @@ usage() {
   python3 "$SCRIPT_DIR/search_r1_oai/config.py" --help-text 2>/dev/null ||
     echo "  (python3 could not print them: see the Settings section of README.md)"
 }
-DRY_RUN=0
 case "${1:-}" in
-  --dry-run) DRY_RUN=1; shift ;;
   -h | --help) usage; exit 0 ;;
 esac
+# --dry-run counts wherever it is (`--num-rollout 5 --dry-run` must never be a live run); it is no slime flag.
+DRY_RUN=0
+slime_flags=()
+for arg in "$@"; do
+  if [[ "$arg" == --dry-run ]]; then DRY_RUN=1; else slime_flags+=("$arg"); fi
+done
+set -- "${slime_flags[@]}"
 
 log() { echo "[train] $*" 2>/dev/null || true; }
 die() { echo "error: $*" >&2; exit 1; }
+# What the live run stops at but a dry run can look past (a path missing on this machine): the live run dies, the
+# dry run collects one warning line and prints them all once every check has passed.
+WARNINGS=()
+warn() { WARNINGS+=("warning: $*"); }
+refuse() {
+  if ((DRY_RUN)); then warn "a live run stops here: $*"; else die "$*"; fi
+}
 # The job runs in SLIME_DIR, so relative paths are made absolute against the caller's folder here.
 absolute() { if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$PWD" "$1"; fi; }
 
@@ -88,6 +109,13 @@ DATA_DIR="$(absolute "${DATA_DIR:-${SCRIPT_DIR}/data/search_r1_processed}")"
 NUM_NODES="${NUM_NODES:-1}"
 NUM_GPUS="${NUM_GPUS:-4}"
 TP_SIZE="${TP_SIZE:-2}"
+NUM_ROLLOUT="${NUM_ROLLOUT:-1000}"
+ROLLOUT_BATCH_SIZE="${ROLLOUT_BATCH_SIZE:-64}"
+N_SAMPLES_PER_PROMPT="${N_SAMPLES_PER_PROMPT:-8}"
+GLOBAL_BATCH_SIZE="${GLOBAL_BATCH_SIZE:-512}"
+MAX_TOKENS_PER_TURN="${MAX_TOKENS_PER_TURN:-512}"
+MAX_TOKENS_PER_GPU="${MAX_TOKENS_PER_GPU:-9216}"
+SAVE_INTERVAL="${SAVE_INTERVAL:-100}"
 RAY_PORT="${RAY_PORT:-6379}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 RAY_CLUSTER_TIMEOUT="${RAY_CLUSTER_TIMEOUT:-600}"
@@ -99,7 +127,8 @@ EVAL_DIR="$(absolute "${EVAL_DIR:-${DATA_DIR}/eval}")"
 SEARCH_R1_CONFIG="${SEARCH_R1_CONFIG:-}"
 if [[ -n "$SEARCH_R1_CONFIG" ]]; then SEARCH_R1_CONFIG="$(absolute "$SEARCH_R1_CONFIG")"; fi
 
-for name in NUM_NODES NUM_GPUS TP_SIZE RAY_PORT RAY_DASHBOARD_PORT RAY_CLUSTER_TIMEOUT; do
+for name in NUM_NODES NUM_GPUS TP_SIZE RAY_PORT RAY_DASHBOARD_PORT RAY_CLUSTER_TIMEOUT NUM_ROLLOUT ROLLOUT_BATCH_SIZE \
+  N_SAMPLES_PER_PROMPT GLOBAL_BATCH_SIZE MAX_TOKENS_PER_TURN MAX_TOKENS_PER_GPU SAVE_INTERVAL; do
   [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, got '${!name}'"
 done
 for name in EVAL_INTERVAL EVAL_MAX_SAMPLES; do
@@ -114,20 +143,22 @@ for arg in "$@"; do
   [[ "$arg" != --custom-config-path* ]] ||
     die "--custom-config-path is set by this script; name your YAML with SEARCH_R1_CONFIG=FILE instead"
 done
-# The same code the rollout workers run reads the settings now, so a bad value is one line here, not a failed job.
-# Output: the slime config as one line of YAML.
-config_args=(--slime-config)
-if [[ -n "$SEARCH_R1_CONFIG" ]]; then config_args+=(--base "$SEARCH_R1_CONFIG"); fi
-SLIME_CONFIG_TEXT="$(python3 "$SCRIPT_DIR/search_r1_oai/config.py" "${config_args[@]}")" || exit 1
 TOTAL_GPUS=$((NUM_NODES * NUM_GPUS))
 WORKER_CMD=(ray start --address "${MASTER_ADDR}:${RAY_PORT}" --num-gpus "$NUM_GPUS")
 
+SLIME_FOUND=0
+if [[ -f "${SLIME_DIR}/train.py" ]]; then
+  SLIME_FOUND=1
+else
+  refuse "slime not found at SLIME_DIR=${SLIME_DIR} (clone THUDM/slime there or set SLIME_DIR): the train command" \
+    "has no model flags (slime's scripts/models/qwen2.5-3B.sh)"
+fi
+[[ -d "$MEGATRON_DIR" ]] || refuse "Megatron-LM not found at MEGATRON_DIR=${MEGATRON_DIR} (slime's image has it; or set MEGATRON_DIR)"
+[[ -d "$HF_CKPT" ]] || refuse "HF checkpoint not found at HF_CKPT=${HF_CKPT} (see README: Checkpoints)"
+[[ -d "$REF_LOAD" ]] || refuse "torch_dist checkpoint not found at REF_LOAD=${REF_LOAD} (see README: Checkpoints)"
+[[ -f "${DATA_DIR}/train.parquet" ]] || refuse "${DATA_DIR}/train.parquet missing: run python data_preprocess.py --local_dir ${DATA_DIR}"
+# The tools only the live run uses: a dry run may run on a login node without them.
 if [[ "$DRY_RUN" -eq 0 ]]; then
-  [[ -f "${SLIME_DIR}/train.py" ]] || die "slime not found at SLIME_DIR=${SLIME_DIR} (clone THUDM/slime there or set SLIME_DIR)"
-  [[ -d "$MEGATRON_DIR" ]] || die "Megatron-LM not found at MEGATRON_DIR=${MEGATRON_DIR} (slime's image has it; or set MEGATRON_DIR)"
-  [[ -d "$HF_CKPT" ]] || die "HF checkpoint not found at HF_CKPT=${HF_CKPT} (see README: Checkpoints)"
-  [[ -d "$REF_LOAD" ]] || die "torch_dist checkpoint not found at REF_LOAD=${REF_LOAD} (see README: Checkpoints)"
-  [[ -f "${DATA_DIR}/train.parquet" ]] || die "${DATA_DIR}/train.parquet missing: run python data_preprocess.py --local_dir ${DATA_DIR}"
   command -v ray >/dev/null || die "ray is not installed in this environment (use slime's image)"
   python3 -c 'import ray' 2>/dev/null || die "python3 cannot import ray: run in the Python environment that has ray (slime's image)"
   for tool in setsid timeout ps; do
@@ -201,8 +232,8 @@ EVAL_CONFIG_TEXT=""
 EVAL_SUMMARY="off (EVAL_INTERVAL=0)"
 if ((EVAL_INTERVAL > 0)); then
   if [[ -z "$EVAL_DIR_GIVEN" && ! -e "$EVAL_DIR" ]]; then
-    echo "warning: no eval sets at ${EVAL_DIR}: training without evaluation (make them with python" \
-      "data_preprocess.py --eval_sets nq,hotpotqa,..., or set EVAL_DIR; EVAL_INTERVAL=0 silences this)" >&2
+    warn "no eval sets at ${EVAL_DIR}: training without evaluation (make them with python" \
+      "data_preprocess.py --eval_sets nq,hotpotqa,..., or set EVAL_DIR; EVAL_INTERVAL=0 silences this)"
     EVAL_SUMMARY="off (no ${EVAL_DIR})"
   else
     [[ -d "$EVAL_DIR" ]] || die "EVAL_DIR=${EVAL_DIR} is not a folder; make the eval sets with python" \
@@ -230,8 +261,8 @@ MODEL_ARGS=()
 if [[ -f "${SLIME_DIR}/scripts/models/qwen2.5-3B.sh" ]]; then
   # shellcheck source=/dev/null
   source "${SLIME_DIR}/scripts/models/qwen2.5-3B.sh"  # defines MODEL_ARGS
-elif [[ "$DRY_RUN" -eq 0 ]]; then
-  die "${SLIME_DIR}/scripts/models/qwen2.5-3B.sh not found"
+elif ((SLIME_FOUND)); then  # else the warning about SLIME_DIR says it
+  refuse "${SLIME_DIR}/scripts/models/qwen2.5-3B.sh not found: the train command has no model flags"
 fi
 
 CKPT_ARGS=(
@@ -239,7 +270,7 @@ CKPT_ARGS=(
   --ref-load "$REF_LOAD"
   --load "$SAVE_DIR"
   --save "$SAVE_DIR"
-  --save-interval "${SAVE_INTERVAL:-100}"
+  --save-interval "$SAVE_INTERVAL"
 )
 
 # Prompts are OpenAI message lists with a `tools` JSON string: no --apply-chat-template, the chat endpoint renders.
@@ -250,12 +281,12 @@ ROLLOUT_ARGS=(
   --tool-key tools
   --metadata-key metadata
   --rollout-shuffle
-  --num-rollout "${NUM_ROLLOUT:-1000}"
-  --rollout-batch-size "${ROLLOUT_BATCH_SIZE:-64}"
-  --n-samples-per-prompt "${N_SAMPLES_PER_PROMPT:-8}"
-  --rollout-max-response-len "${MAX_TOKENS_PER_TURN:-512}"
+  --num-rollout "$NUM_ROLLOUT"
+  --rollout-batch-size "$ROLLOUT_BATCH_SIZE"
+  --n-samples-per-prompt "$N_SAMPLES_PER_PROMPT"
+  --rollout-max-response-len "$MAX_TOKENS_PER_TURN"
   --rollout-temperature 1.0
-  --global-batch-size "${GLOBAL_BATCH_SIZE:-512}"
+  --global-batch-size "$GLOBAL_BATCH_SIZE"
   --balance-data
 )
 
@@ -268,7 +299,7 @@ PERF_ARGS=(
   --recompute-method uniform
   --recompute-num-layers 1
   --use-dynamic-batch-size
-  --max-tokens-per-gpu "${MAX_TOKENS_PER_GPU:-9216}"
+  --max-tokens-per-gpu "$MAX_TOKENS_PER_GPU"
 )
 
 GRPO_ARGS=(
@@ -338,6 +369,74 @@ TRAIN_BASE=(
   "${MISC_ARGS[@]}"
   "${CUSTOM_ARGS[@]}"
 )
+
+# ---- values that cannot work: refused here, in a dry run too, instead of after the GPUs are allocated ----
+# The last value of a flag on the train command (argparse: the last one wins), or $2 when it is not there.
+flag_value() {
+  local name="$1" value="$2" i
+  local argv=("${TRAIN_BASE[@]}" "$@")
+  for ((i = 0; i < ${#argv[@]}; i++)); do
+    case "${argv[i]}" in
+      "$name") value="${argv[i + 1]:-}" ;;
+      "$name="*) value="${argv[i]#*=}" ;;
+    esac
+  done
+  printf '%s' "$value"
+}
+# Every sizing flag the checks below use, as the job will see it; an extra flag names itself in a message.
+sizing() {  # $1 flag, $2 default; prints the value after checking it is a positive integer
+  local value
+  value="$(flag_value "$1" "$2" "${EXTRA_FLAGS[@]}")"
+  [[ "$value" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$value'"
+  printf '%s' "$value"
+}
+EXTRA_FLAGS=("$@")
+tp="$(sizing --tensor-model-parallel-size "$TP_SIZE")"
+pp="$(sizing --pipeline-model-parallel-size 1)"
+cp="$(sizing --context-parallel-size 1)"
+engine="$(sizing --rollout-num-gpus-per-engine "$TP_SIZE")"
+micro="$(sizing --micro-batch-size 1)"  # slime's default
+prompts="$(sizing --rollout-batch-size "$ROLLOUT_BATCH_SIZE")"
+n_samples="$(sizing --n-samples-per-prompt "$N_SAMPLES_PER_PROMPT")"
+global="$(sizing --global-batch-size "$GLOBAL_BATCH_SIZE")"
+per_rollout=$((prompts * n_samples))
+# Megatron splits each node's GPUs into tensor-parallel groups, and SGLang runs engines of $engine GPUs on one node.
+((NUM_GPUS % tp == 0)) || die "the tensor-parallel size $tp (TP_SIZE or --tensor-model-parallel-size) does not" \
+  "divide NUM_GPUS=$NUM_GPUS (GPUs per node): Megatron cannot split the node's GPUs into groups of $tp"
+((NUM_GPUS % engine == 0)) || die "the SGLang engine size $engine (TP_SIZE or --rollout-num-gpus-per-engine) does" \
+  "not divide NUM_GPUS=$NUM_GPUS (GPUs per node): slime cannot place its engines"
+# Megatron (initialize_model_parallel): the world size is a multiple of TP x PP x CP; the rest is data parallel.
+((TOTAL_GPUS % (tp * pp * cp) == 0)) || die "NUM_NODES x NUM_GPUS = $TOTAL_GPUS GPUs is not a multiple of" \
+  "tensor x pipeline x context parallel = $tp x $pp x $cp (Megatron refuses it)"
+dp=$((TOTAL_GPUS / (tp * pp * cp)))
+# Megatron's micro-batch calculator (initialized by slime at start): the global batch is whole micro-batches per
+# data-parallel rank.
+((global % (micro * dp) == 0)) || die "GLOBAL_BATCH_SIZE=$global is not a multiple of micro-batch size x" \
+  "data-parallel size = $micro x $dp (${TOTAL_GPUS} GPUs / TP $tp / PP $pp / CP $cp): Megatron refuses it"
+# slime (utils/dp_schedule.py) trains in steps of GLOBAL_BATCH_SIZE samples out of each rollout's
+# ROLLOUT_BATCH_SIZE x N_SAMPLES_PER_PROMPT, and asserts at the first training step that there is one.
+((per_rollout >= global)) || die "a rollout makes ROLLOUT_BATCH_SIZE x N_SAMPLES_PER_PROMPT = $prompts x $n_samples" \
+  "= $per_rollout samples, fewer than GLOBAL_BATCH_SIZE=$global: slime fails its first training step"
+steps="$(flag_value --num-steps-per-rollout "" "${EXTRA_FLAGS[@]}")"
+if [[ -n "$steps" ]]; then
+  [[ "$steps" =~ ^[1-9][0-9]*$ ]] || die "--num-steps-per-rollout must be a positive integer, got '$steps'"
+  ((global == per_rollout / steps)) || die "--num-steps-per-rollout $steps needs GLOBAL_BATCH_SIZE =" \
+    "$per_rollout / $steps = $((per_rollout / steps)), got $global (slime refuses it)"
+fi
+if ((per_rollout % global != 0)); then
+  warn "$((per_rollout % global)) of each rollout's $per_rollout samples (ROLLOUT_BATCH_SIZE x" \
+    "N_SAMPLES_PER_PROMPT) are not trained on: slime trains whole steps of GLOBAL_BATCH_SIZE=$global"
+fi
+
+# The same code the rollout workers run reads the settings now, so a bad value is one line here, not a failed job.
+# A key of SEARCH_R1_CONFIG that is one of slime's flags (its own, found in SLIME_DIR/slime, or one on the train
+# command) is refused: slime applies the file after validating its flags and building the eval datasets.
+# Output: the slime config as one line of YAML.
+config_args=(--slime-config --slime-dir "$SLIME_DIR")
+if [[ -n "$SEARCH_R1_CONFIG" ]]; then config_args+=(--base "$SEARCH_R1_CONFIG"); fi
+SLIME_CONFIG_TEXT="$(python3 "$SCRIPT_DIR/search_r1_oai/config.py" "${config_args[@]}" -- "${TRAIN_BASE[@]:4}" "$@")" ||
+  exit 1
+if ((${#WARNINGS[@]})); then printf '%s\n' "${WARNINGS[@]}" >&2; fi
 
 HEAD_CMD=(
   ray start --head --block --node-ip-address "$MASTER_ADDR" --port "$RAY_PORT" --dashboard-port "$RAY_DASHBOARD_PORT"

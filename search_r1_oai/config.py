@@ -9,11 +9,14 @@ run script's ``--help`` and an example config are printed from the same fields (
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import difflib
 import json
 import math
 import os
+import re
+import shlex
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -43,6 +46,7 @@ class Knob:
     help: str
     minimum: float | None = None
     part: int | None = None
+    below: float | None = None  # exclusive upper bound
     attr: str = ""
     default: Any = None
 
@@ -54,15 +58,17 @@ class Knob:
     def allowed(self) -> str:
         return {
             "int": f"an integer >= {self.minimum}",
-            "float": f"a finite number >= {self.minimum}",
+            "float": f"a finite number >= {self.minimum}" + (f" and < {self.below}" if self.below is not None else ""),
             "bool": "a boolean (true/false, 1/0, yes/no, on/off)",
             "str": "a non-empty string",
             "urls": "http:// or https:// URLs, as a YAML list or one comma-separated string",
         }[self.kind]
 
 
-def _setting(default: Any, env: str, kind: str, help: str, minimum: float | None = None) -> Any:
-    return field(default=default, metadata={_KNOBS: (Knob(env, kind, help, minimum),)})
+def _setting(
+    default: Any, env: str, kind: str, help: str, minimum: float | None = None, below: float | None = None
+) -> Any:
+    return field(default=default, metadata={_KNOBS: (Knob(env, kind, help, minimum, below=below),)})
 
 
 @dataclass(frozen=True)
@@ -223,8 +229,10 @@ class Settings:
         0.2,
         "SEARCH_R1_FORMAT_SCORE",
         "float",
-        "Reward of a well-formed trajectory whose answer is wrong (Search-R1's format reward); 0 disables it.",
+        "Reward of a well-formed trajectory whose answer is wrong (Search-R1's format reward); 0 disables it. "
+        "Below 1, a correct answer's reward.",
         0.0,
+        1.0,
     )
     tool_call_markers: tuple[str, str] = field(
         default=("<tool_call>", "</tool_call>"),
@@ -293,6 +301,8 @@ def _parse(knob: Knob, value: Any, name: str, label: str) -> Any:
         if knob.kind == "int" and isinstance(value, float) and number != value:
             raise bad()
         if not math.isfinite(number) or (knob.minimum is not None and number < knob.minimum):
+            raise bad()
+        if knob.below is not None and number >= knob.below:
             raise bad()
         return number
     if knob.kind == "bool":
@@ -467,17 +477,88 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_FLAG = re.compile(r"--([A-Za-z][A-Za-z0-9_-]*)")
+# slime's parser takes SGLang's server and router flags under these prefixes (slime/backends/sglang_utils).
+SLIME_FLAG_PREFIXES = ("sglang_", "router_")
+
+
+def _flag_key(flag: str) -> str | None:
+    """``--rollout-temperature`` (or ``--rollout-temperature=1``) as the ``args`` attribute it sets; else None."""
+    match = _FLAG.fullmatch(flag.split("=", 1)[0])
+    return match.group(1).replace("-", "_") if match else None
+
+
+def flags_defined_in(package: Path) -> frozenset[str]:
+    """The flags (as ``args`` attributes) that the ``*arguments*.py`` files under ``package`` (slime's own package)
+    define: the string ``--name`` arguments (and ``dest=``) of every call there (slime's ``add_argument`` and
+    ``reset_arg``). Read, not imported: the launcher's python3 has no torch, and a login node may have no GPU."""
+    names: set[str] = set()
+    for path in sorted(package.rglob("*arguments*.py")):
+        try:
+            tree = ast.parse(path.read_bytes(), str(path))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            flags = [arg.value for arg in node.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
+            keys = [key for flag in flags if flag.startswith("--") and (key := _flag_key(flag))]
+            if keys:
+                names.update(keys)
+                dest = next((kw.value for kw in node.keywords if kw.arg == "dest"), None)
+                if isinstance(dest, ast.Constant) and isinstance(dest.value, str):
+                    names.add(dest.value)
+    return frozenset(names)
+
+
+def flags_of_command(argv: Sequence[str]) -> frozenset[str]:
+    """The flags a command line passes, as ``args`` attributes."""
+    return frozenset(key for arg in argv if (key := _flag_key(arg)))
+
+
+def _as_flag(key: str, value: Any) -> str:
+    """What to put on slime's command line instead of ``key: value`` in its config file."""
+    flag = "--" + key.replace("_", "-")
+    if value is True:
+        return f"pass {flag}"
+    if value is False or value is None:
+        return f"leave {flag} out"
+    items = value if isinstance(value, list) else [value]
+    words = [json.dumps(item) if isinstance(item, dict | list | bool) else str(item) for item in items]
+    return "pass " + " ".join([flag, *(shlex.quote(word) for word in words)])
+
+
+def refuse_slime_flags(base: Mapping[str, Any], slime_flags: frozenset[str], label: str) -> None:
+    """slime applies ``--custom-config-path`` at the end of its argument validation, after it resolved the eval
+    datasets from the flags (slime/utils/arguments.py, slime_validate_args): a flag of slime's set there is never
+    checked (``rollout_temperature: 0``) or never reaches the eval datasets (``eval_temperature``). Such a key is
+    refused, naming the flag to pass instead."""
+    for key, value in base.items():
+        name = str(key)
+        if name not in KEYS and (name in slime_flags or name.startswith(SLIME_FLAG_PREFIXES)):
+            raise ConfigError(
+                f"{name} in {label} is slime's own flag: {_as_flag(name, value)} on the command line (slime validates"
+                " its flags and builds the eval datasets from them, then applies this file unchecked)"
+            )
+
+
 def slime_config(
-    env: Mapping[str, str], base: Mapping[str, Any] | None = None, base_label: str = "", check_env: bool = True
+    env: Mapping[str, str],
+    base: Mapping[str, Any] | None = None,
+    base_label: str = "",
+    check_env: bool = True,
+    slime_flags: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """The slime config the run script passes with ``--custom-config-path``: ``base`` (a user's file, every key of
-    it, slime's own too) with each setting given in ``env`` on top: the variable is the more specific act. Only
-    settings that are set appear, so unset ones keep their defaults (and the context budget its slime fallback)."""
+    """The slime config the run script passes with ``--custom-config-path``: ``base`` (a user's file: the settings
+    and keys of the user's own, none of ``slime_flags``) with each setting given in ``env`` on top: the variable is
+    the more specific act. Only settings that are set appear, so unset ones keep their defaults (and the context
+    budget its slime fallback)."""
     base = dict(base or {})
     label = base_label or "the config file"
     if check_env:
         _unknown(sorted(env), ENV_NAMES, ENV_PREFIX, "the environment")
     _unknown([str(key) for key in base], KEYS, KEY_PREFIX, label)
+    refuse_slime_flags(base, slime_flags, label)
     chosen = _resolve([_Source(env, False, "the environment"), _Source(base, True, label)])
     merged = dict(base)
     for knob, (value, source) in chosen.items():
@@ -513,6 +594,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--base", metavar="FILE", help=f"a user's slime config YAML (the run script's {CONFIG_FILE_VARIABLE})"
     )
+    parser.add_argument(
+        "--slime-dir", metavar="DIR", help="a slime checkout: keys of --base that are flags of its slime/ are refused"
+    )
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="after --: slime's command line; keys of --base among its flags are refused",
+    )
     options = parser.parse_args(argv)
     if options.markdown:
         sys.stdout.write(render_markdown())
@@ -524,7 +613,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             base = read_config_file(options.base) if options.base else {}
             label = f"{CONFIG_FILE_VARIABLE}={options.base}"
-            config = slime_config(os.environ, base, label, check_env=options.slime_config)
+            flags = flags_of_command(options.command)
+            package = Path(options.slime_dir) / "slime" if options.slime_dir is not None else None
+            if package is not None and package.is_dir():
+                flags |= flags_defined_in(package)
+            config = slime_config(os.environ, base, label, check_env=options.slime_config, slime_flags=flags)
+            unchecked = [str(key) for key in base if str(key) not in KEYS and str(key) not in flags]
+            if package is not None and not package.is_dir() and unchecked:
+                print(
+                    f"warning: {', '.join(unchecked)} in {label}: not checked against slime's flags (no {package});"
+                    " slime's own flags belong on the command line",
+                    file=sys.stderr,
+                )
             if options.slime_config:
                 print(dump_slime_config(config, use_yaml=bool(options.base)))
                 return 0

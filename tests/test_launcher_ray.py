@@ -258,9 +258,9 @@ class Launch:
     lines: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, env: dict[str, str], cwd: Path) -> Launch:
+    def start(cls, env: dict[str, str], cwd: Path, args: tuple[str, ...] = ()) -> Launch:
         process = subprocess.Popen(
-            ["bash", str(TRAIN)],
+            ["bash", str(TRAIN), *args],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -495,6 +495,30 @@ def test_a_failing_job_makes_the_launcher_fail_with_its_exit_code(
     assert launch.finish() == 3, launch.output
     assert reused_cluster.job(submission_id(report))["status"] == "FAILED"
     assert reused_cluster.running()
+
+
+def test_slimes_own_flags_are_refused_in_the_config_and_validated_by_slime_on_the_command_line(
+    reused_cluster: RayCluster, standin: Standin, report: Path, tmp_path: Path, launches: list[Launch]
+) -> None:
+    """slime applies --custom-config-path after validating its flags: rollout_temperature: 0 there would train
+    greedily, unchecked. The launcher refuses the key before Ray is touched; the same value as a flag reaches slime,
+    whose validation (the stand-in models slime's order) fails the job."""
+    env = standin.env(report, {"rollout_temperature": 0}, RAY_PORT=str(reused_cluster.gcs_port))
+    launches.append(launch := Launch.start(env, cwd=tmp_path))
+    assert launch.finish() == 1, launch.output
+    config_file = report.with_suffix(".user-config.yaml")
+    assert launch.output == (
+        f"error: rollout_temperature in SEARCH_R1_CONFIG={config_file} is slime's own flag: pass --rollout-temperature"
+        " 0 on the command line (slime validates its flags and builds the eval datasets from them, then applies this"
+        " file unchecked)\n"
+    )
+    assert ray_calls(report) == [] and not report.exists()
+
+    env = standin.env(report, RAY_PORT=str(reused_cluster.gcs_port))
+    launches.append(launch := Launch.start(env, cwd=tmp_path, args=("--rollout-temperature", "0")))
+    assert launch.finish() == 1, launch.output
+    assert "--rollout-temperature must be > 0" in launch.output and not report.exists()
+    assert reused_cluster.job(submission_id(report))["status"] == "FAILED"
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"])

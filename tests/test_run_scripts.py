@@ -57,6 +57,23 @@ def flag(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
+def standin_checkout(root: Path) -> dict[str, str]:
+    """Every path the launcher checks, with the stand-in slime (tests/support/slime_standin): nothing is missing."""
+    shutil.copytree(
+        ROOT / "tests" / "support" / "slime_standin", root / "slime", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("megatron", "hf", "ref", "data"):
+        (root / name).mkdir(parents=True)
+    (root / "data" / "train.parquet").touch()
+    return {
+        "SLIME_DIR": str(root / "slime"),
+        "MEGATRON_DIR": str(root / "megatron"),
+        "HF_CKPT": str(root / "hf"),
+        "REF_LOAD": str(root / "ref"),
+        "DATA_DIR": str(root / "data"),
+    }
+
+
 def test_train_command_uses_the_oai_hook_and_message_prompts() -> None:
     _, argv = dry_run(DATA_DIR="/data/x")
     assert flag(argv, "--custom-generate-function-path") == "generate_with_search_oai.generate"
@@ -185,7 +202,8 @@ def test_eval_interval_0_passes_no_eval_flags(tmp_path: Path) -> None:
 
 
 def test_a_missing_default_eval_dir_warns_and_trains_without_eval(tmp_path: Path) -> None:
-    result = run_dry(DATA_DIR=str(tmp_path))
+    (tmp_path / "train.parquet").touch()  # every path in place: the eval warning is the only one
+    result = run_dry(**{**standin_checkout(tmp_path / "checkout"), "DATA_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith(f"warning: no eval sets at {tmp_path}/eval: training without evaluation")
     assert "--eval_sets" in result.stderr and result.stderr.count("\n") == 1
@@ -296,10 +314,14 @@ def test_the_slime_config_reads_back_as_the_settings_the_environment_gave() -> N
 
 def test_a_users_config_file_is_merged_under_the_environment(tmp_path: Path) -> None:
     user = tmp_path / "my.yaml"
-    user.write_text("lr: 1.0e-6\nsearch_r1_topk: 5\nsearch_r1_max_turns: 2\nretrieval_server_url: [http://a:1]\n")
+    # A key of the user's own (for a hook of theirs) passes through; slime's own flags (lr) are refused: see
+    # test_launch_checks.py.
+    user.write_text(
+        "my_hook_lr: 1.0e-6\nsearch_r1_topk: 5\nsearch_r1_max_turns: 2\nretrieval_server_url: [http://a:1]\n"
+    )
     written = slime_config(SEARCH_R1_CONFIG=str(user), SEARCH_R1_MAX_TURNS="6")
     assert written == {
-        "lr": 1e-6,
+        "my_hook_lr": 1e-6,
         "search_r1_topk": 5,
         "search_r1_max_turns": 6,
         "retrieval_server_url": ["http://a:1"],
@@ -481,9 +503,11 @@ def test_help_names_every_environment_variable_the_script_reads(script: Path, tm
     assert read and not missing, f"--help of {script.name} does not mention {missing}"
 
 
-def wrapper_run(tmp_path: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+def wrapper_run(
+    tmp_path: Path, timeout: float = 60, unset: tuple[str, ...] = (), **env: str
+) -> subprocess.CompletedProcess[str]:
     """The tmux wrapper, for real, on a tmux server of its own, a fake retriever that records how it was started
-    (it answers /health) and a training script that exits at once."""
+    (it answers /health) and a training script that exits at once; ``unset`` names variables it runs without."""
     from tests.support import wrapper_fakes
     from tests.support.live_server import free_port
 
@@ -493,7 +517,7 @@ def wrapper_run(tmp_path: Path, timeout: float = 60, **env: str) -> subprocess.C
     for name in ("data.index", "corpus.jsonl"):
         (tmp_path / name).touch()
     base = {k: v for k, v in settings_free_env().items() if k not in {"TMUX", "TMUX_PANE", "TOPK", "HOST"}}
-    base = {k: v for k, v in base.items() if "proxy" not in k.lower()}
+    base = {k: v for k, v in base.items() if "proxy" not in k.lower() and k not in unset}
     try:
         return subprocess.run(
             ["bash", str(WRAPPER)],

@@ -1,5 +1,6 @@
-"""Stand-in for slime's train.py: loads ``--custom-config-path`` as slime does, reports how the Ray job ran it and
-what the rollout's settings are there, then sleeps and exits as the test asks.
+"""Stand-in for slime's train.py: parses its command line as slime does (slime/utils/arguments.py beside it: flags,
+validation, eval datasets, then ``--custom-config-path``), reports how the Ray job ran it and what the rollout's
+settings are there, then sleeps and exits as the test asks.
 
 slime copies every key of the config YAML onto ``args``; the launcher puts the rollout settings there, and the
 test steers this script through the same file: ``standin_report`` (where to write the report), ``standin_sleep``
@@ -9,30 +10,15 @@ test failed jobs).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
 import time
 
-import yaml
+from slime.utils.arguments import parse_args
 
 FORWARDED = ("WANDB_API_KEY", "RETRIEVAL_SERVER_URL", "PYTHONPATH", "CUDA_DEVICE_MAX_CONNECTIONS")
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The two flags of slime's that matter here; everything else is ignored."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--custom-config-path", default=None)
-    parser.add_argument("--rollout-max-context-len", type=int, default=None)
-    args, _ = parser.parse_known_args(argv)
-    if args.custom_config_path:  # what slime/utils/arguments.py does after parsing
-        with open(args.custom_config_path) as f:
-            data = yaml.safe_load(f) or {}
-        for key, value in data.items():
-            setattr(args, key, value)
-    return args
 
 
 def main() -> int:
@@ -45,7 +31,18 @@ def main() -> int:
     report = args.standin_report
     # Written whole, then renamed: the test polls for the file and must never read half of it.
     with open(report + ".tmp", "w") as f:
-        json.dump({"cwd": os.getcwd(), "argv": sys.argv, "env": env, "pid": os.getpid(), "settings": settings}, f)
+        json.dump(
+            {
+                "cwd": os.getcwd(),
+                "argv": sys.argv,
+                "env": env,
+                "pid": os.getpid(),
+                "settings": settings,
+                "rollout_temperature": args.rollout_temperature,
+                "eval_datasets": args.eval_datasets,
+            },
+            f,
+        )
     os.replace(report + ".tmp", report)
     time.sleep(float(getattr(args, "standin_sleep", 0)))
     return int(getattr(args, "standin_exit", 0))

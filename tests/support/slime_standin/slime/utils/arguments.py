@@ -1,0 +1,58 @@
+"""Stand-in for slime/utils/arguments.py: the order in which slime turns its command line into ``args``.
+
+Written from reading slime (parse_args -> slime_validate_args), not copied from it; only what this project relies
+on is modelled, in slime's order:
+
+1. parse the flags (a few of slime's, with slime's defaults; every other flag is accepted and ignored);
+2. validate them: ``--rollout-temperature`` must be > 0;
+3. build the eval datasets from ``--eval-config``, each taking ``--n-samples-per-eval-prompt`` and
+   ``--eval-temperature`` unless its entry sets them;
+4. only then copy every key of ``--custom-config-path`` onto ``args``, unchecked: a flag of slime's set there is
+   never validated, and never reaches the eval datasets.
+
+The launcher reads this file's ``--flag`` strings as slime's flags (search_r1_oai/config.py, flags_defined_in), as it
+reads slime's own arguments files.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--custom-config-path", default=None)
+    parser.add_argument("--rollout-max-context-len", type=int, default=None)
+    parser.add_argument("--rollout-temperature", type=float, default=1.0)
+    parser.add_argument("--eval-config", default=None)
+    parser.add_argument("--eval-interval", type=int, default=None)
+    parser.add_argument("--eval-temperature", type=float, default=None)
+    parser.add_argument("--n-samples-per-eval-prompt", type=int, default=1)
+    return parser
+
+
+def _resolve_eval_datasets(args: argparse.Namespace) -> list[dict]:
+    if not args.eval_config:
+        return []
+    with open(args.eval_config) as f:
+        datasets = (yaml.safe_load(f) or {})["eval"]["datasets"]
+    from_args = {"n_samples_per_eval_prompt": args.n_samples_per_eval_prompt, "temperature": args.eval_temperature}
+    return [{**from_args, **dataset} for dataset in datasets]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """``args`` as slime's parse_args leaves it; a refused flag raises ValueError, as in slime."""
+    args, _ = _parser().parse_known_args(argv)
+    args.eval_datasets = _resolve_eval_datasets(args)
+    if args.rollout_temperature <= 0:
+        raise ValueError(
+            "--rollout-temperature must be > 0; temperature 0 is greedy decoding and is not a valid RL policy."
+        )
+    if args.custom_config_path:
+        with open(args.custom_config_path) as f:
+            data = yaml.safe_load(f) or {}
+        for key, value in data.items():
+            setattr(args, key, value)
+    return args
