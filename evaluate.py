@@ -4,9 +4,12 @@
         --tokenizer /models/Qwen2.5-3B-Instruct --retrieval-url http://127.0.0.1:8000 --out eval/step100
     python evaluate.py --compare eval/base/summary.json eval/step100/summary.json
 
-Greedy by default. Writes ``results.jsonl`` (one line per sample: question, gold, answer, EM, F1, turns, searches,
-queries, tool errors, status, messages), ``summary.md``/``summary.json`` (one row per data source) and
-``summary.png`` into ``--out``; running the same command again resumes, skipping samples already in the results.
+Greedy by default. Writes into ``--out``: ``results.jsonl`` (one line per finished sample: question, gold, answer,
+EM, F1, cover-EM, turns, searches, queries, tool errors, status, messages), ``failures.jsonl`` (one line per failed
+attempt, with its reason), ``summary.md``/``summary.json`` (one row per data source, ``all`` and ``avg``) and
+``summary.png``. Running the same command again resumes: samples in the results are skipped, failed ones run again.
+Exit status: 0 when every sample finished, 1 while any failed (or a file cannot be written), 2 for bad input or an
+``--out`` another evaluate.py is writing (``evaluate.lock`` names it), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from search_r1_eval.atomic import remove_stale_temps
 from search_r1_eval.dataset import EvalDataError, EvalItem, load_items
 from search_r1_eval.lock import OutLock, OutLocked
 from search_r1_eval.plot import plot_summary
 from search_r1_eval.report import (
+    SUMMARY_FILES,
     NotASummary,
     check_summary,
     compare,
@@ -32,7 +37,7 @@ from search_r1_eval.report import (
     summarize,
     write_summary,
 )
-from search_r1_eval.results_file import ResultsStore, ResultsWriteError, clean_text
+from search_r1_eval.results_file import FAILURES, RESULTS, ResultsStore, ResultsWriteError, clean_text
 from search_r1_eval.runner import run_evaluation, sampling_params
 from search_r1_oai.config import ConfigError, Settings, load_settings_with_urls
 
@@ -143,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace, settings: Settings, items: list[EvalItem]) -> int:
     """The run proper, with the folder's lock held."""
     store = ResultsStore(args.out)
+    remove_stale_temps(args.out, (*SUMMARY_FILES, RESULTS, FAILURES))
     try:
         for message in store.open():
             print(message, file=sys.stderr)

@@ -26,3 +26,15 @@ def write_atomic(path: Path, data: bytes) -> Path:
             os.unlink(temporary)
         raise
     return path
+
+
+def remove_stale_temps(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporaries :func:`write_atomic` left for ``names`` in ``folder`` when a run was killed
+    mid-write; call it only while holding the lock that keeps every other writer of the folder out."""
+    removed = []
+    for name in names:
+        for path in folder.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed

@@ -35,6 +35,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("failed", "failed", "{:d}"),
 )
 SCORES = ("em", "f1", "cover_em")
+SUMMARY_FILES = ("summary.md", "summary.json", "summary.png")
 
 # Search-R1 paper (Jin et al. 2025, Table 2), Qwen2.5-3B-Instruct trained with Search-R1: EM per set and the mean
 # over the seven sets (../shared/docs/anchors.md). Keys are the data_source names of search_r1_data/eval_sets.py.
