@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from search_r1_oai.config import Settings
 from search_r1_oai.httpclients import DEFAULT_POOLS, ClientPools, RequestFailed, post_json
+from search_r1_oai.text import clean_text
 
 if TYPE_CHECKING:
     from search_r1_oai.policy_route import PolicyRoute, PolicySession
@@ -111,11 +112,23 @@ def parse_chat_response(body: Any, latency_s: float = 0.0) -> TurnOutput:
         output_logprobs=output_logprobs,
         finish_reason=str(finish or "stop"),
         content=message.get("content"),
-        tool_calls=message.get("tool_calls") or None,
+        tool_calls=_clean_strings(message.get("tool_calls")) or None,
         logprob_content=logprob_content,
         latency_s=latency_s,
         prompt_tokens=meta.get("prompt_tokens"),
     )
+
+
+def _clean_strings(value: Any) -> Any:
+    """``value`` with lone surrogates replaced in every string. Tool-call arguments are JSON the policy wrote, and
+    ``"\\ud800"`` in it is a lone surrogate once parsed: the calls are kept (searched with U+FFFD), not refused."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_clean_strings(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _clean_strings(item) for key, item in value.items()}
+    return value
 
 
 def encode_request(body: dict[str, Any], input_ids_json: str | None = None) -> bytes:
@@ -137,8 +150,11 @@ def _sampled_ids(
             raise BadServerValue(
                 f"meta_info.output_token_logprobs is not a list of [logprob, id, text]: {str(triples)[:100]}"
             ) from None
-    ids = choice.get("response_token_ids", choice.get("token_ids"))
-    if isinstance(ids, list) and isinstance(logprob_content, list) and len(ids) == len(logprob_content):
+    name = "response_token_ids" if "response_token_ids" in choice else "token_ids"
+    ids = choice.get(name)
+    if isinstance(ids, list) and isinstance(logprob_content, list):
+        if len(ids) != len(logprob_content):
+            raise BadServerValue(f"{name} has {len(ids)} entries but logprobs.content {len(logprob_content)}")
         try:
             return ids, [entry["logprob"] for entry in logprob_content]
         except (TypeError, KeyError):

@@ -2,7 +2,8 @@
 
 A reply is trusted for nothing: sampled and prompt ids must be integers in ``[0, len(tokenizer))`` (not ``bool``,
 not strings), logprobs finite numbers ``<= 0`` (up to :data:`LOGPROB_TOLERANCE` of float error; the value is kept
-as sent), ids and logprobs as many, and text valid Unicode. The first violation raises :class:`BadServerValue`
+as sent), ids and logprobs as many, and the reply's text valid Unicode (tool-call strings are cleaned instead, see
+:func:`search_r1_oai.chat_client.parse_chat_response`). The first violation raises :class:`BadServerValue`
 naming the field, the position and the value, e.g. ``output_ids[3] = 151700 is outside the vocabulary [0, 151665)``;
 the rollout ends the sample FAILED with stop_reason ``bad_server_value``, not trained on.
 """
@@ -60,28 +61,15 @@ def check_reply(output: TurnOutput, vocab_size: int) -> None:
         if not isinstance(output.content, str):
             raise BadServerValue(f"message.content = {_shown(output.content)} is not a string")
         _check_text("message.content", output.content)
-    if output.tool_calls is not None:
-        if not isinstance(output.tool_calls, list):
-            raise BadServerValue(f"message.tool_calls = {_shown(output.tool_calls)} is not a list")
-        _check_strings("message.tool_calls", output.tool_calls)
+    if output.tool_calls is not None and not isinstance(output.tool_calls, list):
+        raise BadServerValue(f"message.tool_calls = {_shown(output.tool_calls)} is not a list")
 
 
 def _check_text(name: str, text: str) -> None:
+    """A detokenizer writes U+FFFD for bytes that are no character, never a lone surrogate: one is a broken server."""
     at = first_surrogate(text)
     if at is not None:
         raise BadServerValue(f"{name}[{at}] = {text[at]!r} is not valid Unicode (a lone surrogate)")
-
-
-def _check_strings(name: str, value: Any) -> None:
-    """Every string inside a JSON value (the tool calls: a few short strings)."""
-    if isinstance(value, str):
-        _check_text(name, value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_strings(f"{name}.{key}", item)
-    elif isinstance(value, list):
-        for position, item in enumerate(value):
-            _check_strings(f"{name}[{position}]", item)
 
 
 def _shown(value: Any) -> str:
