@@ -311,10 +311,20 @@ class Batcher:
                 await self._execute(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # never let the loop die: it is the only consumer of the queue
+            except Exception as exc:  # never let the loop die: it is the only consumer of the queue
                 logger.exception("unexpected error in the batch loop")
+                self.stats.failed_batches += 1
+                self._fail(batch, f"batch aborted: {type(exc).__name__}: {exc}")
             finally:
                 self._running = 0
+
+    def _fail(self, batch: list[_Item], message: str) -> None:
+        """Fail every caller of ``batch`` still waiting (no caller may wait forever)."""
+        for item in batch:
+            if self._inflight.get((item.query, item.topk)) is item:
+                del self._inflight[(item.query, item.topk)]
+            if not item.future.done():
+                item.future.set_exception(BatchFailedError(message))
 
     async def _execute(self, batch: list[_Item]) -> None:
         by_text: dict[str, list[_Item]] = {}
@@ -330,12 +340,7 @@ class Batcher:
         try:
             hits = await self._run_search(distinct, k, still_wanted)
         except BaseException as exc:
-            message = str(exc) if isinstance(exc, BatchFailedError) else f"batch aborted: {exc!r}"
-            for item in batch:
-                if self._inflight.get((item.query, item.topk)) is item:
-                    del self._inflight[(item.query, item.topk)]
-                if not item.future.done():
-                    item.future.set_exception(BatchFailedError(message))
+            self._fail(batch, str(exc) if isinstance(exc, BatchFailedError) else f"batch aborted: {exc!r}")
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
