@@ -245,6 +245,7 @@ def test_eval_max_samples_and_training_splits_together(
     rows = pq.read_table(out_dir / "eval" / "nq.parquet").to_pylist()
     assert rows == expected_rows("nq", "test", flashrag_lines("nq", "test")[:2])
     assert not (out_dir / "test.parquet").exists()
+    assert not list(out_dir.rglob("*.tmp")), "every file was renamed into place"
     capsys.readouterr()
 
     # --max_samples limits training splits only: alone with --eval_sets it is a mistake, said in one line
