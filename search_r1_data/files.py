@@ -12,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +24,22 @@ class FolderBusy(RuntimeError):
     """Another process holds the folder's lock; the message names the folder and what to do."""
 
 
+def _create_unique(target: Path) -> Path:
+    """Create an empty ``.NAME.XXXXXXXX.tmp`` next to ``target``, the name taken by no one else (O_EXCL).
+
+    Not :func:`tempfile.mkstemp`: its files are 0600, and the renamed result must get the mode any new file gets
+    (0666 less the umask), as the plain ``open`` it replaces gave.
+    """
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name for {target} after 100 tries")
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """A fresh temporary path (``.NAME.XXXXXXXX.tmp``) in ``target``'s folder that becomes ``target`` on a clean exit.
@@ -31,10 +47,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     ``target`` is only ever absent, the old file or the complete new one. On any exception (Ctrl-C included) the
     temporary file is removed; one a SIGKILL left is swept by :func:`remove_stale_temps` under the folder's lock.
     """
-    target = Path(target)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _create_unique(Path(target))
     try:
         yield tmp
         os.replace(tmp, target)

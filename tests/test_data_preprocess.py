@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import data_preprocess
-from search_r1_data import check, convert
+from search_r1_data import check, convert, files
 from search_r1_oai.prompts import SEARCH_TOOL, SYSTEM_PROMPT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -498,3 +498,15 @@ def test_two_runs_into_one_folder_never_leave_a_corrupt_file(tmp_path: Path) -> 
     assert check.check_file(out / "train.parquet") == []
     assert pq.read_metadata(out / "train.parquet").num_rows == rows
     assert sorted(p.name for p in out.iterdir()) == ["train.parquet"], "no temporary file is left"
+
+
+def test_outputs_get_the_mode_of_a_plain_new_file(tmp_path: Path) -> None:
+    mask = os.umask(0o022)
+    try:
+        out = _converted(tmp_path, rows=3)
+        with files.atomic_path(tmp_path / "plain.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: other users of a shared data folder read it
+    assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644

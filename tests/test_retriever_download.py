@@ -493,6 +493,9 @@ def test_atomic_path_shows_only_complete_files_and_sweeps_what_a_kill_left(tmp_p
         first.write_bytes(b"one")
         second.write_bytes(b"two")
     assert target.read_bytes() == b"one" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask, "the mode a plain new file gets, not mkstemp's 0600"
     (tmp_path / ".out.bin.killed.tmp").write_bytes(b"left by SIGKILL")
     remove_stale_temps(target)
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]

@@ -13,7 +13,7 @@ import gzip
 import json
 import logging
 import os
-import tempfile
+import secrets
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +52,22 @@ def temp_name_pattern(target: Path) -> str:
     return f".{target.name}.*.tmp"
 
 
+def _create_unique(target: Path) -> Path:
+    """Create an empty ``.NAME.XXXXXXXX.tmp`` next to ``target``, the name taken by no one else (O_EXCL).
+
+    Not :func:`tempfile.mkstemp`: its files are 0600, and the renamed result must get the mode any new file gets
+    (0666 less the umask), as the plain ``open`` it replaces gave.
+    """
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name for {target} after 100 tries")
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """A fresh temporary path in ``target``'s folder; on a clean exit it becomes ``target`` (``os.replace``).
@@ -61,10 +77,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     temporary file is removed; a SIGKILL leaves it, and a later run holding the folder's lock may sweep it with
     :func:`remove_stale_temps`.
     """
-    target = Path(target)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _create_unique(Path(target))
     try:
         yield tmp
         os.replace(tmp, target)
