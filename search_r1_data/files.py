@@ -74,6 +74,8 @@ def folder_lock(directory: Path, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise FolderBusy(f"{what} into {directory}: wait for it to finish, or choose another folder") from exc
+        except OSError as exc:  # e.g. NFS, where flock needs a descriptor open for writing, which a folder's cannot be
+            logger.warning("cannot lock %s (%s): a second run into it will not be detected", directory, exc)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -510,3 +510,15 @@ def test_outputs_get_the_mode_of_a_plain_new_file(tmp_path: Path) -> None:
         os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: other users of a shared data folder read it
     assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_folder_that_cannot_be_locked_is_still_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def nfs_flock(fd: int, operation: int) -> None:
+        raise OSError(9, "Bad file descriptor")  # what NFS answers for a folder's read-only descriptor
+
+    monkeypatch.setattr(files.fcntl, "flock", nfs_flock)
+    with files.folder_lock(tmp_path, "another run is writing"):
+        pass
+    assert "cannot lock" in caplog.text and "will not be detected" in caplog.text
