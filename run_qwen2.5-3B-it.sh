@@ -383,7 +383,7 @@ flag_value() {
   done
   printf '%s' "$value"
 }
-# Every sizing flag the checks below use, as the job will see it; an extra flag names itself in a message.
+# A sizing value as the job will see it: the script's (from its variable), or the last one among the extra flags.
 sizing() {  # $1 flag, $2 default; prints the value after checking it is a positive integer
   local value
   value="$(flag_value "$1" "$2" "${EXTRA_FLAGS[@]}")"
@@ -405,7 +405,7 @@ per_rollout=$((prompts * n_samples))
   "divide NUM_GPUS=$NUM_GPUS (GPUs per node): Megatron cannot split the node's GPUs into groups of $tp"
 ((NUM_GPUS % engine == 0)) || die "the SGLang engine size $engine (TP_SIZE or --rollout-num-gpus-per-engine) does" \
   "not divide NUM_GPUS=$NUM_GPUS (GPUs per node): slime cannot place its engines"
-# Megatron (initialize_model_parallel): the world size is a multiple of TP x PP x CP; the rest is data parallel.
+# Megatron (validate_args): the world size is a multiple of TP x PP x CP; the rest is data parallel.
 ((TOTAL_GPUS % (tp * pp * cp) == 0)) || die "NUM_NODES x NUM_GPUS = $TOTAL_GPUS GPUs is not a multiple of" \
   "tensor x pipeline x context parallel = $tp x $pp x $cp (Megatron refuses it)"
 dp=$((TOTAL_GPUS / (tp * pp * cp)))
