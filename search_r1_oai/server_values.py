@@ -18,10 +18,14 @@ from search_r1_oai.text import first_surrogate
 
 # A logprob may exceed 0 by float error only (softmax of a near-certain token); anything above is not a logprob.
 LOGPROB_TOLERANCE = 1e-6
+_INT = frozenset({int})
+_NUMBER = frozenset({int, float})
 
 
 def check_ids(name: str, ids: Any, vocab_size: int) -> None:
     """Every entry of ``ids`` is an ``int`` id of the vocabulary."""
+    if isinstance(ids, list) and set(map(type, ids)) <= _INT and (not ids or 0 <= min(ids) <= max(ids) < vocab_size):
+        return  # the usual case, at C speed; the loop below finds the first bad entry
     if not isinstance(ids, list):
         raise BadServerValue(f"{name} is not a list of token ids: {_shown(ids)}")
     for position, value in enumerate(ids):
@@ -33,6 +37,13 @@ def check_ids(name: str, ids: Any, vocab_size: int) -> None:
 
 def check_logprobs(name: str, values: Any) -> None:
     """Every entry of ``values`` is a finite number ``<= LOGPROB_TOLERANCE``."""
+    if (
+        isinstance(values, list)
+        and set(map(type, values)) <= _NUMBER
+        and all(map(math.isfinite, values))
+        and (not values or max(values) <= LOGPROB_TOLERANCE)
+    ):
+        return
     if not isinstance(values, list):
         raise BadServerValue(f"{name} is not a list of logprobs: {_shown(values)}")
     for position, value in enumerate(values):
