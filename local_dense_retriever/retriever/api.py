@@ -344,9 +344,8 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette answers these outside every middleware, so they are counted here.
+        # Starlette answers these outside every middleware, so they are counted here (uvicorn logs the traceback).
         refusals.count("failed")
-        logger.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
     def refuse(
