@@ -358,12 +358,16 @@ def _surrogate_policy(tokenizer):
 def test_a_lone_surrogate_in_a_reply_does_not_crash_the_run(
     qwen_tokenizer, qwen_tokenizer_dir, retriever, tmp_path: Path, capsys
 ) -> None:
+    """The rollout may keep the reply (the surrogate becomes U+FFFD in the file) or refuse it as a bad value (a
+    failed sample with its reason); either way every line written is valid UTF-8 and the run ends normally."""
     data = _write_set(tmp_path / "odd.parquet", "odd", QUESTIONS[:2])
     out = tmp_path / "odd"
     with _surrogate_policy(qwen_tokenizer) as url:
-        assert evaluate.main(_argv([data], url, qwen_tokenizer_dir, retriever.url, out)) == 0
-    records = _results(out)
-    assert len(records) == 2 and all(r["status"] == "COMPLETED" for r in records)
-    text = (out / "results.jsonl").read_text(encoding="utf-8")  # valid UTF-8 throughout
-    assert "\ufffd <answer>" in text
-    assert json.loads((out / "summary.json").read_text())["all"]["n"] == 2
+        status = evaluate.main(_argv([data], url, qwen_tokenizer_dir, retriever.url, out))
+    records = [json.loads(line) for line in (out / "results.jsonl").read_bytes().decode("utf-8").splitlines()]
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_bytes().decode("utf-8").splitlines()]
+    assert len(records) + len(failures) == 2 and status == (1 if failures else 0)
+    assert all(r["status"] == "COMPLETED" and "\ufffd <answer>" in r["messages"][-1]["content"] for r in records)
+    assert all("surrogate" in f["error"] or "Unicode" in f["error"] for f in failures)
+    if failures:
+        assert "failed 2:" in capsys.readouterr().err
