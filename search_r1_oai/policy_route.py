@@ -68,6 +68,8 @@ class PolicyRoute:
         self._refreshing: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self._failure: tuple[float, str] | None = None
+        # When the policy last could not be reached while resolving, and why (told to those who waited meanwhile).
+        self._unreachable: tuple[float, str] | None = None
 
     # ---- resolution ------------------------------------------------------------------------------------------
 
@@ -78,16 +80,24 @@ class PolicyRoute:
             if self.mode == "workers" and time.monotonic() - self._workers_read_at > _WORKER_LIST_MAX_AGE_S:
                 self._refresh_in_background()
             return self.mode
+        asked_at = time.monotonic()
         async with self._lock:
             if self.mode is not None:
                 return self.mode
             if self._failure is not None and time.monotonic() - self._failure[0] < _RETRY_FAILED_RESOLVE_S:
                 raise RouteError(self._failure[1])
+            if self._unreachable is not None and self._unreachable[0] >= asked_at:
+                # Found out while this call waited for the lock: every waiter would otherwise spend a whole
+                # policy deadline of its own, one after the other.
+                raise PolicyError(self._unreachable[1])
             try:
                 self.mode = await self._discover()
             except RouteError as exc:
                 self._failure = (time.monotonic(), str(exc))
                 logger.error("%s", exc)
+                raise
+            except PolicyError as exc:
+                self._unreachable = (time.monotonic(), str(exc))
                 raise
             logger.info("policy route: %s (%s)", self.mode, self.describe())
             return self.mode

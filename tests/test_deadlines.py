@@ -178,3 +178,40 @@ async def test_128_rollouts_with_8_on_a_trickling_policy_all_finish_by_the_deadl
         else:
             assert sample.status == Sample.Status.COMPLETED, sample.metadata.get("error")
             assert_token_exact(sample, mock.requests_for(q))
+
+
+async def test_a_router_whose_worker_list_stalls_does_not_hold_the_route(qwen_tokenizer) -> None:
+    """The route is resolved once, under a lock every sample waits on: its own calls are bounded too."""
+    from fastapi import FastAPI
+
+    from tests.support.live_server import serve_app
+
+    app = FastAPI()
+
+    @app.get("/workers")
+    async def workers() -> object:
+        return slow_response("stall", b'{"workers": []}')
+
+    with serve_app(app, name="stalling-router") as url:
+        settings = dataclasses.replace(PATIENT, connect_timeout_s=30.0, policy_deadline_s=1.0)
+        started = time.monotonic()
+        samples = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    run_sample(
+                        new_sample(f"Who keeps the Wend archive {i}?"),
+                        dict(SAMPLING),
+                        tokenizer=qwen_tokenizer,
+                        policy_url=url,
+                        settings=settings,
+                    )
+                    for i in range(4)
+                )
+            ),
+            timeout=15,
+        )
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.0 + MARGIN_S
+    for sample in samples:
+        assert sample.status == Sample.Status.FAILED and sample.metadata["stop_reason"] == "policy_error"
+        assert "cannot reach the policy server" in sample.metadata["error"] and "timed out" in sample.metadata["error"]
