@@ -153,7 +153,7 @@ async def run_tool_calls(
             content = f"Error: {error}"
             stats.record_tool_error(error)
             stats.bad_tool_calls += reply.bad_call
-        content = await bound_result(clean_text(content), context)
+        content = await bound_result(content, context)
         name, call_id = clean_text(str(call.name or "")), clean_text(str(call.id))
         messages.append({"role": "tool", "tool_call_id": call_id, "name": name, "content": content})
     return messages
@@ -161,13 +161,15 @@ async def run_tool_calls(
 
 async def bound_result(text: str, context: RolloutContext) -> str:
     """``text`` cut to ``tool_result_max_chars`` characters, then to ``tool_result_max_tokens`` tokens, with a note
-    for the policy. The character cut comes first so a result of megabytes is never tokenized whole; the token
-    count is only computed when the UTF-8 length could exceed it (a token covers at least one byte)."""
+    for the policy, and valid Unicode. The character cut comes first so a result of megabytes is never scanned or
+    tokenized whole; the token count is only computed when the UTF-8 length could exceed it (a token covers at
+    least one byte)."""
     settings = context.settings
     note = ""
     if len(text) > settings.tool_result_max_chars:
         note = f"\n[cut: the result had {len(text)} characters; the first {settings.tool_result_max_chars} are shown]"
         text = text[: settings.tool_result_max_chars]
+    text = clean_text(text)
     limit = settings.tool_result_max_tokens
     if len(text.encode("utf-8")) <= limit:
         return text + note
