@@ -37,9 +37,10 @@ from search_r1_eval.report import (
     summarize,
     write_summary,
 )
-from search_r1_eval.results_file import FAILURES, RESULTS, ResultsStore, ResultsWriteError, clean_text
+from search_r1_eval.results_file import FAILURES, RESULTS, ResultsStore, ResultsWriteError
 from search_r1_eval.runner import run_evaluation, sampling_params
 from search_r1_oai.config import ConfigError, Settings, load_settings_with_urls
+from search_r1_oai.text import clean_text
 
 
 def _positive(text: str) -> int:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from search_r1_eval.atomic import write_atomic
-from search_r1_eval.results_file import clean_text
 from search_r1_oai.reward import cover_exact_match
+from search_r1_oai.text import clean_text
 
 ALL = "all"
 AVG = "avg"

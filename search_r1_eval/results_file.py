@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,18 +19,12 @@ from typing import Any
 
 from search_r1_eval.atomic import write_atomic
 from search_r1_eval.dataset import EvalItem
+from search_r1_oai.text import clean_text
 
 RESULTS = "results.jsonl"
 FAILURES = "failures.jsonl"
 # Outcomes that are not a result: the sample is run again on resume.
 FAILED_STATUSES = frozenset({"FAILED", "ABORTED"})
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def clean_text(text: str) -> str:
-    """``text`` with every lone surrogate (a server's ``"\\ud800"``, which UTF-8 cannot encode) replaced by U+FFFD."""
-    return _SURROGATE.sub("\ufffd", text)
 
 
 def json_line(record: dict[str, Any]) -> bytes:
@@ -39,8 +32,14 @@ def json_line(record: dict[str, Any]) -> bytes:
     return (clean_text(json.dumps(record, ensure_ascii=False, default=str)) + "\n").encode("utf-8")
 
 
+# A trajectory cut by its wall-clock deadline (TRUNCATED, stop_reason "deadline") was cut by slow servers, not by
+# the policy: it is not scored as a wrong answer either.
+FAILED_STOP_REASONS = frozenset({"deadline"})
+
+
 def is_failure(record: dict[str, Any]) -> bool:
-    return record.get("status") in FAILED_STATUSES
+    """Whether a record is a failed attempt (run again on resume) rather than a result."""
+    return record.get("status") in FAILED_STATUSES or record.get("stop_reason") in FAILED_STOP_REASONS
 
 
 class ResultsWriteError(OSError):

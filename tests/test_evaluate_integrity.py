@@ -131,6 +131,26 @@ def test_a_partly_failed_run_scores_what_finished_and_says_so(
     assert "failed" in (out / "summary.md").read_text()
 
 
+def test_a_sample_cut_by_the_trajectory_deadline_is_retried_not_scored(
+    isles, qwen_tokenizer, qwen_tokenizer_dir, retriever, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("SEARCH_R1_TRAJECTORY_TIMEOUT_S", "1")
+    out = tmp_path / "slow"
+    argv = _argv([isles], "", qwen_tokenizer_dir, retriever.url, out)
+    with serve_mock_sglang(_mock(qwen_tokenizer, slow_after=3, delay_s=5.0)) as url:
+        argv[argv.index("--policy-url") + 1] = url
+        assert evaluate.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "failed 1:" in err and "SEARCH_R1_TRAJECTORY_TIMEOUT_S" in err, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parn"]["n"] == 3 and summary["parn"]["failed"] == 1 and summary["parn"]["em"] == 1.0
+    monkeypatch.delenv("SEARCH_R1_TRAJECTORY_TIMEOUT_S")
+    with serve_mock_sglang(_mock(qwen_tokenizer)) as url:
+        argv[argv.index("--policy-url") + 1] = url
+        assert evaluate.main(argv) == 0
+    assert len(_results(out)) == len(QUESTIONS)
+
+
 # ---- every record whole, counted once ---------------------------------------------------------------------------
 
 

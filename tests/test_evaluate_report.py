@@ -11,7 +11,7 @@ import pytest
 
 from search_r1_eval.lock import OutLock, OutLocked
 from search_r1_eval.report import PAPER_AVG, PAPER_EM, reference, render_summary, render_table, summarize, write_summary
-from search_r1_eval.results_file import json_line, recover
+from search_r1_eval.results_file import is_failure, json_line, recover
 
 
 def _record(source: str, em: float, **extra) -> dict:
@@ -109,3 +109,12 @@ def test_the_lock_names_its_holder_and_is_emptied_on_release(tmp_path: Path) -> 
     second = OutLock(tmp_path)
     assert second.acquire() is None, "an emptied lock is not stale"
     second.release()
+
+
+@pytest.mark.parametrize(
+    ("status", "stop_reason", "failed"),
+    [("COMPLETED", "answer", False), ("TRUNCATED", "length", False), ("TRUNCATED", "deadline", True),
+     ("FAILED", "policy_error", True), ("ABORTED", "abort", True)],
+)  # fmt: skip
+def test_what_counts_as_a_failure(status: str, stop_reason: str, failed: bool) -> None:
+    assert is_failure({"status": status, "stop_reason": stop_reason}) is failed
