@@ -113,6 +113,14 @@ def test_every_bad_query_and_bad_field_is_counted_and_the_first_ones_named():
     assert "queries.1: Input should be a valid string" in payload["message"]
 
 
+def test_the_request_schema_is_still_documented():
+    """/retrieve reads its own body; /docs and openapi.json still show the RetrieveRequest schema."""
+    with _serve(StubEngine()) as url:
+        spec = httpx.get(f"{url}/openapi.json", timeout=10).json()
+    schema = spec["paths"]["/retrieve"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["queries"] and set(schema["properties"]) == {"queries", "topk", "return_scores"}
+
+
 def test_deeply_nested_json_gets_a_422_that_is_counted():
     nested = b'{"queries": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with _serve(StubEngine()) as url:
