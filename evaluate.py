@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from search_r1_eval.atomic import remove_stale_temps
+from search_r1_data.files import remove_stale_temps
 from search_r1_eval.dataset import EvalDataError, EvalItem, load_items
 from search_r1_eval.lock import OutLock, OutLocked
 from search_r1_eval.plot import plot_summary
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace, settings: Settings, items: list[EvalItem]) -> int:
     """The run proper, with the folder's lock held."""
     store = ResultsStore(args.out)
-    remove_stale_temps(args.out, (*SUMMARY_FILES, RESULTS, FAILURES))
+    for name in (*SUMMARY_FILES, RESULTS, FAILURES):
+        remove_stale_temps(args.out / name)
     try:
         for message in store.open():
             print(message, file=sys.stderr)

@@ -55,6 +55,18 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def write_atomic(target: Path, data: bytes) -> Path:
+    """Replace ``target`` (its folder created if missing) with ``data`` through :func:`atomic_path`, flushed to disk
+    before the rename, so a crash leaves the old file or the new one whole. Returns ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    return target
+
+
 def remove_stale_temps(target: Path) -> None:
     """Delete temporary files :func:`atomic_path` left for ``target`` in a killed run; call it only under the lock
     that keeps every other writer of ``target`` out."""

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from search_r1_eval.atomic import write_atomic
+from search_r1_data.files import write_atomic
 from search_r1_eval.report import ALL, SPECIAL
 
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from search_r1_eval.atomic import write_atomic
+from search_r1_data.files import write_atomic
 from search_r1_oai.reward import cover_exact_match
 from search_r1_oai.text import clean_text
 

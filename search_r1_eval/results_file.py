@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from search_r1_eval.atomic import write_atomic
+from search_r1_data.files import write_atomic
 from search_r1_eval.dataset import EvalItem
 from search_r1_oai.text import clean_text
 
