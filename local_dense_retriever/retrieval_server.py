@@ -11,6 +11,7 @@ answers 200. With RETRIEVER_API_KEY set in its environment, /retrieve answers on
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -32,6 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(parser)
     return parser
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning for a server that anyone on the network may query: bound beyond loopback without a key."""
+    if api_key or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve to any interface
+    return (
+        f"--host {host} without {API_KEY_ENV}: anyone who can reach this port can query the retriever; set "
+        f"{API_KEY_ENV} in the server's environment to require a bearer token on /retrieve"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings, on_load_error=stop_on_load_error, api_key=api_key)
     if api_key is not None:
         logger.info("/retrieve needs Authorization: Bearer <$%s>", API_KEY_ENV)
+    if (warning := exposure_warning(settings.host, api_key)) is not None:
+        logger.warning(warning)
     server = uvicorn.Server(server_config(app, settings))
     server.run()
     if failed:

@@ -452,3 +452,13 @@ def test_an_idle_kept_alive_connection_is_closed_and_malformed_http_is_a_counted
         assert _read_all(sock, within_s=5).startswith(b"HTTP/1.1 400 ")
     after = _health(limited_server)["refused"]
     assert after["bad_http"] - before["bad_http"] == 1 and after["total"] - before["total"] == 1
+
+
+def test_a_server_bound_beyond_loopback_without_a_key_says_who_can_query_it():
+    import retrieval_server
+
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert retrieval_server.exposure_warning(host, None) is None
+    assert retrieval_server.exposure_warning("0.0.0.0", "key") is None
+    warning = retrieval_server.exposure_warning("0.0.0.0", None)
+    assert warning is not None and "anyone who can reach this port" in warning and "RETRIEVER_API_KEY" in warning
