@@ -2,13 +2,18 @@
 
     python evaluate.py --data nq.parquet hotpotqa.parquet --policy-url http://127.0.0.1:30000 \
         --tokenizer /models/Qwen2.5-3B-Instruct --retrieval-url http://127.0.0.1:8000 --out eval/step100
+    python evaluate.py --data nq.parquet --model /ckpt/hf/step100 --retrieval-url http://127.0.0.1:8000 --out eval/step100
     python evaluate.py --compare eval/base/summary.json eval/step100/summary.json
+
+``--model`` starts SGLang on a free port of 127.0.0.1 (its log: ``OUT/sglang.log``), evaluates, and stops it at the
+end and on Ctrl-C/SIGTERM; ``--policy-url`` uses a server that is already running.
 
 Greedy by default. Writes into ``--out``: ``results.jsonl`` (one line per finished sample: question, gold, answer,
 EM, F1, cover-EM, turns, searches, queries, tool errors, status, messages), ``failures.jsonl`` (one line per failed
 attempt, with its reason), ``summary.md``/``summary.json`` (one row per data source, ``all`` and ``avg``) and
 ``summary.png``. Running the same command again resumes: samples in the results are skipped, failed ones run again.
-Exit status: 0 when every sample finished, 1 while any failed (or a file cannot be written), 2 for bad input or an
+Exit status: 0 when every sample finished, 1 while any failed (or a file cannot be written, or SGLang did not
+start), 2 for bad input (also no SGLang in this Python with ``--model``) or an
 ``--out`` another evaluate.py is writing (``evaluate.lock`` names it), 130 when interrupted.
 """
 
@@ -18,6 +23,8 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import shlex
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -27,6 +34,14 @@ from search_r1_data.files import remove_stale_temps
 from search_r1_eval.dataset import EvalDataError, EvalItem, load_items
 from search_r1_eval.lock import OutLock, OutLocked
 from search_r1_eval.plot import plot_summary
+from search_r1_eval.policy_server import (
+    PolicyServer,
+    PolicyServerError,
+    check_model,
+    default_command,
+    free_port,
+    server_argv,
+)
 from search_r1_eval.report import (
     SUMMARY_FILES,
     NotASummary,
@@ -60,8 +75,28 @@ def _temperature(text: str) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", type=Path, help="slime-ready parquet file(s) (data_preprocess.py output)")
-    parser.add_argument("--policy-url", help="SGLang server or slime router base URL, e.g. http://127.0.0.1:30000")
-    parser.add_argument("--tokenizer", help="tokenizer folder of the policy (the checkpoint's)")
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument("--policy-url", help="SGLang server or slime router base URL, e.g. http://127.0.0.1:30000")
+    policy.add_argument(
+        "--model", help="Hugging Face model folder: evaluate.py starts SGLang on it and stops it at the end"
+    )
+    parser.add_argument("--tokenizer", help="tokenizer folder of the policy (default with --model: the model folder)")
+    parser.add_argument(
+        "--sglang-args",
+        default="",
+        help='with --model: extra SGLang flags, one string, e.g. "--tp 4 --mem-fraction-static 0.8"',
+    )
+    parser.add_argument(
+        "--sglang-command",
+        help="with --model: the command that starts SGLang (default: this Python -m sglang.launch_server), "
+        'e.g. "/envs/sglang/bin/python -m sglang.launch_server"',
+    )
+    parser.add_argument(
+        "--server-timeout",
+        type=_positive,
+        default=600,
+        help="with --model: seconds SGLang may take to load (default 600)",
+    )
     parser.add_argument(
         "--retrieval-url",
         help="retriever base URL(s), comma-separated (default: RETRIEVAL_SERVER_URL / the rollout settings)",
@@ -79,9 +114,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.compare is None:
-        missing = [flag for flag in ("data", "policy_url", "tokenizer") if getattr(args, flag) is None]
+        if args.model is not None and args.tokenizer is None:
+            args.tokenizer = args.model
+        missing = [flag for flag in ("data", "tokenizer") if getattr(args, flag) is None]
+        if args.policy_url is None and args.model is None:
+            missing.insert(1, "policy_url or --model")
         if missing:
             parser.error("required: " + ", ".join("--" + name.replace("_", "-") for name in missing))
+    if args.model is None and (args.sglang_args or args.sglang_command):
+        parser.error("--sglang-args and --sglang-command need --model")
+    try:
+        args.sglang_extra = shlex.split(args.sglang_args)
+        args.sglang_base = shlex.split(args.sglang_command) if args.sglang_command else None
+    except ValueError as exc:
+        parser.error(f"--sglang-args/--sglang-command: {exc}")
     return args
 
 
@@ -131,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, EvalDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        tokenizer = _load_tokenizer(args.tokenizer)
+        if args.model is not None:
+            model = check_model(args.model)
+            command = args.sglang_base or default_command()
+    except (ValueError, PolicyServerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     lock = OutLock(args.out)
     try:
         taken_over = lock.acquire()
@@ -143,10 +197,57 @@ def main(argv: list[str] | None = None) -> int:
     with lock:
         if taken_over:
             print(taken_over, file=sys.stderr)
-        return _evaluate(args, settings, items)
+        if args.model is None:
+            return _evaluate(args, settings, items, tokenizer)
+        return _evaluate_with_server(args, settings, items, tokenizer, server_argv_for(args, model, command))
 
 
-def _evaluate(args: argparse.Namespace, settings: Settings, items: list[EvalItem]) -> int:
+def server_argv_for(args: argparse.Namespace, model: str, command: list[str]) -> tuple[list[str], int, str]:
+    """``(launch command, port, model)`` of the server ``--model`` starts."""
+    port = free_port()
+    return server_argv(command, model, port, args.sglang_extra), port, model
+
+
+def _load_tokenizer(name: str) -> Any:
+    """The policy's tokenizer, or ValueError with one line (transformers' own messages span several)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ValueError(
+            f"--tokenizer {name}: cannot load a tokenizer from it ({first}); pass the checkpoint's Hugging Face folder"
+        ) from None
+
+
+def _evaluate_with_server(
+    args: argparse.Namespace,
+    settings: Settings,
+    items: list[EvalItem],
+    tokenizer: Any,
+    launch: tuple[list[str], int, str],
+) -> int:
+    """Start SGLang, evaluate against it, stop it (also on Ctrl-C, SIGTERM or an error)."""
+    argv, port, model = launch
+    server = PolicyServer(argv, port, model, args.out / "sglang.log", float(args.server_timeout))
+    # SIGTERM takes Ctrl-C's path (finished samples kept, the server stopped, exit 130).
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        with server:
+            args.policy_url = server.url
+            return _evaluate(args, settings, items, tokenizer)
+    except PolicyServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted while SGLang was starting; it is stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings, items: list[EvalItem], tokenizer: Any) -> int:
     """The run proper, with the folder's lock held."""
     store = ResultsStore(args.out)
     for name in (*SUMMARY_FILES, RESULTS, FAILURES):
@@ -161,11 +262,9 @@ def _evaluate(args: argparse.Namespace, settings: Settings, items: list[EvalItem
     todo = [item for item in items if item.key not in state.done]
     retrying = sum(item.key in state.failed for item in todo)
 
-    from transformers import AutoTokenizer
-
     from search_r1_oai.context import RolloutContext
 
-    context = RolloutContext(settings, AutoTokenizer.from_pretrained(args.tokenizer), args.policy_url)
+    context = RolloutContext(settings, tokenizer, args.policy_url)
     sampling = sampling_params(args.max_new_tokens, args.temperature)
     print(
         f"{len(items)} samples from {len(args.data)} file(s); results in {store.results_path}"

@@ -407,3 +407,26 @@ class RealSGLangPool:
 
     def close(self) -> None:
         self._stack.close()
+
+
+# ---- a server started by the code under test (evaluate.py --model) -------------------------------------------------
+def scripted_launch_command(version: str) -> list[str]:
+    """The command that stands in for ``python -m sglang.launch_server`` (same flags), in ``version``'s venv."""
+    return [str(sglang_venv(version) / "bin" / "python"), str(ENGINE_DIR / "launch_scripted.py")]
+
+
+def write_script_file(path: Path, tokenizer: Any, scripts: dict[str, list[Reply | str]]) -> Path:
+    """The ``SCRIPTED_ENGINE_SCRIPT`` file of ``launch_scripted.py``: each question's replies as ids (as
+    :meth:`RealSGLang.script` sends them), plus the standing answer to the rollout's routing probe."""
+
+    def as_dict(reply: Reply | str) -> dict[str, Any]:
+        reply = Reply(text=reply) if isinstance(reply, str) else reply
+        ids = list(tokenizer.encode(reply.text, add_special_tokens=False)) if reply.status == 200 else []
+        message = reply.text if reply.status != 200 else ""
+        return {"ids": ids, "status": reply.status, "finish_reason": reply.finish_reason, "delay_s": reply.delay_s,
+                "message": message}  # fmt: skip
+
+    entries = [{"question": PROBE_TEXT, "replies": [as_dict("OK<|im_end|>")], "standing": True}]
+    entries += [{"question": q, "replies": [as_dict(r) for r in replies]} for q, replies in scripts.items()]
+    path.write_text(json.dumps(entries))
+    return path
