@@ -41,15 +41,18 @@ def _port_is_free(port: int) -> bool:
 
 
 def _processes_mentioning(marker: str) -> list[str]:
-    """Command lines of live processes that contain ``marker`` (the test's unique model folder)."""
+    """Live processes whose command line or environment contains ``marker`` (the test's unique script file, which
+    the server and every subprocess it spawns inherit in SCRIPTED_ENGINE_SCRIPT)."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
+                environ = (proc / "environ").read_bytes().decode(errors="replace")
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
                 continue
-            if marker in cmdline:
+            if marker in cmdline + environ and state != "Z":
                 found.append(f"{proc.name}: {cmdline[:200]}")
     return found
 
@@ -78,19 +81,19 @@ def _launch(tmp_path: Path, qwen_tokenizer_dir: Path, qwen_tokenizer, retriever_
         "--server-timeout", "240",
     ]  # fmt: skip
     process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return process, model, out, control_port
+    return process, script, out, control_port
 
 
 def scripts_questions(scripts: dict) -> list[tuple[str, str]]:
     return [(q, gold) for q, gold in QUESTIONS if q in scripts]
 
 
-def _assert_stopped(model: Path, stdout: str, control_port: int) -> None:
+def _assert_stopped(marker: Path, stdout: str, control_port: int) -> None:
     port = int(re.search(r"starting SGLang on http://127\.0\.0\.1:(\d+)", stdout).group(1))
     deadline = time.monotonic() + 10
-    while _processes_mentioning(str(model)) and time.monotonic() < deadline:
+    while _processes_mentioning(str(marker)) and time.monotonic() < deadline:
         time.sleep(0.2)  # the group was SIGKILLed; the kernel reaps it in a moment
-    assert _processes_mentioning(str(model)) == [], "no server process is left"
+    assert _processes_mentioning(str(marker)) == [], "no server process is left"
     assert _port_is_free(port) and _port_is_free(control_port), "the server's ports are free again"
 
 
@@ -98,7 +101,7 @@ def _assert_stopped(model: Path, stdout: str, control_port: int) -> None:
 def test_model_starts_sglang_evaluates_and_stops_it(qwen_tokenizer, qwen_tokenizer_dir, retriever, tmp_path) -> None:
     (q1, g1), (q2, _) = QUESTIONS
     scripts = {q1: [call([q1]) + IM_END, answer(g1)], q2: [answer("Somebody Else")]}
-    process, model, out, control_port = _launch(tmp_path, qwen_tokenizer_dir, qwen_tokenizer, retriever.url, scripts)
+    process, script, out, control_port = _launch(tmp_path, qwen_tokenizer_dir, qwen_tokenizer, retriever.url, scripts)
     stdout, stderr = process.communicate(timeout=400)
     assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     assert "SGLang is up after" in stdout
@@ -106,25 +109,26 @@ def test_model_starts_sglang_evaluates_and_stops_it(qwen_tokenizer, qwen_tokeniz
     assert records[q1]["em"] == 1.0 and records[q1]["searches"] == 1 and records[q2]["em"] == 0.0
     assert json.loads((out / "summary.json").read_text())["all"]["em"] == 0.5
     assert (out / "sglang.log").stat().st_size > 0, "the server's output is kept"
-    _assert_stopped(model, stdout, control_port)
+    _assert_stopped(script, stdout, control_port)
 
 
-@pytest.mark.e2e  # SIGINT to the evaluate.py process while a sample is in flight
-def test_ctrl_c_stops_the_server_too(qwen_tokenizer, qwen_tokenizer_dir, retriever, tmp_path) -> None:
+@pytest.mark.e2e  # a signal to the evaluate.py process while a sample is in flight
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_the_server_too(sig, qwen_tokenizer, qwen_tokenizer_dir, retriever, tmp_path) -> None:
     (q1, g1), (q2, g2) = QUESTIONS
     scripts = {q1: [answer(g1)], q2: [Reply(answer(g2), delay_s=120.0)]}
-    process, model, out, control_port = _launch(tmp_path, qwen_tokenizer_dir, qwen_tokenizer, retriever.url, scripts)
+    process, script, out, control_port = _launch(tmp_path, qwen_tokenizer_dir, qwen_tokenizer, retriever.url, scripts)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 300
     while not results.exists() or not results.read_text():
         assert process.poll() is None, process.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the first sample never finished"
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=90)
     assert process.returncode == 130, stderr[-3000:]
     assert "run the same command to resume" in stderr and "stopping SGLang" in stderr
-    _assert_stopped(model, stdout, control_port)
+    _assert_stopped(script, stdout, control_port)
 
 
 # ---- one-line errors before anything starts --------------------------------------------------------------------
