@@ -325,8 +325,14 @@ def launch(tmp_path: Path, tmux: PrivateTmux, port: int):
     (record / "release").touch()
 
 
+# Set in the retriever's window by its runner (TOPK) or start_server.sh (PYTHONUNBUFFERED), not the caller's.
+SET_FOR_THE_RETRIEVER = {"TOPK", "PYTHONUNBUFFERED"}
+
+
 @pytest.mark.parametrize("where", ["inside a running tmux server", "no tmux server running yet"])
-def test_both_windows_get_exactly_the_callers_environment(launch: Launch, tmux: PrivateTmux, where: str) -> None:
+def test_training_gets_the_callers_environment_and_the_retriever_only_its_own(
+    launch: Launch, tmux: PrivateTmux, where: str
+) -> None:
     secret = f"wandb-secret-{uuid.uuid4().hex}"
     caller = {
         **launch.env,
@@ -356,9 +362,21 @@ def test_both_windows_get_exactly_the_callers_environment(launch: Launch, tmux: 
         terminal = tmux("show-options", "-gv", "default-terminal")
         retriever_env = launch.retriever()["env"]
         training_env = launch.training_env()
+        # The retriever's window: only what the retriever reads, with the caller's values; no key, no training
+        # settings.
+        for name in ("PATH", "CUDA_VISIBLE_DEVICES", "INDEX_PATH", "CORPUS_PATH", "RETRIEVER_PYTHON"):
+            assert retriever_env.get(name) == expected[name], f"retriever window: {name} differs from the caller's"
+        for name in ("WANDB_API_KEY", "HF_CKPT", "SEARCH_R1_MAX_TURNS", "SEARCH_R1_SYSTEM_PROMPT", "FAKE_TRAIN_EXIT"):
+            assert name not in retriever_env, f"retriever window got {name}"
+        assert secret not in json.dumps(retriever_env)
+        foreign = sorted(
+            k for k, v in retriever_env.items() if k not in NOT_PASSED | SET_FOR_THE_RETRIEVER and expected.get(k) != v
+        )
+        assert not foreign, f"retriever window: {foreign} are not the caller's"
         for window, seen in (("retriever", retriever_env), ("training", training_env)):
-            differ = sorted(k for k in expected if seen.get(k) != expected[k])
-            assert not differ, f"{window} window: {differ} differ from the caller's"
+            if window == "training":
+                differ = sorted(k for k in expected if seen.get(k) != expected[k])
+                assert not differ, f"{window} window: {differ} differ from the caller's"
             assert "ONLY_IN_TMUX_SERVER" not in seen and "NOT-AN-IDENTIFIER" not in seen
             assert seen["TERM"] == terminal
 
@@ -371,9 +389,11 @@ def test_both_windows_get_exactly_the_callers_environment(launch: Launch, tmux: 
         pane_pid = tmux("display-message", "-p", "-t", f"={launch.session}:1", "#{pane_pid}")
         runner = Path(Path(f"/proc/{pane_pid}/cmdline").read_bytes().split(b"\0")[-2].decode())
         assert runner.parent.stat().st_mode & 0o777 == 0o700
-        assert [(f.name, f.stat().st_mode & 0o777) for f in runner.parent.glob("environment")] == [
-            ("environment", 0o600)
-        ]
+        # Each window deleted its environment file once it had read it: gone while the run still goes.
+        assert not list(runner.parent.glob("*environment*")), sorted(f.name for f in runner.parent.iterdir())
+        assert wrapper.poll() is None
+        for left in runner.parent.iterdir():
+            assert secret not in left.read_text(errors="replace"), f"the key is in {left}"
     finally:
         launch.release()
         output, _ = wrapper.communicate(timeout=90)
@@ -596,3 +616,153 @@ class PtyProcess:
                 self.proc.kill()
                 self.proc.wait()
         os.close(self.master)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The worst case: the wrapper killed with SIGKILL. Its record (LOG_DIR/.with-retrieval-<session>.run, one
+# `key=value` per line) names what it started; the next start reports it, --cleanup stops exactly that.
+
+
+def record_path(launch: Launch) -> Path:
+    return launch.logs / f".with-retrieval-{launch.session}.run"
+
+
+def read_record(launch: Launch) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in record_path(launch).read_text().splitlines())
+
+
+def start_time(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+def test_a_sigkilled_run_is_reported_by_the_next_start_and_cleanup_stops_exactly_it(
+    launch: Launch, tmux: PrivateTmux, port: int
+) -> None:
+    tmux.start(launch.env)  # somebody's own session "base" on the same tmux server: it must survive
+    unrelated = subprocess.Popen(["sleep", "600"])
+    secret = f"wandb-secret-{uuid.uuid4().hex}"
+    wrapper = launch.popen(HOLD="1", WANDB_API_KEY=secret)
+    try:
+        wait_for(lambda: launch.training_env() is not None, "training to start", proc=wrapper)
+        retriever_pid = launch.retriever()["pid"]
+        training_pid = int((launch.record / "training.pid").read_text())
+        pane_pid = int(tmux("display-message", "-p", "-t", f"={launch.session}:1", "#{pane_pid}"))
+        wait_for(lambda: read_record(launch).get("training", "").startswith(f"{pane_pid} "), "training recorded")
+        wrapper.kill()  # SIGKILL: no trap runs
+        wrapper.wait(timeout=30)
+
+        # What it started still runs; its record names it, privately, without the key.
+        assert tmux.has_session(launch.session) and alive(retriever_pid) and port_open(port)
+        assert record_path(launch).stat().st_mode & 0o777 == 0o600
+        record = read_record(launch)
+        assert secret not in record_path(launch).read_text()
+        run_dir = Path(record["run_dir"])
+        assert run_dir.is_dir() and not list(run_dir.glob("*environment*"))  # read and deleted by the windows
+        assert record["session"] == launch.session and record["port"] == str(port)
+        assert record["retriever"] == f"{retriever_pid} {start_time(retriever_pid)}"
+
+        again = launch.run()
+        assert again.returncode == 1, again.stdout + again.stderr
+        message = again.stderr.strip()
+        assert len(message.splitlines()) == 1, message
+        for named in (
+            f"retriever pid {retriever_pid}",
+            f"training pid {pane_pid}",
+            f"tmux session '{launch.session}'",
+            f"port {port} on 127.0.0.1 is held",
+            "--cleanup",
+        ):
+            assert named in message, message
+        assert f"its wrapper (pid {wrapper.pid})" not in message  # that one is gone
+        assert launch.retriever()["pid"] == retriever_pid  # nothing new was started
+        assert alive(retriever_pid) and tmux.has_session(launch.session)
+
+        cleaned = launch.run("--cleanup")
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        assert "stopping retriever" in cleaned.stdout and "stopping training" in cleaned.stdout
+        assert not alive(retriever_pid) and not alive(pane_pid) and not alive(training_pid)
+        assert not port_open(port)
+        assert not tmux.has_session(launch.session)
+        assert not run_dir.exists() and not record_path(launch).exists()
+        assert tmux.has_session("base") and unrelated.poll() is None  # nothing else was touched
+
+        assert launch.run("--cleanup").returncode == 0  # nothing left: says so
+        launch.release()
+        after = launch.run()  # and the next run starts
+        assert after.returncode == 0, after.stdout + after.stderr
+        assert "killed before it cleaned up" not in after.stdout + after.stderr
+        assert not record_path(launch).exists()  # a run that ended cleans up its record
+    finally:
+        launch.release()
+        if wrapper.poll() is None:
+            wrapper.kill()
+        unrelated.kill()
+        unrelated.wait()
+        subprocess.run(["bash", str(WRAPPER), "--cleanup"], env=launch.env, capture_output=True, timeout=240)
+
+
+def test_cleanup_never_stops_a_reused_pid_nor_another_session_nor_another_folder(
+    launch: Launch, tmux: PrivateTmux, tmp_path: Path
+) -> None:
+    tmux.start(launch.env)
+    unrelated = subprocess.Popen(["sleep", "600"])
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    try:
+        launch.logs.mkdir(parents=True, exist_ok=True)
+        wrong_start = int(start_time(unrelated.pid)) + 1  # the PID was reused: another process now
+        created = tmux("display-message", "-p", "-t", "=base:", "#{session_created}")
+        record_path(launch).write_text(
+            f"wrapper={unrelated.pid} {wrong_start}\nstarted=0\nsession=base\nsession_created={int(created) - 1}\n"
+            f"run_dir={precious}\nhost=127.0.0.1\nport=1\nretriever={unrelated.pid} {wrong_start}\n"
+            f"training={unrelated.pid} {wrong_start}\n"
+        )
+        result = launch.run("--cleanup")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "nothing still running" in result.stdout
+        assert unrelated.poll() is None and tmux.has_session("base") and precious.is_dir()
+        assert not record_path(launch).exists()
+
+        # A stale record whose processes are all gone: the next start removes it and goes on.
+        record_path(launch).write_text(f"retriever={unrelated.pid} {wrong_start}\nsession=base\nstarted=9999999999\n")
+        started = launch.run()
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "nothing of it still runs" in started.stdout
+        assert unrelated.poll() is None and tmux.has_session("base")
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+@pytest.mark.parametrize("given", ["generated", "the caller's"])
+def test_a_retriever_beyond_loopback_requires_a_key_both_windows_get_and_no_argv_shows(
+    launch: Launch, port: int, given: str
+) -> None:
+    extra = {"HOST": "0.0.0.0", "HOLD": "1"}
+    if given == "the caller's":
+        extra["RETRIEVER_API_KEY"] = f"callers-key-{uuid.uuid4().hex}"
+    wrapper = launch.popen(**extra)
+    try:
+        wait_for(lambda: launch.training_env() is not None, "training to start", proc=wrapper)
+        key = launch.retriever()["env"].get("RETRIEVER_API_KEY", "")
+        if given == "generated":
+            assert len(key) >= 40, "no generated key in the retriever's window"
+        else:
+            assert key == extra["RETRIEVER_API_KEY"]
+        assert launch.training_env().get("RETRIEVER_API_KEY") == key
+        assert "0.0.0.0" in launch.retriever()["argv"]
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                assert key.encode() not in cmdline.read_bytes(), f"the key is on the command line of {cmdline}"
+        run_dir = Path(read_record(launch)["run_dir"])
+        for left in run_dir.iterdir():
+            assert key not in left.read_text(errors="replace"), f"the key is in {left}"
+        url = f"http://127.0.0.1:{port}/retrieve"
+        assert httpx.post(url, json={"queries": ["q"]}, timeout=10).status_code == 401
+        authorized = httpx.post(url, json={"queries": ["q"]}, headers={"authorization": f"Bearer {key}"}, timeout=10)
+        assert authorized.status_code == 200
+    finally:
+        launch.release()
+        rc = launch.finish(wrapper)
+    assert rc == 0, launch.output()
+    assert key not in launch.output()

@@ -3,7 +3,8 @@
 ``python wrapper_fakes.py retriever --record DIR [--fail] -- retrieval_server.py ARGS...`` is what
 start_server.sh runs when RETRIEVER_PYTHON is a shim exec'ing it: it writes ``DIR/retriever.json`` (pid, argv,
 environment), then either fails at once (``--fail``, like a retriever that cannot load) or answers
-``GET /health`` and ``POST /retrieve`` on the ``--host``/``--port`` it was given until it is killed.
+``GET /health`` and ``POST /retrieve`` on the ``--host``/``--port`` it was given until it is killed (with
+RETRIEVER_API_KEY in its environment, ``/retrieve`` wants ``Authorization: Bearer <key>``, as the real server).
 
 ``python wrapper_fakes.py preflight --record DIR [--fail] -- -m search_r1_oai.preflight ARGS...`` stands in for
 the preflight (PREFLIGHT_PYTHON is a shim exec'ing it): it writes ``DIR/preflight.json`` (argv, cwd, PYTHONPATH,
@@ -112,6 +113,10 @@ class _RetrieverHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
+        key = os.environ.get("RETRIEVER_API_KEY")
+        if key and self.headers.get("authorization") != f"Bearer {key}":  # as the real server with a key
+            _answer(self, 401, {"detail": "missing or wrong bearer token"})
+            return
         _answer(self, 200, {"result": [[]]})
 
     def log_message(self, format: str, *args: object) -> None:
