@@ -49,6 +49,7 @@ class Knob:
     below: float | None = None  # exclusive upper bound
     attr: str = ""
     default: Any = None
+    secret: bool = False  # its value is never printed: tables, --help, errors and the run script's dry run mask it
 
     @property
     def key(self) -> str:
@@ -66,9 +67,20 @@ class Knob:
 
 
 def _setting(
-    default: Any, env: str, kind: str, help: str, minimum: float | None = None, below: float | None = None
+    default: Any,
+    env: str,
+    kind: str,
+    help: str,
+    minimum: float | None = None,
+    below: float | None = None,
+    secret: bool = False,
 ) -> Any:
-    return field(default=default, metadata={_KNOBS: (Knob(env, kind, help, minimum, below=below),)})
+    knob = Knob(env, kind, help, minimum, below=below, secret=secret)
+    # A secret stays out of repr(settings), so a log line or traceback that prints the settings cannot show it.
+    return field(default=default, repr=not secret, metadata={_KNOBS: (knob,)})
+
+
+MASK = "***"
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,15 @@ class Settings:
         "The same for the retriever; after the last attempt the tool message says what failed.",
         0,
     )
+    retriever_api_key: str | None = _setting(
+        None,
+        "RETRIEVER_API_KEY",
+        "str",
+        "Bearer token sent as `Authorization: Bearer ...` with every /retrieve request, for a retriever started "
+        "with RETRIEVER_API_KEY in its environment (unset: no header). A secret: never printed; the run script "
+        "hands it to the job in its private slime config, never in Ray's runtime env.",
+        secret=True,
+    )
     retry_initial_wait_s: float = _setting(
         0.5, "SEARCH_R1_RETRY_INITIAL_WAIT_S", "float", "First wait of the exponential backoff (with jitter).", 0.0
     )
@@ -289,7 +310,8 @@ def _parse(knob: Knob, value: Any, name: str, label: str) -> Any:
     """``value`` (a string from the environment, or a YAML native) as ``knob``'s type, or a :class:`ConfigError`."""
 
     def bad(detail: str = "") -> ConfigError:
-        return ConfigError(f"{name}={value!r} in {label}: expected {knob.allowed()}{detail}")
+        shown = MASK if knob.secret else repr(value)
+        return ConfigError(f"{name}={shown} in {label}: expected {knob.allowed()}{detail}")
 
     if knob.kind in ("int", "float"):
         if isinstance(value, bool):
@@ -400,6 +422,8 @@ def _build(chosen: Mapping[Knob, tuple[Any, _Source | None]]) -> Settings:
 
 def _shown(knob: Knob) -> str:
     """A default as it is written in a config (and, for the URL list, in the variable)."""
+    if knob.secret or knob.default is None:
+        return "unset"
     if isinstance(knob.default, tuple):
         return ",".join(knob.default)
     if isinstance(knob.default, bool):
@@ -450,6 +474,8 @@ def render_yaml() -> str:
         entry = f"{knob.key}: {_yaml_scalar(value)}"
         if knob.attr == "context_budget":  # set, it would hide slime's --rollout-max-context-len
             entry = "# " + entry
+        if knob.secret or value is None:  # no value to show; a secret's belongs in a private file only
+            entry = f"# {knob.key}: ..."
         lines.append(entry)
     return "\n".join(lines) + "\n"
 
@@ -570,6 +596,33 @@ def slime_config(
     return merged
 
 
+# slime's own key for the W&B key: slime logs in with args.wandb_key on the driver and on every actor that tracks
+# (slime/observability/wandb_utils.py), and args reach the actors pickled, never through Ray's runtime env.
+WANDB_KEY = "wandb_key"
+WANDB_KEY_VARIABLE = "WANDB_API_KEY"
+SECRET_KEYS = frozenset({WANDB_KEY} | {knob.key for knob in SETTINGS if knob.secret})
+
+
+def masked(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with every secret's value replaced by ``***``: what may be printed."""
+    return {key: MASK if str(key) in SECRET_KEYS and not _blank(value) else value for key, value in config.items()}
+
+
+def write_private(path: str | Path, text: str) -> None:
+    """``text`` into ``path``, readable by its owner only (0600 from the first byte), complete before it has its
+    name: a temp file beside it, renamed into place."""
+    target = Path(path)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
 def dump_slime_config(config: Mapping[str, Any], use_yaml: bool) -> str:
     """One line of YAML: PyYAML's flow style when a user's file brought arbitrary values, else our own emitter."""
     if use_yaml:
@@ -593,6 +646,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--base", metavar="FILE", help=f"a user's slime config YAML (the run script's {CONFIG_FILE_VARIABLE})"
+    )
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        help=f"with --slime-config: write the config (with {WANDB_KEY} from {WANDB_KEY_VARIABLE}, and every secret) "
+        "to FILE, mode 0600; stdout always shows secrets as ***",
     )
     parser.add_argument(
         "--slime-dir", metavar="DIR", help="a slime checkout: keys of --base that are flags of its slime/ are refused"
@@ -626,11 +685,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                 )
             if options.slime_config:
-                print(dump_slime_config(config, use_yaml=bool(options.base)))
+                wandb_key = os.environ.get(WANDB_KEY_VARIABLE, "").strip()
+                if wandb_key:
+                    config[WANDB_KEY] = wandb_key
+                if options.output:
+                    write_private(options.output, dump_slime_config(config, use_yaml=bool(options.base)) + "\n")
+                print(dump_slime_config(masked(config), use_yaml=bool(options.base)))
                 return 0
             knob = next((knob for knob in SETTINGS if knob.env == options.value), None)
             if knob is None:
                 raise ConfigError(f"{options.value} is not a setting")
+            if knob.secret:
+                raise ConfigError(f"{options.value} is a secret: it is never printed")
             value = getattr(load_settings(SimpleNamespace(**{str(k): v for k, v in config.items()}), {}), knob.attr)
             print(",".join(value) if knob.kind == "urls" else value[knob.part] if knob.part is not None else value)
         except ConfigError as error:

@@ -147,8 +147,14 @@ def server_reason(response: httpx.Response, limit: int = 300) -> str:
     return " ".join(error_detail(response, limit=2000).split())[:limit]
 
 
+REFUSED_KEY_HINT = "RETRIEVER_API_KEY / retriever_api_key to the key the retriever was started with"
+
+
 def failure_reason(exc: BaseException, timeout_s: float) -> str:
     """What went wrong with the last attempt, in words the policy can read: no URL, host or port."""
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401:
+        # Not retried (a 4xx): the same key would be refused again; the server's own text adds nothing.
+        return f"the retriever refused the key (HTTP 401): set {REFUSED_KEY_HINT}"
     if isinstance(exc, httpx.HTTPStatusError):
         return f"it answered HTTP {exc.response.status_code}: {server_reason(exc.response)}"
     if isinstance(exc, httpx.ConnectTimeout):
@@ -221,6 +227,9 @@ class SearchClient:
             raise SearchError("no queries to search")
         client = self._pools.client("retriever", self._settings, self._settings.retrieval_timeout_s)
         payload = {"queries": queries, "topk": self._settings.topk, "return_scores": False}
+        # The key goes only where it is asked for: a retriever without RETRIEVER_API_KEY never sees one.
+        key = self._settings.retriever_api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         plan = self._replicas.plan()
         started = time.perf_counter()
         try:
@@ -233,6 +242,7 @@ class SearchClient:
                 deadline_s=self._settings.retrieval_deadline_s,
                 on_failure=self._record_failure,
                 json=payload,
+                headers=headers,
             )
         except RequestFailed as exc:
             raise self._failed(exc) from exc

@@ -393,10 +393,15 @@ def test_config_py_runs_as_a_script_without_project_dependencies(tmp_path: Path)
 
 
 def test_wandb_key_never_appears_on_the_command_line() -> None:
-    runtime_env, argv = dry_run(WANDB_API_KEY="secret-key-123")
+    """The keys go to slime's driver in the private slime config (slime logs in with args.wandb_key), never in Ray's
+    runtime env, which Ray's dashboard lists and its agent logs; the dry run shows them masked."""
+    lines = dry_run_lines(WANDB_API_KEY="secret-key-123", RETRIEVER_API_KEY="retriever-key-456")
+    runtime_env, argv = json.loads(lines["runtime_env"]), shlex.split(lines["train command"])
     assert "--use-wandb" in argv
-    assert "secret-key-123" not in " ".join(argv) + json.dumps(runtime_env)
-    assert runtime_env["env_vars"]["WANDB_API_KEY"] == "***"  # shown as forwarded, masked
+    assert "secret-key-123" not in " ".join(lines.values()) and "retriever-key-456" not in " ".join(lines.values())
+    assert set(runtime_env["env_vars"]) == {"PYTHONPATH", "CUDA_DEVICE_MAX_CONNECTIONS"}
+    config = yaml.safe_load(lines["slime config"])
+    assert (config["wandb_key"], config["retriever_api_key"]) == ("***", "***")
 
 
 def test_the_job_runs_train_py_by_absolute_path_in_slime_dir(tmp_path: Path) -> None:

@@ -6,11 +6,15 @@ slime copies every key of the config YAML onto ``args``; the launcher puts the r
 test steers this script through the same file: ``standin_report`` (where to write the report), ``standin_sleep``
 (seconds to stay running, so the test can interrupt the launcher mid-job) and ``standin_exit`` (the exit code, to
 test failed jobs).
+
+The secrets it was given (``args.wandb_key``, which slime logs in to W&B with, and the rollout's retriever key) are
+reported as SHA-256 digests, so the report itself holds no secret.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -21,12 +25,17 @@ from slime.utils.arguments import parse_args
 FORWARDED = ("WANDB_API_KEY", "RETRIEVAL_SERVER_URL", "PYTHONPATH", "CUDA_DEVICE_MAX_CONNECTIONS")
 
 
+def digest(secret: str | None) -> str | None:
+    return None if secret is None else hashlib.sha256(secret.encode()).hexdigest()
+
+
 def main() -> int:
     args = parse_args(sys.argv[1:])
     # What a rollout worker will see: the job's environment carries no settings, so they come from args.
     from search_r1_oai.config import load_settings
 
     settings = dataclasses.asdict(load_settings(args))
+    retriever_key = settings.pop("retriever_api_key")
     env = {k: v for k, v in os.environ.items() if k in FORWARDED or k.startswith("SEARCH_R1_")}
     report = args.standin_report
     # Written whole, then renamed: the test polls for the file and must never read half of it.
@@ -40,6 +49,8 @@ def main() -> int:
                 "settings": settings,
                 "rollout_temperature": args.rollout_temperature,
                 "eval_datasets": args.eval_datasets,
+                "wandb_key_sha256": digest(args.wandb_key),
+                "retriever_api_key_sha256": digest(retriever_key),
             },
             f,
         )

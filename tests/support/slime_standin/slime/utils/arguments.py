@@ -8,7 +8,9 @@ on is modelled, in slime's order:
 3. build the eval datasets from ``--eval-config``, each taking ``--n-samples-per-eval-prompt`` and
    ``--eval-temperature`` unless its entry sets them;
 4. only then copy every key of ``--custom-config-path`` onto ``args``, unchecked: a flag of slime's set there is
-   never validated, and never reaches the eval datasets.
+   never validated, and never reaches the eval datasets. Like slime, it logs each key that overrides one of its
+   flags with both values (``Argument wandb_key is already set to None, will override with <the key>``): the
+   launcher's output filter must keep that line's secret out of Ray's logs.
 
 The launcher reads this file's ``--flag`` strings as slime's flags (search_r1_oai/config.py, flags_defined_in), as it
 reads slime's own arguments files.
@@ -30,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-interval", type=int, default=None)
     parser.add_argument("--eval-temperature", type=float, default=None)
     parser.add_argument("--n-samples-per-eval-prompt", type=int, default=1)
+    parser.add_argument("--use-wandb", action="store_true")
+    parser.add_argument("--wandb-key", default=None)
     return parser
 
 
@@ -54,5 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         with open(args.custom_config_path) as f:
             data = yaml.safe_load(f) or {}
         for key, value in data.items():
+            if hasattr(args, key):
+                print(f"Warning: Argument {key} is already set to {getattr(args, key)}, will override with {value}.")
             setattr(args, key, value)
     return args
