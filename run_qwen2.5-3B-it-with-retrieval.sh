@@ -178,8 +178,8 @@ record_write() { # the record as it stands now, complete or not at all (temp fil
     printf 'session_created=%s\n' "$rec_session_created"
     printf 'socket=%s\n' "$rec_socket"
     printf 'run_dir=%s\n' "$RUN_DIR"
-    printf 'host=%s\n' "${RETRIEVER_HOST:-}"
-    printf 'port=%s\n' "${RETRIEVER_PORT:-}"
+    printf 'host=%s\n' "$RETRIEVER_HOST"
+    printf 'port=%s\n' "$RETRIEVER_PORT"
     printf 'retriever=%s\n' "$rec_retriever"
     printf 'training=%s\n' "$rec_training"
   } >"$tmp"
@@ -331,6 +331,11 @@ RECORD="$(record_file "$log_dir")"
 if [[ -f "$RECORD" ]]; then
   record_read
   record_alive
+  if ours "$r_wrapper_pid" "$r_wrapper_start"; then
+    die "a run of session '$r_session' is still going (its wrapper is pid $r_wrapper_pid; record: $RECORD): watch it" \
+      "with: tmux attach -t $r_session; stop it with: bash ${BASH_SOURCE[0]} --cleanup; or set TMUX_SESSION and" \
+      "RETRIEVAL_SERVER_URL (port) for a second run"
+  fi
   if ((${#ALIVE[@]})); then
     die "an earlier run of session '$r_session' was killed before it cleaned up (record: $RECORD); still running:" \
       "$(alive_list)$(port_note); stop exactly these and remove its leftovers with:" \
@@ -409,6 +414,8 @@ for url in (part.strip().rstrip("/") for part in sys.argv[1].split(",")):
 PY
 )" || die "could not read RETRIEVAL_SERVER_URL=$RETRIEVAL_URLS"
 URLS=()
+RETRIEVER_PORT=""
+RETRIEVER_HOST=""
 LOCAL_URLS=() # reached without a proxy
 START_LOCAL=0
 while IFS=$'\t' read -r kind port bind url; do

@@ -766,3 +766,28 @@ def test_a_retriever_beyond_loopback_requires_a_key_both_windows_get_and_no_argv
         rc = launch.finish(wrapper)
     assert rc == 0, launch.output()
     assert key not in launch.output()
+
+
+def test_a_second_start_names_a_run_still_going_and_cleanup_stops_it_through_its_wrapper(
+    launch: Launch, tmux: PrivateTmux, port: int
+) -> None:
+    wrapper = launch.popen(HOLD="1")
+    try:
+        wait_for(lambda: launch.training_env() is not None, "training to start", proc=wrapper)
+        retriever_pid = launch.retriever()["pid"]
+        second = launch.run()
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"is still going (its wrapper is pid {wrapper.pid}" in second.stderr, second.stderr
+        assert wrapper.poll() is None and alive(retriever_pid)
+
+        cleaned = launch.run("--cleanup")
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        assert f"stopping its wrapper (pid {wrapper.pid})" in cleaned.stdout
+        assert launch.finish(wrapper, timeout_s=30) == 143  # its own exit trap stopped what it started
+    finally:
+        launch.release()
+        if wrapper.poll() is None:
+            wrapper.kill()
+    assert "cleaned up" in launch.output()
+    assert not alive(retriever_pid) and not port_open(port) and not tmux.running()
+    assert not record_path(launch).exists()
