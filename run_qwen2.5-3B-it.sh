@@ -6,7 +6,7 @@
 #   bash run_qwen2.5-3B-it.sh [--dry-run] [extra slime flags...]
 #
 #   --dry-run     (anywhere on the line) check the settings, print the slime config, the Ray commands, the job's
-#                 runtime environment (WANDB_API_KEY masked) and the train command, then exit without touching Ray.
+#                 runtime environment and the train command (secrets shown as ***), then exit without touching Ray.
 #                 What the live run would stop at for a missing path (SLIME_DIR, and so no model flags;
 #                 MEGATRON_DIR, HF_CKPT, REF_LOAD, DATA_DIR/train.parquet) is one warning line each, exit 0; values
 #                 that cannot work fail it as they fail the live run (a bad setting; a tensor-parallel or engine
@@ -20,9 +20,14 @@
 # in SLIME_DIR, follows the job's log and exits with the job's outcome: 0 when it succeeded, the driver's exit code
 # (or 1) when it failed or was stopped from elsewhere. Ctrl-C, TERM or HUP stop the job first (exit 130/143/129).
 #
+# Ray authentication: a head started here uses Ray's token authentication (RAY_AUTH_MODE=token, Ray >= 2.52) with
+# your token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token) or, without one, a new token in a 0600
+# file of the run's private folder; every `ray` command here carries it. A reused cluster gets your token; one
+# without authentication gets a one-line warning (anyone who reaches it can run code there).
+#
 # Multi-node: set NUM_NODES and MASTER_ADDR (this node's IP address that the other nodes reach). The script prints
-# the one command each worker node runs,
-#     ray start --address MASTER_ADDR:RAY_PORT --num-gpus NUM_GPUS
+# the one command each worker node runs, with the token named by its file or variable, never printed,
+#     RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=FILE ray start --address MASTER_ADDR:RAY_PORT --num-gpus NUM_GPUS
 # and submits once the cluster has NUM_NODES x NUM_GPUS GPUs (error after RAY_CLUSTER_TIMEOUT). Paths must be the
 # same on every node. Scale search with one retriever per node: RETRIEVAL_SERVER_URL=http://node1:8000,http://node2:8000
 #
@@ -52,8 +57,12 @@
 #   RETRIEVAL_SERVER_URL, SEARCH_R1_*   rollout settings, listed below
 #   SEARCH_R1_CONFIG          a slime config YAML of your own: rollout settings by key, and keys of your own for your
 #                             own slime hooks; not slime's flags (below) [none]
+#   RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN   your Ray token (file, or the token itself) [~/.ray/auth_token (in HOME) if
+#                             it exists, else a new one for a head started here]
 #   WANDB_API_KEY             set to log to wandb (WANDB_PROJECT [search-r1-oai], WANDB_GROUP [qwen2.5-3B-it]); reaches
-#                             the job through a private runtime-env file, never a command line
+#                             slime's driver only, as wandb_key in the private slime config (slime logs in with
+#                             args.wandb_key, and pickles args to its actors): never a command line, Ray's runtime env
+#                             or a log (the job's output is filtered)
 #
 # Evaluation runs the same generate hook greedily (slime's --eval-temperature 0, one sample per prompt) and logs
 # eval/<set>/... to slime's logging (wandb). EVAL_INTERVAL > 0 with no *.parquet in EVAL_DIR is an error, except
@@ -342,7 +351,7 @@ CUSTOM_ARGS=(
   --custom-eval-rollout-log-function-path generate_with_search_oai.log_eval_metrics
 )
 
-# wandb reads WANDB_API_KEY from the environment that Ray workers inherit; the key never goes on a command line.
+# The key itself goes into the private slime config as wandb_key (search_r1_oai/config.py --output), never here.
 WANDB_ARGS=()
 if [[ -n "${WANDB_API_KEY:-}" ]]; then
   WANDB_ARGS=(--use-wandb --wandb-project "${WANDB_PROJECT:-search-r1-oai}" --wandb-group "${WANDB_GROUP:-qwen2.5-3B-it}")
@@ -438,15 +447,17 @@ SLIME_CONFIG_TEXT="$(python3 "$SCRIPT_DIR/search_r1_oai/config.py" "${config_arg
   exit 1
 if ((${#WARNINGS[@]})); then printf '%s\n' "${WARNINGS[@]}" >&2; fi
 
+# The dashboard (job submission) answers on this node's loopback only; the other ports are bound by Ray where it
+# chooses (no flag moves them) and are guarded by the token (README: Security).
 HEAD_CMD=(
-  ray start --head --block --node-ip-address "$MASTER_ADDR" --port "$RAY_PORT" --dashboard-port "$RAY_DASHBOARD_PORT"
-  --num-gpus "$NUM_GPUS" --disable-usage-stats "${RAY_START_EXTRA[@]}"
+  ray start --head --block --node-ip-address "$MASTER_ADDR" --port "$RAY_PORT" --dashboard-host 127.0.0.1
+  --dashboard-port "$RAY_DASHBOARD_PORT" --num-gpus "$NUM_GPUS" --disable-usage-stats "${RAY_START_EXTRA[@]}"
 )
 JOB_ID="search-r1-oai-$(date +%Y%m%d-%H%M%S)-$$"
 
-# Ray workers do not inherit this shell's variables: WANDB_API_KEY travels in the job's runtime environment (the
-# settings travel in the slime config). The real one goes to a 0600 file (argument 2); `masked` prints it with the
-# key replaced, for --dry-run.
+# Ray workers do not inherit this shell's variables: what they need travels in the job's runtime environment (no
+# secret: Ray's dashboard lists it and its agent logs it) and the settings and keys in the private slime config.
+# `masked` prints it, for --dry-run; `file` writes it to a 0600 file (argument 2).
 runtime_env() {
   PYTHONPATH_VALUE="${MEGATRON_DIR}:${SCRIPT_DIR}" python3 - "$@" <<'PY'
 import json
@@ -455,8 +466,6 @@ import sys
 
 env = {"PYTHONPATH": os.environ["PYTHONPATH_VALUE"], "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
 masked = sys.argv[1] == "masked"
-if os.environ.get("WANDB_API_KEY"):
-    env["WANDB_API_KEY"] = "***" if masked else os.environ["WANDB_API_KEY"]
 text = json.dumps({"env_vars": env})
 if masked:
     print(text)
@@ -484,7 +493,9 @@ if [[ "$DRY_RUN" -eq 1 ]]; then
     printf '\n'
   fi
   echo "submit: ray job submit --address DASHBOARD_URL_OF_THE_CLUSTER --submission-id ${JOB_ID}" \
-    "--runtime-env PRIVATE_RUNTIME_ENV_FILE --no-wait -- TRAIN_COMMAND (once the cluster has ${TOTAL_GPUS} GPUs)"
+    "--runtime-env PRIVATE_RUNTIME_ENV_FILE --no-wait -- python3 -m search_r1_oai.redact_output" \
+    "PRIVATE_DIR/slime_config.yaml -- TRAIN_COMMAND (once the cluster has ${TOTAL_GPUS} GPUs; the filter masks the" \
+    "config's secrets in the job's output)"
   printf 'train command:'
   printf ' %q' "${TRAIN_CMD[@]}"
   printf '\n'
@@ -500,6 +511,9 @@ EVAL_CONFIG_FILE="$PRIVATE_DIR/eval_config.yaml"  # read by the driver too (slim
 TRAIN_CMD=("${TRAIN_BASE[@]}" --custom-config-path "$SLIME_CONFIG_FILE")
 if [[ -n "$EVAL_CONFIG_TEXT" ]]; then TRAIN_CMD+=(--eval-config "$EVAL_CONFIG_FILE"); fi
 TRAIN_CMD+=("$@")
+# slime and Megatron print the config's values (the W&B key among them): the job's output is filtered on its way to
+# Ray's log files and `ray job logs`.
+JOB_CMD=(python3 -m search_r1_oai.redact_output "$SLIME_CONFIG_FILE" -- "${TRAIN_CMD[@]}")
 head_pid=""      # `ray start --head --block` when this script started the head; its session holds the cluster
 bg_pid=""        # the helper or log follower being waited for
 DASHBOARD_URL=""
@@ -581,7 +595,25 @@ answers() {  # something accepts TCP connections at host $1, port $2
 }
 
 runtime_env file "$RUNTIME_ENV_FILE"
-(umask 077 && printf '%s\n' "$SLIME_CONFIG_TEXT" >"$SLIME_CONFIG_FILE")
+# The real config, secrets included (wandb_key from WANDB_API_KEY, retriever_api_key), straight into a 0600 file.
+python3 "$SCRIPT_DIR/search_r1_oai/config.py" "${config_args[@]}" --output "$SLIME_CONFIG_FILE" -- \
+  "${TRAIN_BASE[@]:4}" "$@" >/dev/null || exit 1
+# From here on no process this script starts (Ray's head, `ray` commands) gets the keys in its environment.
+unset WANDB_API_KEY RETRIEVER_API_KEY
+
+# Ray token authentication (Ray >= 2.52): the caller's token if there is one, else a new one for a head started
+# here, in a 0600 file of the private folder. Worker nodes and `ray` commands find it through RAY_AUTH_TOKEN_PATH
+# (or the caller's RAY_AUTH_TOKEN); it is never printed.
+RAY_TOKEN_HINT=""  # how a worker node gets the token, for the printed worker command
+if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
+  RAY_TOKEN_HINT="RAY_AUTH_TOKEN (set it to this node's RAY_AUTH_TOKEN)"
+elif [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]]; then
+  [[ -s "$RAY_AUTH_TOKEN_PATH" && -r "$RAY_AUTH_TOKEN_PATH" ]] ||
+    die "RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH} is not a readable, non-empty token file"
+elif [[ -s "${HOME:-/nonexistent}/.ray/auth_token" ]]; then
+  export RAY_AUTH_TOKEN_PATH="${HOME}/.ray/auth_token"
+fi
+if [[ -n "${RAY_AUTH_TOKEN:-}${RAY_AUTH_TOKEN_PATH:-}" ]]; then export RAY_AUTH_MODE=token; fi
 if [[ -n "$EVAL_CONFIG_TEXT" ]]; then (umask 077 && printf '%s\n' "$EVAL_CONFIG_TEXT" >"$EVAL_CONFIG_FILE"); fi
 
 if answers "$MASTER_ADDR" "$RAY_PORT"; then
@@ -592,13 +624,32 @@ else
     die "port ${RAY_DASHBOARD_PORT} is in use (another Ray cluster's dashboard?): set RAY_DASHBOARD_PORT to a free port," \
       "or RAY_PORT to that cluster's port to reuse it"
   fi
-  log "starting a Ray head at ${MASTER_ADDR}:${RAY_PORT} (stopped when this script exits)"
-  # No WANDB_API_KEY in the head's processes: the job gets it from the runtime env.
-  env -u WANDB_API_KEY setsid "${HEAD_CMD[@]}" </dev/null >"$PRIVATE_DIR/ray-head.log" 2>&1 &
+  if [[ -z "${RAY_AUTH_MODE:-}" ]]; then
+    export RAY_AUTH_TOKEN_PATH="$PRIVATE_DIR/ray_auth_token"
+    python3 -c 'import os, secrets, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+os.write(fd, secrets.token_hex(32).encode())
+os.close(fd)' "$RAY_AUTH_TOKEN_PATH"
+    export RAY_AUTH_MODE=token
+  fi
+  log "starting a Ray head at ${MASTER_ADDR}:${RAY_PORT} with token authentication (stopped when this script exits)"
+  setsid "${HEAD_CMD[@]}" </dev/null >"$PRIVATE_DIR/ray-head.log" 2>&1 &
   head_pid=$!
 fi
+if [[ -n "${RAY_AUTH_MODE:-}" ]]; then
+  if [[ -z "$RAY_TOKEN_HINT" ]]; then RAY_TOKEN_HINT="RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH}"; fi
+  WORKER_CMD=(RAY_AUTH_MODE=token "${RAY_TOKEN_HINT%% *}" "${WORKER_CMD[@]}")
+  if [[ "$RAY_TOKEN_HINT" == RAY_AUTH_TOKEN_PATH=* ]]; then
+    WORKER_NOTE="(first copy ${RAY_AUTH_TOKEN_PATH} from this node to the same path there, mode 0600)"
+  else
+    WORKER_NOTE="(with RAY_AUTH_TOKEN set to this node's token)"
+    WORKER_CMD=(RAY_AUTH_MODE=token "${WORKER_CMD[@]:2}")
+  fi
+else
+  WORKER_NOTE=""
+fi
 if ((NUM_NODES > 1)); then
-  log "on each of the other $((NUM_NODES - 1)) node(s) run:  ${WORKER_CMD[*]}"
+  log "on each of the other $((NUM_NODES - 1)) node(s) run:  ${WORKER_CMD[*]} ${WORKER_NOTE}"
 fi
 
 # Connect to the cluster (a driver for a moment), read the dashboard address it reports (where `ray job submit`
@@ -663,6 +714,9 @@ while True:
             deadline = min(deadline, no_dashboard_since + 60)
     except Exception as error:  # retried until the deadline, then reported
         problem = f"does not accept a driver: {error}"
+        if not os.environ.get("RAY_AUTH_MODE"):
+            problem += (" (if it uses token authentication, give its token: RAY_AUTH_TOKEN_PATH=FILE or"
+                        " ~/.ray/auth_token)")
     ray.shutdown()
     check(f"the Ray cluster at {address} {problem}")
     time.sleep(1)
@@ -682,8 +736,22 @@ while True:
     time.sleep(2)
 
 url = context.dashboard_url
+url = url if "://" in url else f"http://{url}"
+if not head_pid:  # a reused cluster: does it let in anyone?
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{url}/api/version", timeout=10).close()
+        open_to_all = True
+    except (urllib.error.URLError, OSError):  # 401: it wants a token
+        open_to_all = False
+    if open_to_all:
+        print(f"[train] warning: the Ray cluster at {address} has no authentication: anyone who reaches its ports can"
+              " submit jobs (run any code as its user) and read every job's environment and logs; start it with"
+              " RAY_AUTH_MODE=token (README: Security)", flush=True)
 with open(url_file, "w") as f:
-    f.write(url if "://" in url else f"http://{url}")
+    f.write(url)
 PY
 wait_bg || {
   rc=$?
@@ -701,7 +769,7 @@ log "Ray dashboard: $DASHBOARD_URL"
 # the foreground, so an interrupt is handled only after it returns and the stop cannot miss the job.
 job_submitted=1
 if ! ray job submit --address "$DASHBOARD_URL" --submission-id "$JOB_ID" --runtime-env "$RUNTIME_ENV_FILE" \
-  --no-wait -- "${TRAIN_CMD[@]}" >"$PRIVATE_DIR/submit.log" 2>&1; then
+  --no-wait -- "${JOB_CMD[@]}" >"$PRIVATE_DIR/submit.log" 2>&1; then
   cat "$PRIVATE_DIR/submit.log" >&2
   die "ray job submit failed (output above)"
 fi

@@ -3,8 +3,10 @@
 What a user of the launcher relies on, each checked with real Ray clusters:
 - the job runs slime's train.py from SLIME_DIR whatever folder the script is called from and whichever cluster it
   uses (one it starts, or one already running), with the project's settings in its slime config
-  (--custom-config-path, read by load_settings(args) in the job) and WANDB_API_KEY in its environment, and the key
-  on no command line and in no output;
+  (--custom-config-path, read by load_settings(args) in the job), the W&B key on slime's args (wandb_key, from the
+  same private file), and the key on no command line, in no runtime env, no output and no Ray log;
+- a head the launcher starts uses Ray's token authentication and binds its dashboard to loopback; a reused cluster
+  without authentication gets a warning;
 - the script's exit code is the job's outcome, and Ctrl-C / TERM stop the job;
 - a cluster the script started is gone after it, a cluster it reused keeps running, and another Ray cluster on the
   machine is never touched (the script never runs `ray stop`);
@@ -18,15 +20,19 @@ started by PID and session, and check at the end that no Ray process of theirs i
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import ipaddress
 import json
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -97,6 +103,10 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.2)
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def free_ports(count: int) -> list[int]:
@@ -460,7 +470,9 @@ def test_job_runs_train_py_in_slime_dir_with_the_settings_and_the_key_off_every_
     job = json.loads(report.read_text())
     assert job["cwd"] == str(standin.slime)
     assert job["argv"][0] == str(standin.slime / "train.py")
-    assert job["env"]["WANDB_API_KEY"] == SECRET and "--use-wandb" in job["argv"]
+    # The key reached slime's args (slime logs in to W&B with args.wandb_key), not the job's environment.
+    assert job["wandb_key_sha256"] == sha256(SECRET) and "--use-wandb" in job["argv"]
+    assert "WANDB_API_KEY" not in job["env"]
     # The settings reached the job through slime's --custom-config-path, not its environment: load_settings(args)
     # there sees the variables exported here over the user's YAML.
     assert not [name for name in job["env"] if name.startswith("SEARCH_R1_") or name == "RETRIEVAL_SERVER_URL"]
@@ -471,16 +483,23 @@ def test_job_runs_train_py_in_slime_dir_with_the_settings_and_the_key_off_every_
     assert job["env"]["PYTHONPATH"].split(":")[:2] == [str(standin.megatron), str(ROOT)]
     assert "--standin-model-args" in job["argv"]  # slime's scripts/models/qwen2.5-3B.sh was sourced
     assert f"Ray dashboard: {reused_cluster.dashboard_url}" in launch.output
+    # The test's cluster has no authentication: the launcher says what that means, in one line.
+    (warning,) = [line for line in launch.lines if "has no authentication" in line]
+    assert "submit jobs (run any code" in warning and "RAY_AUTH_MODE=token" in warning
     assert reused_cluster.job(submission_id(report))["status"] == "SUCCEEDED"
 
-    # The key reached the job through a private runtime-env file, on no `ray` command line and in no output.
+    # The key is on no `ray` command line, in no output (slime's "will override with <key>" line is masked) and not
+    # in the runtime env (Ray's dashboard lists it and its agent logs it), which is private all the same.
     calls = ray_calls(report)
     assert calls and all(SECRET not in " ".join(call["argv"]) for call in calls)
-    assert SECRET not in launch.output
+    assert SECRET not in launch.output and "Argument wandb_key is already set to None, will override with ***" in (
+        launch.output
+    )
     (submit,) = [call for call in calls if call["argv"][:2] == ["job", "submit"]]
     assert "--runtime-env-json" not in submit["argv"]
     assert (submit["file_mode"], submit["dir_mode"]) == (0o600, 0o700)
-    assert json.loads(submit["file_content"])["env_vars"]["WANDB_API_KEY"] == SECRET
+    assert SECRET not in submit["file_content"]
+    assert SECRET not in json.dumps(reused_cluster.job(submission_id(report)))
     runtime_env_file = Path(submit["argv"][submit["argv"].index("--runtime-env") + 1])
     assert config_file.parent == runtime_env_file.parent  # the launcher's private folder
     assert not runtime_env_file.parent.exists()  # removed on exit
@@ -595,7 +614,12 @@ def test_multi_node_prints_the_worker_command_and_submits_once_the_workers_gpus_
         RAY_START_ARGS=" ".join([*node_port_flags(head=True), f"--temp-dir={temp_dir}"]),
     )
     launches.append(launch := Launch.start(env, cwd=tmp_path))
-    command = launch.wait_for_line("run:").split("run:", 1)[1].split()
+    words = launch.wait_for_line("run:").split("run:", 1)[1].split()
+    # The head uses token authentication: the command names the token's file (copied to the worker), not the token.
+    assert words[:2] == ["RAY_AUTH_MODE=token", words[1]] and words[1].startswith("RAY_AUTH_TOKEN_PATH=/")
+    token_file = words[1].split("=", 1)[1]
+    assert f"first copy {token_file} from this node" in " ".join(words)
+    command = words[2 : words.index("--num-gpus") + 2]
     assert command == ["ray", "start", "--address", f"127.0.0.1:{gcs_port}", "--num-gpus", "1"]
     launch.wait_for_line("waiting for GPUs: 1 of 2 on 1 node(s)")
     assert not report.exists()  # nothing is submitted before the second node's GPU is there
@@ -606,7 +630,12 @@ def test_multi_node_prints_the_worker_command_and_submits_once_the_workers_gpus_
         worker = subprocess.Popen(
             [str(real_venv / "bin" / command[0]), *command[1:], "--block", *node_port_flags(head=False)],
             cwd=tmp_path,
-            env={**minimal_env(real_venv, standin.shim_bin), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
+            env={
+                **minimal_env(real_venv, standin.shim_bin),
+                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN_PATH": token_file,
+            },
             stdin=subprocess.DEVNULL,
             stdout=worker_log,
             stderr=subprocess.STDOUT,
@@ -667,3 +696,125 @@ def test_a_head_that_fails_to_start_is_reported_with_rays_own_words(
     assert "--no-such-flag" in launch.output  # only `ray start`'s own complaint names it
     assert "error: the Ray head exited while starting" in launch.output
     assert not any(call["argv"][:2] == ["job", "submit"] for call in ray_calls(report))
+
+
+# ---------------------------------------------------------------- a head the launcher starts: authenticated, private
+
+
+def listening_addresses(pids: list[int]) -> dict[int, set[str]]:
+    """{port: addresses} of the TCP sockets in LISTEN state that the processes PIDS hold (/proc/net/tcp{,6}, the
+    data `ss -ltnp` shows)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    listening: dict[int, set[str]] = {}
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            address_hex, port_hex = local.split(":")
+            raw = bytes.fromhex(address_hex)
+            # The kernel writes each 32-bit word in host (little-endian) order.
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, width // 2, 4))
+            address = str(ipaddress.ip_address(words))
+            listening.setdefault(int(port_hex, 16), set()).add(address)
+    return listening
+
+
+def holders_of(secret: str, skip: set[int]) -> list[str]:
+    """Processes (not in SKIP) whose command line or environment holds SECRET; those of other users are unreadable
+    and cannot have it from us."""
+    found = []
+    for pid in all_pids():
+        if pid in skip:
+            continue
+        for part in ("cmdline", "environ"):
+            with contextlib.suppress(OSError):
+                if secret.encode() in Path(f"/proc/{pid}/{part}").read_bytes():
+                    found.append(f"{pid} ({part}): {cmdline(pid)[:200]}")
+    return found
+
+
+def files_holding(secret: str, root: Path) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink() and secret.encode() in path.read_bytes():
+                found.append(str(path))
+    return found
+
+
+def test_a_head_the_launcher_starts_is_authenticated_and_the_keys_reach_only_slimes_args(
+    standin: Standin, report: Path, tmp_path: Path, ray_root: Path, launches: list[Launch]
+) -> None:
+    retriever_key = "retriever-test-key-41b2"
+    temp_dir = ray_root / "auth"
+    gcs_port, dashboard_port = free_ports(2)
+    private_root = tmp_path / "tmp"  # mktemp puts the launcher's private folder here
+    home = tmp_path / "home"  # no ~/.ray/auth_token: the launcher makes a token of its own
+    private_root.mkdir()
+    home.mkdir()
+    env = standin.env(
+        report,
+        RAY_PORT=str(gcs_port),
+        RAY_DASHBOARD_PORT=str(dashboard_port),
+        RAY_START_ARGS=" ".join([*node_port_flags(head=True), f"--temp-dir={temp_dir}"]),
+        STANDIN_SLEEP="600",
+        WANDB_API_KEY=SECRET,
+        RETRIEVER_API_KEY=retriever_key,
+        TMPDIR=str(private_root),
+        HOME=str(home),
+    )
+    launches.append(launch := Launch.start(env, cwd=tmp_path))
+    wait_until(report.exists, START_TIMEOUT, "the job to start")
+    job = json.loads(report.read_text())
+    assert job["wandb_key_sha256"] == sha256(SECRET) and job["retriever_api_key_sha256"] == sha256(retriever_key)
+    (private,) = private_root.glob("search-r1-oai-launch.*")
+    token_file = private / "ray_auth_token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+
+    # Without the token the dashboard lists nothing; with it, the job is there and holds neither key.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        http_json(f"{dashboard}/api/jobs/")
+    assert refused.value.code in (401, 403)
+    request = urllib.request.Request(
+        f"{dashboard}/api/jobs/", headers={"Authorization": f"Bearer {token_file.read_text().strip()}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        listing = response.read().decode()
+    assert submission_id(report) in listing
+    assert SECRET not in listing and retriever_key not in listing
+
+    # What Ray lets us bind to loopback is there: the dashboard, which takes job submissions.
+    (head_pid,) = [pid for pid in all_pids() if "start --head" in (c := cmdline(pid)) and str(temp_dir) in c]
+    listening = listening_addresses(session_members(head_pid))
+    assert listening.get(dashboard_port) == {"127.0.0.1"}, listening
+    assert gcs_port in listening  # (on every address: Ray has no flag for it; the token guards it)
+
+    # The keys are in no process's command line or environment: not the driver's (slime has them on args), not
+    # Ray's, not the retriever client's. The launcher's own shell (and bash's copies of it) started with them in
+    # the environment the test gave it, and so did this test.
+    own = {os.getpid()} | {pid for pid in session_members(launch.process.pid) if cmdline(pid).startswith("bash ")}
+    for secret in (SECRET, retriever_key):
+        assert holders_of(secret, own) == []
+    # On disk, only the private slime config (0600, in the 0700 run folder) holds them.
+    config_file = private / "slime_config.yaml"
+    assert stat.S_IMODE(config_file.stat().st_mode) == 0o600 and stat.S_IMODE(private.stat().st_mode) == 0o700
+    for secret in (SECRET, retriever_key):
+        assert files_holding(secret, tmp_path) == [str(config_file)]
+        assert files_holding(secret, temp_dir) == []
+
+    launch.process.send_signal(signal.SIGTERM)
+    assert launch.finish() == 143, launch.output
+    assert not private.exists()
+    for secret in (SECRET, retriever_key):  # Ray's logs stay after the run: still nothing in them
+        assert secret not in launch.output
+        assert files_holding(secret, temp_dir) == [] and files_holding(secret, tmp_path) == []
