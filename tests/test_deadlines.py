@@ -157,20 +157,22 @@ async def test_128_rollouts_with_8_on_a_trickling_policy_all_finish_by_the_deadl
         mock.script(q, [Reply(answer("Gold"), fault="trickle") if q in stuck else answer("Gold")])
     deadline = 4.0
     settings = dataclasses.replace(PATIENT, retrieval_urls=(retriever.url,), trajectory_timeout_s=deadline)
+    finished_at: dict[str, float] = {}
+
+    async def one(q: str) -> Sample:
+        sample = await run_sample(
+            new_sample(q), dict(SAMPLING), tokenizer=qwen_tokenizer, policy_url=mock.url, settings=settings
+        )
+        finished_at[q] = time.monotonic()
+        return sample
+
     started = time.monotonic()
-    samples = await asyncio.wait_for(
-        asyncio.gather(
-            *(
-                run_sample(
-                    new_sample(q), dict(SAMPLING), tokenizer=qwen_tokenizer, policy_url=mock.url, settings=settings
-                )
-                for q in questions
-            )
-        ),
-        timeout=deadline + 20,
-    )
-    elapsed = time.monotonic() - started
-    assert elapsed < deadline + MARGIN_S
+    samples = await asyncio.wait_for(asyncio.gather(*(one(q) for q in questions)), timeout=deadline + 20)
+    healthy_done = max(finished_at[q] for q in questions if q not in stuck) - started
+    stuck_done = max(finished_at[q] for q in stuck) - started
+    # The stuck samples end at their deadline, whatever the healthy ones cost this machine: the step is over one
+    # margin after both the deadline and the last healthy sample, never held longer by a stuck one.
+    assert stuck_done < max(deadline, healthy_done) + MARGIN_S
     assert len(stuck) == 8
     for q, sample in zip(questions, samples, strict=True):
         if q in stuck:
