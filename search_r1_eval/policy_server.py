@@ -186,14 +186,17 @@ class PolicyServer:
     def _stop(self, process: subprocess.Popen[bytes]) -> None:
         if process.poll() is None:
             print("stopping SGLang", file=sys.stderr, flush=True)
+            started = time.monotonic()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
+                print(f"SGLang still running after {STOP_TIMEOUT_S:.0f} s: SIGKILL", file=sys.stderr, flush=True)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=STOP_TIMEOUT_S)
+            print(f"SGLang stopped after {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
 

@@ -186,3 +186,31 @@ def test_model_and_policy_url_exclude_each_other(data) -> None:
         evaluate.main(["--data", str(data), "--model", "m", "--policy-url", "http://127.0.0.1:9"])
     with pytest.raises(SystemExit):
         evaluate.main(["--data", str(data), "--policy-url", "http://x", "--tokenizer", "t", "--sglang-args", "--tp 2"])
+
+
+def _stand_in(code: str) -> str:
+    """A --sglang-command that runs ``code`` instead of SGLang (it gets SGLang's flags as its arguments)."""
+    return shlex.join([sys.executable, "-c", code])
+
+
+def test_a_server_that_dies_while_loading_is_reported_with_its_log(data, qwen_tokenizer_dir, tmp_path, capsys) -> None:
+    model = write_model_dir(qwen_tokenizer_dir, tmp_path / "model")
+    code = "import sys; print('loading', sys.argv[1:3]); print('CUDA out of memory', flush=True); sys.exit(3)"
+    argv = ["--data", str(data), "--model", str(model), "--out", str(tmp_path / "out"), "--sglang-command"]
+    assert evaluate.main([*argv, _stand_in(code)]) == 1
+    err = capsys.readouterr().err
+    assert "error: SGLang exited with status 3 while starting" in err and "CUDA out of memory" in err
+    assert "--model-path" in (tmp_path / "out" / "sglang.log").read_text(), "its output is in OUT/sglang.log"
+
+
+def test_a_server_that_never_gets_ready_is_stopped_at_the_deadline(data, qwen_tokenizer_dir, tmp_path, capsys) -> None:
+    model = write_model_dir(qwen_tokenizer_dir, tmp_path / "model")
+    pid_file = tmp_path / "pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    argv = ["--data", str(data), "--model", str(model), "--out", str(tmp_path / "out"), "--server-timeout", "2"]
+    started = time.monotonic()
+    assert evaluate.main([*argv, "--sglang-command", _stand_in(code)]) == 1
+    assert time.monotonic() - started < 2 + 30, "the deadline holds (plus the bounded stop)"
+    assert "error: SGLang not ready after 2 s (--server-timeout)" in capsys.readouterr().err
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
