@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sglang-args",
         default="",
-        help='with --model: extra SGLang flags, one string, e.g. "--tp 4 --mem-fraction-static 0.8"',
+        help='with --model: extra SGLang flags, one string, e.g. --sglang-args="--tp-size 4 --mem-fraction-static 0.8"',
     )
     parser.add_argument(
         "--sglang-command",
