@@ -1,0 +1,292 @@
+"""One GRPO rollout step end to end: how much of it is spent waiting for search, batched vs per-request retriever.
+
+64 prompts x 8 samples run through the real rollout core (``search_r1_oai.rollout.run_rollout``, HTTP clients,
+token-exact bookkeeping) against two real servers on 127.0.0.1, each in its own process:
+
+* policy: the scripted SGLang mock (token-exact ids, logprobs, qwen25 tool calls) answering each turn only after a
+  continuous-batching latency model says the engine would have: prefill through one shared queue at
+  --prefill-tps; decode shared by the running sequences, each at min(--decode-seq-tps, --decode-total-tps /
+  running), at most --max-running at once. Trajectories search 1..--max-searches times (~--think-words words of
+  reasoning per turn), read 3 passages of ~100 words per search, then answer.
+* retriever: local_dense_retriever's own app (create_app: batcher, cache, HTTP limits) served by uvicorn, over a
+  simulated engine: a search call of b queries holds the single worker for scan_ms + encode_ms + b x per_query_ms.
+  The flat scan is memory-bound, so one scan serves a whole batch; the per-query part is the matmul and encoder.
+
+Three runs, one after the other, same script and same policy model:
+  generation alone   search answered in-process at no cost: the lower bound of the step
+  batched retriever  --batching on: queries from all trajectories share each scan
+  per-request        --batching off: each request scanned alone, serialised on the device (the common design)
+
+Default numbers (a reasoned estimate, not a measurement): the README's node, 4 GPUs with one SGLang engine each,
+Qwen2.5-3B in bf16. Decode alone is memory-bound: 6.2 GB of weights per step at 3.35 TB/s is ~1.9 ms, ~300 tok/s
+per sequence after overheads. Public SGLang throughput figures for 3B-8B models at high concurrency put one H100 at
+roughly 10k output tok/s with RL-length contexts: 40k tok/s for the node; prefill ~40k tok/s per GPU: 160k.
+Search (--device): wiki-18 is 21M x 768; a GPU scan reads the 32.3 GB fp16 copy once (H200 6.7 ms, H100 9.6 ms,
+one device's bandwidth: conservative, the index split over 4 GPUs scans in a quarter of that), plus ~3 ms of e5
+encoding and 0.1-0.15 ms per query; CPU Flat reads 64.6 GB fp32 (~1.6 s) plus ~30 ms per query. --device cpu is
+far slower than the 3-minute budget with --batching off: use fewer prompts.
+
+Times are simulated device seconds: every modelled duration is multiplied by --time-scale on the wall clock and
+the measured wall times are divided by it, so this 2-core machine's own CPU work (tokenizing, JSON, HTTP: ~2k
+policy calls per run) weighs 1/time-scale as much. Run from the project root: ``.venv/bin/python -m
+bench.rollout_step``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+
+from bench._retriever_common import Server
+from bench._step_policy import PolicyModel, Script, questions
+from bench._step_policy import config_json as policy_config
+from bench._step_retriever import DEVICES, ScanCost, _passage
+from bench._step_retriever import config_json as retriever_config
+from search_r1_oai.config import Settings
+from search_r1_oai.context import RolloutContext
+from search_r1_oai.prompts import SEARCH_TOOL, build_messages
+from search_r1_oai.rollout import run_rollout
+from search_r1_oai.search_client import Passage, RetrievalResult, SearchClient
+
+SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_new_tokens": 500}
+TOPK = 3
+
+
+@dataclass
+class StepResult:
+    """One run of the step, in simulated seconds."""
+
+    name: str
+    wall_s: float
+    search_wait_share: float  # of all trajectory-seconds, the share spent inside /retrieve calls
+    searches: int
+    search_p50_s: float
+    search_p99_s: float
+    output_tokens: int
+    cpu_s: float  # this machine's CPU seconds during the run: the rollout process and the servers
+    busy_s: float  # the retriever's worker searching (simulated device time)
+    batches: int
+
+
+class FreeSearch(SearchClient):
+    """Answers every query at once with the passages the simulated retriever returns: generation alone."""
+
+    async def retrieve(self, queries: list[str]) -> RetrievalResult:
+        passages = [[Passage(title=p["title"], text=p["text"]) for p in (_passage(q, r) for r in range(TOPK))]
+                    for q in queries]  # fmt: skip
+        return RetrievalResult(passages=passages, latency_s=0.0, attempts=1)
+
+
+def _start(module: str, config: str, work: Path, name: str, timeout_s: float) -> Server:
+    """A child server; it binds a free port itself and writes its URL to a file when it answers."""
+    port_file = work / f"{name}.url"
+    server = Server(["-m", module, config, str(port_file)], 0, work / f"{name}.log")
+    deadline = time.monotonic() + timeout_s
+    while not port_file.exists():
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise SystemExit(f"{name} server did not start within {timeout_s:.0f} s; see {server.log_path}")
+        time.sleep(0.05)
+    server.url = port_file.read_text().strip()
+    return server
+
+
+@contextlib.contextmanager
+def servers(args: argparse.Namespace, model: PolicyModel, script: Script, cost: ScanCost) -> Iterator[dict]:
+    """The policy and the two retrievers (batching on / off), each in its own process; all stopped on exit."""
+    from tests.support import offline_assets
+
+    tokenizer_dir = args.tokenizer or str(offline_assets.qwen25_tokenizer_dir())
+    started: dict[str, Server] = {}
+    with tempfile.TemporaryDirectory(prefix="rollout-step-") as tmp:
+        work = Path(tmp)
+        try:
+            for name, batching in (("batched", True), ("per-request", False)):
+                config = retriever_config(cost, batching, TOPK, model.time_scale)
+                started[name] = _start("bench._step_retriever", config, work, name, 120)
+            config = policy_config(tokenizer_dir, model, script)
+            started["policy"] = _start("bench._step_policy", config, work, "policy", 180)
+            for name in ("batched", "per-request"):
+                started[name].wait_health(120)
+            yield {
+                "tokenizer": tokenizer_dir,
+                "pids": {name: server.pid for name, server in started.items()},
+                **{name: server.url for name, server in started.items()},
+            }
+        finally:
+            for server in started.values():
+                server.stop()
+
+
+def _cpu_s(children: Iterable[int]) -> float:
+    """CPU seconds used so far by this process and the given child processes."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    total = usage.ru_utime + usage.ru_stime
+    for pid in children:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def _step(
+    name: str, urls: dict, tokenizer: object, script: Script, retriever: str | None, args: argparse.Namespace
+) -> StepResult:
+    scale = args.time_scale
+    async with httpx.AsyncClient(timeout=30) as admin:
+        (await admin.post(f"{urls['policy']}/bench/reset")).raise_for_status()
+    settings = Settings(
+        retrieval_urls=(urls[retriever],) if retriever else Settings().retrieval_urls,
+        topk=TOPK,
+        max_turns=script.max_searches + 1,
+        concurrency=script.prompts * script.samples,
+        log_every=0,
+        policy_timeout_s=args.deadline_s,
+        retrieval_timeout_s=args.deadline_s,
+    )
+    search = None if retriever else FreeSearch(settings)
+    context = RolloutContext(settings, tokenizer, urls["policy"], search=search)
+    durations: list[float] = []
+
+    async def one(question: str) -> object:
+        began = time.monotonic()
+        result = await run_rollout(context, build_messages(question), dict(SAMPLING), tools=[SEARCH_TOOL])
+        durations.append(time.monotonic() - began)
+        return result
+
+    cpu_before = _cpu_s(urls["pids"].values())
+    try:
+        began = time.monotonic()
+        results = await asyncio.wait_for(asyncio.gather(*(one(q) for q in questions(script))), timeout=args.deadline_s)
+        wall = time.monotonic() - began
+        cpu = _cpu_s(urls["pids"].values()) - cpu_before
+        stats: dict = {"busy_s": 0.0, "batches": 0}
+        if retriever:
+            async with httpx.AsyncClient(timeout=30) as admin:
+                stats = (await admin.get(f"{urls[retriever]}/health")).json()["stats"]
+    finally:
+        await context.aclose()
+    bad = [r for r in results if r.outcome.name != "COMPLETED" or not r.stats.token_exact or r.stats.tool_errors]
+    if bad:
+        raise SystemExit(f"{name}: {len(bad)} trajectories did not complete cleanly, e.g. {bad[0].error}")
+    latencies = sorted(s for r in results for s in r.stats.search_latencies_s)
+    waited = sum(r.stats.retrieval_latency_s for r in results)
+    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    return StepResult(
+        name=name,
+        wall_s=wall / scale,
+        search_wait_share=waited / sum(durations) if retriever else 0.0,
+        searches=sum(r.stats.searches for r in results),
+        search_p50_s=quantiles[49] / scale,
+        search_p99_s=quantiles[98] / scale,
+        output_tokens=sum(sum(r.loss_mask) for r in results),
+        cpu_s=cpu,
+        busy_s=stats["busy_s"] / scale,
+        batches=stats["batches"],
+    )
+
+
+def _table(rows: list[StepResult], lower: StepResult) -> str:
+    header = (
+        f"{'design':<20}{'step s':>9}{'vs lower bound':>16}{'search wait':>13}{'search p50/p99 ms':>20}"
+        f"{'device search s':>17}{'batches':>9}{'CPU s':>7}"
+    )
+    lines = [header]
+    for row in rows:
+        added = f"{(row.wall_s / lower.wall_s - 1) * 100:+.1f}%" if row is not lower else "(lower bound)"
+        latency = (
+            f"{row.search_p50_s * 1000:.0f} / {row.search_p99_s * 1000:.0f}"
+            if row.searches and row is not lower
+            else "-"
+        )
+        share = f"{row.search_wait_share * 100:.1f}%" if row is not lower else "-"
+        busy = f"{row.busy_s:.2f}" if row is not lower else "-"
+        batches = str(row.batches) if row is not lower else "-"
+        lines.append(
+            f"{row.name:<20}{row.wall_s:>9.2f}{added:>16}{share:>13}{latency:>20}{busy:>17}{batches:>9}{row.cpu_s:>7.0f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.rollout_step", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults_m, defaults_s = PolicyModel(), Script()
+    parser.add_argument("--prompts", type=int, default=defaults_s.prompts, help="prompts per step (default 64)")
+    parser.add_argument("--samples", type=int, default=defaults_s.samples, help="samples per prompt (default 8)")
+    parser.add_argument("--max-searches", type=int, default=defaults_s.max_searches,
+                        help="each trajectory searches 1..N times, then answers (default 3)")  # fmt: skip
+    parser.add_argument("--think-words", type=int, default=defaults_s.think_words,
+                        help="words of reasoning before each search call, ~1.3 tokens each (default 80)")  # fmt: skip
+    parser.add_argument("--prefill-tps", type=float, default=defaults_m.prefill_tps,
+                        help="node prefill throughput, new prompt tokens/s (default %(default)g)")  # fmt: skip
+    parser.add_argument("--decode-seq-tps", type=float, default=defaults_m.decode_seq_tps,
+                        help="decode tokens/s of one sequence running alone (default 300)")  # fmt: skip
+    parser.add_argument("--decode-total-tps", type=float, default=defaults_m.decode_total_tps,
+                        help="node decode throughput over all running sequences, tokens/s (default %(default)g)")  # fmt: skip
+    parser.add_argument("--max-running", type=int, default=defaults_m.max_running,
+                        help="sequences decoding at once on the node (default 1024: 4 engines x 256)")  # fmt: skip
+    parser.add_argument("--device", choices=sorted(DEVICES), default="h100",
+                        help="retriever scan cost preset: " + "; ".join(
+                            f"{k}: {c.scan_ms:g} ms scan + {c.encode_ms:g} ms encode + {c.per_query_ms:g} ms/query"
+                            for k, c in DEVICES.items()) + " (default h100)")  # fmt: skip
+    parser.add_argument("--scan-ms", type=float, help="override the preset's scan milliseconds per search call")
+    parser.add_argument("--per-query-ms", type=float, help="override the preset's milliseconds per query")
+    parser.add_argument("--time-scale", type=float, default=5.0,
+                        help="wall seconds per simulated second; higher makes this machine's CPU work weigh less "
+                             "(default %(default)g)")  # fmt: skip
+    parser.add_argument("--deadline-s", type=float, default=240.0, help="wall-clock bound of each run (default 240)")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: the offline Qwen2.5 test tokenizer)")
+    args = parser.parse_args(argv)
+    for name in ("prompts", "samples", "max_searches", "think_words", "max_running"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("prefill_tps", "decode_seq_tps", "decode_total_tps", "time_scale", "deadline_s"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0")
+
+    cost = DEVICES[args.device]
+    if args.scan_ms is not None:
+        cost = replace(cost, scan_ms=args.scan_ms)
+    if args.per_query_ms is not None:
+        cost = replace(cost, per_query_ms=args.per_query_ms)
+    model = PolicyModel(args.prefill_tps, args.decode_seq_tps, args.decode_total_tps, args.max_running, args.time_scale)
+    script = Script(args.prompts, args.samples, args.max_searches, args.think_words)
+
+    from transformers import AutoTokenizer
+
+    began = time.monotonic()
+    with servers(args, model, script, cost) as urls:
+        tokenizer = AutoTokenizer.from_pretrained(urls["tokenizer"])
+        lower = asyncio.run(_step("generation alone", urls, tokenizer, script, None, args))
+        batched = asyncio.run(_step("batched retriever", urls, tokenizer, script, "batched", args))
+        alone = asyncio.run(_step("per-request", urls, tokenizer, script, "per-request", args))
+    print(
+        f"one GRPO step: {args.prompts} prompts x {args.samples} samples, {batched.searches} searches, "
+        f"{lower.output_tokens} sampled tokens; retriever {args.device} ({cost.scan_ms:g} ms scan + "
+        f"{cost.encode_ms:g} ms encode + {cost.per_query_ms:g} ms/query); simulated seconds (time scale "
+        f"{args.time_scale:g}, {time.monotonic() - began:.0f} s wall in all)"
+    )
+    print(_table([lower, batched, alone], lower))
+    extra_batched, extra_alone = batched.wall_s - lower.wall_s, alone.wall_s - lower.wall_s
+    print(
+        f"search adds {extra_batched / lower.wall_s * 100:+.1f}% to the step batched (target <= 5%) vs "
+        f"{extra_alone / lower.wall_s * 100:+.1f}% per-request; per-request step / batched step: "
+        f"{alone.wall_s / batched.wall_s:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
