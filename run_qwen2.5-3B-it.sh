@@ -170,6 +170,13 @@ fi
 if [[ "$DRY_RUN" -eq 0 ]]; then
   command -v ray >/dev/null || die "ray is not installed in this environment (use slime's image)"
   python3 -c 'import ray' 2>/dev/null || die "python3 cannot import ray: run in the Python environment that has ray (slime's image)"
+  # Token authentication came with Ray 2.52; an older Ray ignores RAY_AUTH_MODE and its head lets anyone in.
+  ray_version="$(python3 -c 'import ray; print(getattr(ray, "__version__", ""))' 2>/dev/null || true)"
+  if [[ "$ray_version" =~ ^([0-9]+)\.([0-9]+) ]] &&
+    ((BASH_REMATCH[1] < 2 || (BASH_REMATCH[1] == 2 && BASH_REMATCH[2] < 52))); then
+    log "warning: Ray $ray_version has no token authentication (Ray >= 2.52): anyone who reaches the cluster's" \
+      "ports can submit jobs, i.e. run any code as you; upgrade ray"
+  fi
   for tool in setsid timeout ps; do
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install -y util-linux coreutils procps)"
   done

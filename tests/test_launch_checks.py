@@ -352,3 +352,21 @@ def test_the_standin_validates_flags_and_builds_eval_datasets_before_applying_it
     assert report["eval_datasets"] == [
         {"name": "nq", "path": "/data/nq.parquet", "n_samples_per_eval_prompt": 1, "temperature": 0.0}
     ]  # the config's eval_temperature never reached the set
+
+
+# ---- Ray without token authentication ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("version", "warned"), [("2.47.1", True), ("2.60.0", False)])
+def test_a_ray_without_token_authentication_is_a_warning_saying_what_it_allows(
+    env: dict[str, str], tmp_path: Path, version: str, warned: bool
+) -> None:
+    """slime's image does not pin Ray (its requirements say ray[default]): one older than 2.52 ignores
+    RAY_AUTH_MODE, and its head lets anyone who reaches it run code."""
+    (Path(env["PYTHONPATH"]) / "ray" / "__init__.py").write_text(f'__version__ = "{version}"\n')
+    result = launch(env)  # live: the fake `ray start` fails at once, after the warning
+    assert result.returncode == 1
+    line = f"[train] warning: Ray {version} has no token authentication (Ray >= 2.52): anyone who reaches"
+    assert (line in result.stdout) is warned, result.stdout
+    (head,) = [call for call in (tmp_path / "ray-calls").read_text().splitlines() if call.startswith("start --head")]
+    assert "--dashboard-host 127.0.0.1" in head

@@ -141,6 +141,16 @@ def http_json(url: str) -> object:
         return json.load(response)
 
 
+def token_json(url: str, token: str) -> object:
+    """The dashboard's JSON answer to a request that carries Ray's token; None when it does not answer (yet)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+    except (OSError, ValueError):
+        return None
+
+
 def dashboard_answers(url: str) -> bool:
     try:
         http_json(f"{url}/api/version")
@@ -169,9 +179,12 @@ class RayCluster:
     gcs_port: int
     dashboard_port: int
     log: Path
+    token: str | None = None
 
     @classmethod
-    def start(cls, real_venv: Path, shim_bin: Path, temp_dir: Path, cwd: Path) -> RayCluster:
+    def start(
+        cls, real_venv: Path, shim_bin: Path, temp_dir: Path, cwd: Path, env: dict[str, str] | None = None
+    ) -> RayCluster:
         gcs_port, dashboard_port = free_ports(2)
         log = temp_dir.with_suffix(".log")
         argv = [
@@ -190,13 +203,15 @@ class RayCluster:
             process = subprocess.Popen(
                 argv,
                 cwd=cwd,
-                env=minimal_env(real_venv, shim_bin),
+                env={**minimal_env(real_venv, shim_bin), **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        cluster = cls(process, gcs_port, dashboard_port, log)
+        token_path = (env or {}).get("RAY_AUTH_TOKEN_PATH")
+        token = Path(token_path).read_text().strip() if token_path else None
+        cluster = cls(process, gcs_port, dashboard_port, log, token)
         try:
             cluster.wait_ready()
         except BaseException:
@@ -212,6 +227,8 @@ class RayCluster:
         def ready() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"ray start exited: {self.log.read_text()[-3000:]}")
+            if self.token is not None:  # its dashboard answers 401 to everything else
+                return self.process.poll() is None and token_json(f"{self.dashboard_url}/api/version", self.token)
             if not dashboard_answers(self.dashboard_url):
                 return False
             nodes = http_json(f"{self.dashboard_url}/api/v0/nodes")["data"]["result"]["result"]
@@ -818,3 +835,33 @@ def test_a_head_the_launcher_starts_is_authenticated_and_the_keys_reach_only_sli
     for secret in (SECRET, retriever_key):  # Ray's logs stay after the run: still nothing in them
         assert secret not in launch.output
         assert files_holding(secret, temp_dir) == [] and files_holding(secret, tmp_path) == []
+
+
+def test_a_reused_cluster_with_token_authentication_works_with_the_users_token_and_not_without(
+    real_venv: Path, standin: Standin, report: Path, tmp_path: Path, ray_root: Path, launches: list[Launch]
+) -> None:
+    token_file = tmp_path / "ray_token"
+    token_file.write_text("reused-cluster-token-" + "0" * 24)
+    token_file.chmod(0o600)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+    cluster = RayCluster.start(real_venv, standin.shim_bin, ray_root / "reused-auth", cwd=ray_root, env=auth)
+    try:
+        home = tmp_path / "home"  # no ~/.ray/auth_token
+        home.mkdir()
+        env = standin.env(report, RAY_PORT=str(cluster.gcs_port), RAY_AUTH_TOKEN_PATH=str(token_file), HOME=str(home))
+        launches.append(launch := Launch.start(env, cwd=tmp_path))
+        assert launch.finish() == 0, launch.output
+        assert "reusing the Ray cluster" in launch.output and "has no authentication" not in launch.output
+        assert cluster.token is not None
+        job = token_json(f"{cluster.dashboard_url}/api/jobs/{submission_id(report)}", cluster.token)
+        assert isinstance(job, dict) and job["status"] == "SUCCEEDED"
+
+        # Without the token the launcher cannot connect, and says what to give it.
+        env = standin.env(report, RAY_PORT=str(cluster.gcs_port), RAY_CLUSTER_TIMEOUT="5", HOME=str(home))
+        launches.append(launch := Launch.start(env, cwd=tmp_path))
+        assert launch.finish() == 1, launch.output
+        error = next(line for line in launch.lines if line.startswith("error:"))
+        assert "does not accept a driver" in error and "RAY_AUTH_TOKEN_PATH=FILE or ~/.ray/auth_token" in error
+        assert cluster.process.poll() is None  # left running
+    finally:
+        cluster.stop()
