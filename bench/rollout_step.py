@@ -3,8 +3,9 @@
 64 prompts x 8 samples run through the real rollout core (``search_r1_oai.rollout.run_rollout``, HTTP clients,
 token-exact bookkeeping) against two real servers on 127.0.0.1, each in its own process:
 
-* policy: the scripted SGLang mock (token-exact ids, logprobs, qwen25 tool calls) answering each turn only after a
-  continuous-batching latency model says the engine would have: prefill through one shared queue at
+* policy: a scripted SGLang 0.5.15 responder (the replies of tests/support/sglang_mock.py: token ids, logprobs,
+  qwen25 tool calls; bench/_step_policy.py) answering each turn only after a continuous-batching latency model
+  says the engine would have: prefill through one shared queue at
   --prefill-tps; decode shared by the running sequences, each at min(--decode-seq-tps, --decode-total-tps /
   running), at most --max-running at once. Trajectories search 1..--max-searches times (~--think-words words of
   reasoning per turn), read 3 passages of ~100 words per search, then answer.
@@ -13,23 +14,30 @@ token-exact bookkeeping) against two real servers on 127.0.0.1, each in its own 
   The flat scan is memory-bound, so one scan serves a whole batch; the per-query part is the matmul and encoder.
 
 Three runs, one after the other, same script and same policy model:
-  generation alone   search answered in-process at no cost: the lower bound of the step
+  generation alone   the same retriever app with searches that cost no device time (--batching off, nothing
+                     to wait for): the lower bound of the step. The searches still go over HTTP, so this
+                     machine's CPU work for them is in the baseline rather than charged to either design
   batched retriever  --batching on: queries from all trajectories share each scan
   per-request        --batching off: each request scanned alone, serialised on the device (the common design)
 
-Default numbers (a reasoned estimate, not a measurement): the README's node, 4 GPUs with one SGLang engine each,
-Qwen2.5-3B in bf16. Decode alone is memory-bound: 6.2 GB of weights per step at 3.35 TB/s is ~1.9 ms, ~300 tok/s
-per sequence after overheads. Public SGLang throughput figures for 3B-8B models at high concurrency put one H100 at
-roughly 10k output tok/s with RL-length contexts: 40k tok/s for the node; prefill ~40k tok/s per GPU: 160k.
-Search (--device): wiki-18 is 21M x 768; a GPU scan reads the 32.3 GB fp16 copy once (H200 6.7 ms, H100 9.6 ms,
-one device's bandwidth: conservative, the index split over 4 GPUs scans in a quarter of that), plus ~3 ms of e5
-encoding and 0.1-0.15 ms per query; CPU Flat reads 64.6 GB fp32 (~1.6 s) plus ~30 ms per query. --device cpu is
-far slower than the 3-minute budget with --batching off: use fewer prompts.
+Default numbers (a reasoned estimate from public figures, not a measurement): the README's node, 4 GPUs with
+one SGLang engine each, Qwen2.5-3B in bf16. Decode alone is memory-bound: 6.2 GB of weights per step at 3.35 TB/s
+(H100) is ~1.9 ms, so ~300 tok/s per sequence after overheads. SGLang's published offline throughput for an 8B
+model is ~5k output tok/s on one A100; twice that on an H100 and again for a 3B model gives ~20k tok/s per GPU,
+80k for the node. Prefill: 6 GFLOP a token at ~300 TFLOPS is ~50k tok/s per GPU, 200k for the node; the system
+prompt and tools every conversation starts with are served from the radix cache. Search (--device): wiki-18 is
+21M x 768; a GPU scan reads the 32.3 GB fp16 copy once (H200 6.7 ms, H100 9.6 ms: one device's bandwidth, which
+is conservative, as 4 shards scan in a quarter of that), plus ~3 ms of e5 encoding and 0.1-0.15 ms per query;
+CPU Flat reads the 64.6 GB fp32 file (~1.6 s) plus ~30 ms per query: with --device cpu use fewer prompts, the
+per-request run alone would take about half an hour of simulated time. The retriever keeps its own batching wait
+(max_wait_ms) and timeouts, in simulated time.
 
 Times are simulated device seconds: every modelled duration is multiplied by --time-scale on the wall clock and
-the measured wall times are divided by it, so this 2-core machine's own CPU work (tokenizing, JSON, HTTP: ~2k
-policy calls per run) weighs 1/time-scale as much. Run from the project root: ``.venv/bin/python -m
-bench.rollout_step``.
+the measured wall times are divided by it, so this 2-core machine's own CPU work (tokenizing, JSON, HTTP: ~1500
+policy calls and ~1000 searches a run) weighs 1/time-scale as much. It still shows: the CPU s column is this
+machine's CPU time during each run, and "search p50/p99" is measured by the rollout client, so it includes the
+client's event-loop backlog; "device search s" is the retriever worker's simulated busy time alone.
+Run from the project root: ``.venv/bin/python -m bench.rollout_step``.
 """
 
 from __future__ import annotations
@@ -51,13 +59,12 @@ import httpx
 from bench._retriever_common import Server
 from bench._step_policy import PolicyModel, Script, questions
 from bench._step_policy import config_json as policy_config
-from bench._step_retriever import DEVICES, ScanCost, _passage
+from bench._step_retriever import DEVICES, ScanCost
 from bench._step_retriever import config_json as retriever_config
 from search_r1_oai.config import Settings
 from search_r1_oai.context import RolloutContext
 from search_r1_oai.prompts import SEARCH_TOOL, build_messages
 from search_r1_oai.rollout import run_rollout
-from search_r1_oai.search_client import Passage, RetrievalResult, SearchClient
 
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_new_tokens": 500}
 TOPK = 3
@@ -77,15 +84,6 @@ class StepResult:
     cpu_s: float  # this machine's CPU seconds during the run: the rollout process and the servers
     busy_s: float  # the retriever's worker searching (simulated device time)
     batches: int
-
-
-class FreeSearch(SearchClient):
-    """Answers every query at once with the passages the simulated retriever returns: generation alone."""
-
-    async def retrieve(self, queries: list[str]) -> RetrievalResult:
-        passages = [[Passage(title=p["title"], text=p["text"]) for p in (_passage(q, r) for r in range(TOPK))]
-                    for q in queries]  # fmt: skip
-        return RetrievalResult(passages=passages, latency_s=0.0, attempts=1)
 
 
 def _start(module: str, config: str, work: Path, name: str, timeout_s: float) -> Server:
@@ -112,12 +110,17 @@ def servers(args: argparse.Namespace, model: PolicyModel, script: Script, cost: 
     with tempfile.TemporaryDirectory(prefix="rollout-step-") as tmp:
         work = Path(tmp)
         try:
-            for name, batching in (("batched", True), ("per-request", False)):
-                config = retriever_config(cost, batching, TOPK, model.time_scale)
+            free = ScanCost(scan_ms=0.0, encode_ms=0.0, per_query_ms=0.0)
+            for name, batching, device in (
+                ("free", False, free),
+                ("batched", True, cost),
+                ("per-request", False, cost),
+            ):
+                config = retriever_config(device, batching, TOPK, model.time_scale)
                 started[name] = _start("bench._step_retriever", config, work, name, 120)
             config = policy_config(tokenizer_dir, model, script)
             started["policy"] = _start("bench._step_policy", config, work, "policy", 180)
-            for name in ("batched", "per-request"):
+            for name in ("free", "batched", "per-request"):
                 started[name].wait_health(120)
             yield {
                 "tokenizer": tokenizer_dir,
@@ -141,13 +144,13 @@ def _cpu_s(children: Iterable[int]) -> float:
 
 
 async def _step(
-    name: str, urls: dict, tokenizer: object, script: Script, retriever: str | None, args: argparse.Namespace
+    name: str, urls: dict, tokenizer: object, script: Script, retriever: str, args: argparse.Namespace
 ) -> StepResult:
     scale = args.time_scale
     async with httpx.AsyncClient(timeout=30) as admin:
         (await admin.post(f"{urls['policy']}/bench/reset")).raise_for_status()
     settings = Settings(
-        retrieval_urls=(urls[retriever],) if retriever else Settings().retrieval_urls,
+        retrieval_urls=(urls[retriever],),
         topk=TOPK,
         max_turns=script.max_searches + 1,
         concurrency=script.prompts * script.samples,
@@ -155,8 +158,7 @@ async def _step(
         policy_timeout_s=args.deadline_s,
         retrieval_timeout_s=args.deadline_s,
     )
-    search = None if retriever else FreeSearch(settings)
-    context = RolloutContext(settings, tokenizer, urls["policy"], search=search)
+    context = RolloutContext(settings, tokenizer, urls["policy"])
     durations: list[float] = []
 
     async def one(question: str) -> object:
@@ -171,10 +173,8 @@ async def _step(
         results = await asyncio.wait_for(asyncio.gather(*(one(q) for q in questions(script))), timeout=args.deadline_s)
         wall = time.monotonic() - began
         cpu = _cpu_s(urls["pids"].values()) - cpu_before
-        stats: dict = {"busy_s": 0.0, "batches": 0}
-        if retriever:
-            async with httpx.AsyncClient(timeout=30) as admin:
-                stats = (await admin.get(f"{urls[retriever]}/health")).json()["stats"]
+        async with httpx.AsyncClient(timeout=30) as admin:
+            stats = (await admin.get(f"{urls[retriever]}/health")).json()["stats"]
     finally:
         await context.aclose()
     bad = [r for r in results if r.outcome.name != "COMPLETED" or not r.stats.token_exact or r.stats.tool_errors]
@@ -186,7 +186,7 @@ async def _step(
     return StepResult(
         name=name,
         wall_s=wall / scale,
-        search_wait_share=waited / sum(durations) if retriever else 0.0,
+        search_wait_share=waited / sum(durations),
         searches=sum(r.stats.searches for r in results),
         search_p50_s=quantiles[49] / scale,
         search_p99_s=quantiles[98] / scale,
@@ -205,16 +205,11 @@ def _table(rows: list[StepResult], lower: StepResult) -> str:
     lines = [header]
     for row in rows:
         added = f"{(row.wall_s / lower.wall_s - 1) * 100:+.1f}%" if row is not lower else "(lower bound)"
-        latency = (
-            f"{row.search_p50_s * 1000:.0f} / {row.search_p99_s * 1000:.0f}"
-            if row.searches and row is not lower
-            else "-"
-        )
-        share = f"{row.search_wait_share * 100:.1f}%" if row is not lower else "-"
-        busy = f"{row.busy_s:.2f}" if row is not lower else "-"
-        batches = str(row.batches) if row is not lower else "-"
+        latency = f"{row.search_p50_s * 1000:.0f} / {row.search_p99_s * 1000:.0f}"
+        share = f"{row.search_wait_share * 100:.1f}%"
         lines.append(
-            f"{row.name:<20}{row.wall_s:>9.2f}{added:>16}{share:>13}{latency:>20}{busy:>17}{batches:>9}{row.cpu_s:>7.0f}"
+            f"{row.name:<20}{row.wall_s:>9.2f}{added:>16}{share:>13}{latency:>20}{row.busy_s:>17.2f}{row.batches:>9}"
+            f"{row.cpu_s:>7.0f}"
         )
     return "\n".join(lines)
 
@@ -270,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     began = time.monotonic()
     with servers(args, model, script, cost) as urls:
         tokenizer = AutoTokenizer.from_pretrained(urls["tokenizer"])
-        lower = asyncio.run(_step("generation alone", urls, tokenizer, script, None, args))
+        lower = asyncio.run(_step("generation alone", urls, tokenizer, script, "free", args))
         batched = asyncio.run(_step("batched retriever", urls, tokenizer, script, "batched", args))
         alone = asyncio.run(_step("per-request", urls, tokenizer, script, "per-request", args))
     print(
