@@ -167,10 +167,16 @@ class PolicyServer:
             info = client.get(f"{self.url}/model_info")
             if info.status_code == 404:
                 info = client.get(f"{self.url}/get_model_info")
-            served = info.json().get("model_path") if info.status_code == 200 else None
+            if info.status_code != 200:
+                return False
+            served = info.json().get("model_path")
         except (httpx.HTTPError, ValueError, AttributeError):
             return False
-        if served != self.model:
+        # A local folder must be ours (another process may have taken the port); a Hub id may be served under the
+        # path it was downloaded to, so only its health is checked.
+        if Path(self.model).is_absolute() and (
+            not isinstance(served, str) or Path(served).resolve() != Path(self.model)
+        ):
             raise PolicyServerError(f"the server on {self.url} serves {served!r}, not {self.model!r}")
         return True
 
