@@ -611,16 +611,19 @@ unset WANDB_API_KEY RETRIEVER_API_KEY
 # Ray token authentication (Ray >= 2.52): the caller's token if there is one, else a new one for a head started
 # here, in a 0600 file of the private folder. Worker nodes and `ray` commands find it through RAY_AUTH_TOKEN_PATH
 # (or the caller's RAY_AUTH_TOKEN); it is never printed.
-RAY_TOKEN_HINT=""  # how a worker node gets the token, for the printed worker command
 if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
-  RAY_TOKEN_HINT="RAY_AUTH_TOKEN (set it to this node's RAY_AUTH_TOKEN)"
+  RAY_TOKEN_FROM="variable"
 elif [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]]; then
   [[ -s "$RAY_AUTH_TOKEN_PATH" && -r "$RAY_AUTH_TOKEN_PATH" ]] ||
     die "RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH} is not a readable, non-empty token file"
+  RAY_TOKEN_FROM="file"
 elif [[ -s "${HOME:-/nonexistent}/.ray/auth_token" ]]; then
   export RAY_AUTH_TOKEN_PATH="${HOME}/.ray/auth_token"
+  RAY_TOKEN_FROM="file"
+else
+  RAY_TOKEN_FROM=""  # none: a head started here gets a new one; a reused cluster is joined without
 fi
-if [[ -n "${RAY_AUTH_TOKEN:-}${RAY_AUTH_TOKEN_PATH:-}" ]]; then export RAY_AUTH_MODE=token; fi
+if [[ -n "$RAY_TOKEN_FROM" ]]; then export RAY_AUTH_MODE=token; fi
 if [[ -n "$EVAL_CONFIG_TEXT" ]]; then (umask 077 && printf '%s\n' "$EVAL_CONFIG_TEXT" >"$EVAL_CONFIG_FILE"); fi
 
 if answers "$MASTER_ADDR" "$RAY_PORT"; then
@@ -631,30 +634,31 @@ else
     die "port ${RAY_DASHBOARD_PORT} is in use (another Ray cluster's dashboard?): set RAY_DASHBOARD_PORT to a free port," \
       "or RAY_PORT to that cluster's port to reuse it"
   fi
-  if [[ -z "${RAY_AUTH_MODE:-}" ]]; then
+  if [[ -z "$RAY_TOKEN_FROM" ]]; then
     export RAY_AUTH_TOKEN_PATH="$PRIVATE_DIR/ray_auth_token"
     python3 -c 'import os, secrets, sys
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 os.write(fd, secrets.token_hex(32).encode())
 os.close(fd)' "$RAY_AUTH_TOKEN_PATH"
+    RAY_TOKEN_FROM="file"
     export RAY_AUTH_MODE=token
   fi
   log "starting a Ray head at ${MASTER_ADDR}:${RAY_PORT} with token authentication (stopped when this script exits)"
   setsid "${HEAD_CMD[@]}" </dev/null >"$PRIVATE_DIR/ray-head.log" 2>&1 &
   head_pid=$!
 fi
-if [[ -n "${RAY_AUTH_MODE:-}" ]]; then
-  if [[ -z "$RAY_TOKEN_HINT" ]]; then RAY_TOKEN_HINT="RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH}"; fi
-  WORKER_CMD=(RAY_AUTH_MODE=token "${RAY_TOKEN_HINT%% *}" "${WORKER_CMD[@]}")
-  if [[ "$RAY_TOKEN_HINT" == RAY_AUTH_TOKEN_PATH=* ]]; then
+# The worker command names where the token is, never the token.
+WORKER_NOTE=""
+case "$RAY_TOKEN_FROM" in
+  file)
+    WORKER_CMD=(RAY_AUTH_MODE=token "RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH}" "${WORKER_CMD[@]}")
     WORKER_NOTE="(first copy ${RAY_AUTH_TOKEN_PATH} from this node to the same path there, mode 0600)"
-  else
+    ;;
+  variable)
+    WORKER_CMD=(RAY_AUTH_MODE=token "${WORKER_CMD[@]}")
     WORKER_NOTE="(with RAY_AUTH_TOKEN set to this node's token)"
-    WORKER_CMD=(RAY_AUTH_MODE=token "${WORKER_CMD[@]:2}")
-  fi
-else
-  WORKER_NOTE=""
-fi
+    ;;
+esac
 if ((NUM_NODES > 1)); then
   log "on each of the other $((NUM_NODES - 1)) node(s) run:  ${WORKER_CMD[*]} ${WORKER_NOTE}"
 fi
@@ -780,7 +784,9 @@ if ! ray job submit --address "$DASHBOARD_URL" --submission-id "$JOB_ID" --runti
   cat "$PRIVATE_DIR/submit.log" >&2
   die "ray job submit failed (output above)"
 fi
-log "job $JOB_ID submitted; from elsewhere: ray job logs|status|stop --address $DASHBOARD_URL $JOB_ID"
+elsewhere="ray job logs|status|stop --address $DASHBOARD_URL $JOB_ID"
+if [[ -n "$RAY_TOKEN_FROM" ]]; then elsewhere="RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=TOKEN_FILE $elsewhere"; fi
+log "job $JOB_ID submitted; from elsewhere: $elsewhere"
 
 export PYTHONUNBUFFERED=1
 ray job logs --address "$DASHBOARD_URL" --follow "$JOB_ID" &
