@@ -14,7 +14,7 @@ import random
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,7 @@ class ScriptedPolicy:
         self._seen: dict[str, int] = {}
         self.served = 0
         self.output_tokens = 0
+        self.calls: list[tuple[str, int, int]] = []  # (question, new prompt tokens, sampled tokens), in order
         for index, question in enumerate(questions(script)):
             messages = build_messages(question)
             ids = render_prompt_ids(tokenizer, messages, [SEARCH_TOOL])
@@ -216,6 +217,7 @@ class ScriptedPolicy:
         """Start the step again: every conversation from its first turn."""
         self._queues = {q: list(replies) for q, replies in self._replies.items()}
         self._seen.clear()
+        self.calls = []
         self.served = self.output_tokens = 0
 
     def _piece(self, token: int) -> str:
@@ -257,6 +259,7 @@ class ScriptedPolicy:
         self.output_tokens += len(output)
         tools = body.get("tools") or []
         reply = self._reply(body, prompt_ids, output, tools, cached)
+        self.calls.append((question, len(prompt_ids) - cached, len(output)))
         return 200, reply, len(prompt_ids) - cached, len(output)
 
     def _reply(
@@ -324,8 +327,8 @@ class ScriptedPolicy:
             return {"trajectories": len(self._queues)}
 
         @app.get("/bench/served")
-        async def served() -> dict[str, int]:
-            return {"requests": self.served, "output_tokens": self.output_tokens}
+        async def served() -> dict[str, Any]:
+            return {"requests": self.served, "output_tokens": self.output_tokens, "calls": self.calls}
 
         return app
 
@@ -340,6 +343,24 @@ def _serve(config: dict[str, Any], port_file: Path) -> None:
         policy.app, host="127.0.0.1", log_level="warning", timeout_keep_alive=int(5 * model.time_scale) + 1
     )
     serve_forever(uvicorn_config, port_file)
+
+
+async def model_only_step(calls: list[tuple[str, int, int]], model: PolicyModel) -> float:
+    """Seconds the :class:`ThroughputModel` alone needs for a step's calls, each conversation's turns in order, with
+    no client, HTTP or search: what the node would take if nothing else cost time."""
+    turns: dict[str, list[tuple[int, int]]] = {}
+    for question, prefill, decode in calls:
+        turns.setdefault(question, []).append((prefill, decode))
+    timing = ThroughputModel(replace(model, time_scale=1.0))
+
+    async def one(steps: list[tuple[int, int]]) -> None:
+        for prefill, decode in steps:
+            await timing.generate(prefill, decode)
+
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.gather(*(one(steps) for steps in turns.values()))
+    return loop.time() - began
 
 
 def config_json(tokenizer: str, model: PolicyModel, script: Script) -> str:

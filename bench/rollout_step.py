@@ -1,16 +1,15 @@
 """One GRPO rollout step end to end: how much of it is spent waiting for search, batched vs per-request retriever.
 
 64 prompts x 8 samples run through the real rollout core (``search_r1_oai.rollout.run_rollout``, HTTP clients,
-token-exact bookkeeping) against two real servers on 127.0.0.1, each in its own process:
+token-exact bookkeeping) against real servers on 127.0.0.1, each in its own process:
 
 * policy: a scripted SGLang 0.5.15 responder (the replies of tests/support/sglang_mock.py: token ids, logprobs,
   qwen25 tool calls; bench/_step_policy.py) answering each turn only after a continuous-batching latency model
-  says the engine would have: prefill through one shared queue at
-  --prefill-tps; decode shared by the running sequences, each at min(--decode-seq-tps, --decode-total-tps /
+  says the engine would have: prefill through one shared queue at --prefill-tps; decode shared by the running sequences, each at min(--decode-seq-tps, --decode-total-tps /
   running), at most --max-running at once. Trajectories search 1..--max-searches times (~--think-words words of
   reasoning per turn), read 3 passages of ~100 words per search, then answer.
-* retriever: local_dense_retriever's own app (create_app: batcher, cache, HTTP limits) served by uvicorn, over a
-  simulated engine: a search call of b queries holds the single worker for scan_ms + encode_ms + b x per_query_ms.
+* three retrievers (one per run below): local_dense_retriever's own app (create_app: batcher, cache, HTTP
+  limits) served by uvicorn with its own connection guards, over a simulated engine: a search call of b queries holds the single worker for scan_ms + encode_ms + b x per_query_ms.
   The flat scan is memory-bound, so one scan serves a whole batch; the per-query part is the matmul and encoder.
 
 Three runs, one after the other, same script and same policy model:
@@ -19,6 +18,8 @@ Three runs, one after the other, same script and same policy model:
                      machine's CPU work for them is in the baseline rather than charged to either design
   batched retriever  --batching on: queries from all trajectories share each scan
   per-request        --batching off: each request scanned alone, serialised on the device (the common design)
+Then the lower bound's policy calls are replayed through the latency model alone (no client, HTTP or search), to
+show how much of the lower bound is this machine's own work rather than the modelled node.
 
 Default numbers (a reasoned estimate from public figures, not a measurement): the README's node, 4 GPUs with
 one SGLang engine each, Qwen2.5-3B in bf16. Decode alone is memory-bound: 6.2 GB of weights per step at 3.35 TB/s
@@ -57,7 +58,7 @@ from pathlib import Path
 import httpx
 
 from bench._retriever_common import Server
-from bench._step_policy import PolicyModel, Script, questions
+from bench._step_policy import PolicyModel, Script, model_only_step, questions
 from bench._step_policy import config_json as policy_config
 from bench._step_retriever import DEVICES, ScanCost
 from bench._step_retriever import config_json as retriever_config
@@ -82,6 +83,7 @@ class StepResult:
     search_p99_s: float
     output_tokens: int
     cpu_s: float  # this machine's CPU seconds during the run: the rollout process and the servers
+    calls: list  # the policy calls the step made: (conversation, new prompt tokens, sampled tokens)
     busy_s: float  # the retriever's worker searching (simulated device time)
     batches: int
 
@@ -149,6 +151,7 @@ async def _step(
     scale = args.time_scale
     async with httpx.AsyncClient(timeout=30) as admin:
         (await admin.post(f"{urls['policy']}/bench/reset")).raise_for_status()
+    served: dict = {}
     settings = Settings(
         retrieval_urls=(urls[retriever],),
         topk=TOPK,
@@ -175,6 +178,7 @@ async def _step(
         cpu = _cpu_s(urls["pids"].values()) - cpu_before
         async with httpx.AsyncClient(timeout=30) as admin:
             stats = (await admin.get(f"{urls[retriever]}/health")).json()["stats"]
+            served = (await admin.get(f"{urls['policy']}/bench/served")).json()
     finally:
         await context.aclose()
     bad = [r for r in results if r.outcome.name != "COMPLETED" or not r.stats.token_exact or r.stats.tool_errors]
@@ -192,6 +196,7 @@ async def _step(
         search_p99_s=quantiles[98] / scale,
         output_tokens=sum(sum(r.loss_mask) for r in results),
         cpu_s=cpu,
+        calls=[tuple(call) for call in served["calls"]],
         busy_s=stats["busy_s"] / scale,
         batches=stats["batches"],
     )
@@ -274,7 +279,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{cost.encode_ms:g} ms encode + {cost.per_query_ms:g} ms/query); simulated seconds (time scale "
         f"{args.time_scale:g}, {time.monotonic() - began:.0f} s wall in all)"
     )
+    model_s = asyncio.run(model_only_step(lower.calls, model))
     print(_table([lower, batched, alone], lower))
+    print(
+        f"policy model alone, same calls, no client/HTTP/search: {model_s:.2f} s (this machine's own work adds "
+        f"{lower.wall_s - model_s:.2f} s to the lower bound)"
+    )
     extra_batched, extra_alone = batched.wall_s - lower.wall_s, alone.wall_s - lower.wall_s
     print(
         f"search adds {extra_batched / lower.wall_s * 100:+.1f}% to the step batched (target <= 5%) vs "

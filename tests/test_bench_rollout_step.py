@@ -45,6 +45,7 @@ def test_rollout_step_prints_the_three_designs_and_stops_its_servers() -> None:
     for row in ("generation alone", "batched retriever", "per-request"):
         assert any(line.startswith(row) for line in output.splitlines()), output
     assert "per-request step / batched step:" in output
+    assert "policy model alone, same calls" in output
     assert len(children) >= 3, "the policy and both retrievers run in their own processes"
     assert not any(Path(f"/proc/{pid}").exists() for pid in children), "a server outlived the benchmark"
 
