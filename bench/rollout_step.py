@@ -6,11 +6,13 @@ token-exact bookkeeping) against real servers on 127.0.0.1, each in its own proc
 * policy: a scripted SGLang 0.5.15 responder (the replies of tests/support/sglang_mock.py: token ids, logprobs,
   qwen25 tool calls; bench/_step_policy.py) answering each turn only after a continuous-batching latency model
   says the engine would have: prefill through one shared queue at --prefill-tps; decode shared by the running
-  sequences, each at min(--decode-seq-tps, --decode-total-tps / running), at most --max-running at once. Trajectories search 1..--max-searches times (~--think-words words of
-  reasoning per turn), read 3 passages of ~100 words per search, then answer.
+  sequences, each at min(--decode-seq-tps, --decode-total-tps / running), at most --max-running at once.
+  Trajectories search 1..--max-searches times (~--think-words words of reasoning per turn), read 3 passages of
+  ~100 words per search, then answer.
 * three retrievers (one per run below): local_dense_retriever's own app (create_app: batcher, cache, HTTP
   limits) served by uvicorn with its own connection guards, over a simulated engine: a search call of b queries
-  holds the single worker for scan_ms + encode_ms + b x per_query_ms. The flat scan is memory-bound, so one scan serves a whole batch; the per-query part is the matmul and encoder.
+  holds the single worker for scan_ms + encode_ms + b x per_query_ms. The flat scan is memory-bound, so one
+  scan serves a whole batch; the per-query part is the matmul and encoder.
 
 Three runs, one after the other, same script and same policy model:
   generation alone   the same retriever app with searches that cost no device time (--batching off, nothing
