@@ -668,6 +668,7 @@ if ((ATTACH)); then
     fi
   elif [[ -t 0 && -t 1 ]]; then
     tm attach -t "=$TMUX_SESSION:$training_window" || true
+    if tm has-session -t "=$TMUX_SESSION" 2>/dev/null; then log "reattach with: tmux attach -t $TMUX_SESSION"; fi
   else
     log "--attach needs a terminal; watch with: tmux attach -t $TMUX_SESSION"
   fi
