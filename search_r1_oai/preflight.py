@@ -190,6 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"FAIL  settings: {exc}", flush=True)
         return 1
+    if not (args.data or args.tokenizer or args.retrieval_url or args.policy_url or args.max_response_len):
+        # Without them every check is skipped, and "preflight passed" would vouch for nothing.
+        print(
+            "preflight: nothing to check; give what the run uses: --data PARQUET, --tokenizer CHECKPOINT_DIR, "
+            "--retrieval-url URL, --policy-url URL, --max-response-len N (any of them; see --help)",
+            file=sys.stderr,
+        )
+        return 2
     settings = dataclasses.replace(settings, policy_retries=1, retrieval_retries=1, log_every=0)
     ok = run_checks(args, settings, lambda check: print(check.line(), flush=True))
     print("preflight passed" if ok else "preflight FAILED: fix the lines marked FAIL before starting the run")

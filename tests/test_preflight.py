@@ -92,3 +92,11 @@ def test_bad_setting_is_reported(capsys, monkeypatch) -> None:
     monkeypatch.setenv("SEARCH_R1_TOPK", "zero")
     code, out = _run(capsys)
     assert code == 1 and "SEARCH_R1_TOPK" in out
+
+
+def test_no_arguments_is_an_error_not_a_pass(capsys) -> None:
+    code = preflight.main([])
+    captured = capsys.readouterr()
+    assert code == 2 and "preflight passed" not in captured.out
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "nothing to check" in lines[0] and "--data" in lines[0] and "--policy-url" in lines[0]
