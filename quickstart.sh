@@ -6,7 +6,8 @@
 # EM table and where the files went; everything else goes to QUICKSTART_DIR/quickstart.log. It stops every server
 # it started. The GPU path (Wikipedia-2018 index, SGLang policy, slime training) is in README.md.
 #
-#   bash quickstart.sh            (QUICKSTART_DIR=DIR to choose where the toy files go; default build/quickstart)
+#   bash quickstart.sh            (QUICKSTART_DIR=DIR to choose where the toy files go, relative to the folder you
+#                                  run it from; default build/quickstart in the repository)
 #   bash quickstart.sh --help     this text
 set -euo pipefail
 
@@ -16,8 +17,10 @@ case "${1:-}" in
   -h | --help) bash "$ROOT/scripts/print_usage.sh" "${BASH_SOURCE[0]}"; exit 0 ;;
   *) echo "error: quickstart.sh takes no arguments, got '$1' (see --help)" >&2; exit 2 ;;
 esac
-cd "$ROOT"
 OUT="${QUICKSTART_DIR:-$ROOT/build/quickstart}"
+# A relative QUICKSTART_DIR means the caller's folder, as every other path on a command line does.
+if [[ "$OUT" != /* ]]; then OUT="$PWD/$OUT"; fi
+cd "$ROOT"
 PY="$ROOT/.venv/bin/python"
 LOG="$OUT/quickstart.log"
 mkdir -p "$OUT"
@@ -55,8 +58,13 @@ stop_servers() {
 }
 trap stop_servers EXIT
 
-step "1/8 environment (.venv)"
-logged bash scripts/setup_env.sh
+step "1/8 environment (.venv only; the first run installs torch's CPU build and the pinned requirements)"
+# On screen too: the first run takes minutes, and each phase says what it is doing. The real-component venvs
+# (.venv-real, .venv-sglang-*) are for the tests; scripts/test.sh builds them.
+if ! bash scripts/setup_env.sh --main-only 2>&1 | tee -a "$LOG"; then
+  echo "failed: scripts/setup_env.sh --main-only (full log: $LOG)" >&2
+  exit 1
+fi
 echo "ready: $PY"
 
 step "2/8 toy corpus: invented entities, so answers can only come from retrieval"

@@ -67,14 +67,15 @@ else
   # torch first and only when missing: an unpinned torch pulls a multi-GB CUDA build, and on a GPU image
   # the existing CUDA torch must never be replaced.
   if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    echo "[setup_env] installing $(cat "$ROOT/scripts/torch-cpu.txt") (CPU build)"
+    echo "[setup_env] installing $(cat "$ROOT/scripts/torch-cpu.txt") (CPU build, the largest download)"
     pip_install -r "$ROOT/scripts/torch-cpu.txt"
   fi
-  echo "[setup_env] installing project, retriever and test requirements"
+  echo "[setup_env] installing project, retriever and test requirements (${SECONDS}s so far)"
   pip_install -e "${ROOT}[dev]" -r "$ROOT/local_dense_retriever/requirements.txt"
+  echo "[setup_env] installing tests/requirements-nodeps.txt (${SECONDS}s so far)"
   pip_install --no-deps -r "$ROOT/tests/requirements-nodeps.txt"
   echo "$wanted" > "$stamp"
-  echo "[setup_env] ready: $VENV"
+  echo "[setup_env] ready: $VENV (${SECONDS}s)"
 fi
 
 if ((MAIN_ONLY)); then
