@@ -20,7 +20,8 @@ import uvicorn
 
 from retriever.api import create_app
 from retriever.connections import server_config
-from retriever.settings import add_arguments, settings_from_args
+from retriever.settings import Settings, add_arguments, settings_from_args
+from retriever.startup_check import check_encoder, check_port
 
 logger = logging.getLogger("retrieval_server")
 API_KEY_ENV = "RETRIEVER_API_KEY"
@@ -50,6 +51,30 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     )
 
 
+def fail(line: str) -> int:
+    """Print the one line that says why the server stops (the last thing it prints) and return the exit code."""
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    return 1
+
+
+def startup_problem(settings: Settings) -> str | None:
+    """What stops the server from starting, found in seconds before anything loads: a busy port, no encoder.
+
+    A Hub id that is cached while the Hub does not answer is swapped for its cached folder, so transformers
+    loads it at once instead of spending ~50 s on retries.
+    """
+    port_ok, port_line = check_port(settings.host, settings.port)
+    if not port_ok:
+        return port_line
+    status = check_encoder(settings.retriever_model)
+    if not status.ok:
+        return status.message
+    logger.info("%s", status.message)
+    if status.local_dir is not None and status.local_dir != settings.retriever_model:
+        settings.retriever_model = status.local_dir
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     settings = settings_from_args(parser.parse_args(argv))
@@ -60,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if (problem := startup_problem(settings)) is not None:
+        return fail(problem)
 
     server: uvicorn.Server | None = None
     failed: list[BaseException] = []
@@ -77,10 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     if (warning := exposure_warning(settings.host, api_key)) is not None:
         logger.warning(warning)
     server = uvicorn.Server(server_config(app, settings))
-    server.run()
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind: someone took the port since the check
+        port_ok, port_line = check_port(settings.host, settings.port)
+        return fail(port_line if not port_ok else f"the server stopped at start (exit {exc.code}); see above")
     if failed:
-        logger.error("exiting: the retriever could not be loaded (%s)", failed[0])
-        return 1
+        return fail(f"the retriever could not be loaded: {failed[0]}")
     return 0
 
 

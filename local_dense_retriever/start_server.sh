@@ -12,8 +12,11 @@
 #   --port N          TCP port [PORT, default 8000]
 #   --host H          interface to bind [HOST, default 127.0.0.1]
 #   --log FILE        also append all output to FILE [LOG_FILE, default: none]
-#   --check           only check what the server needs (index, corpus, python, a valid port nobody listens on),
-#                     print what to do if something is missing, and exit: 0 when it can start
+#   --check           only check what the server needs (index, corpus, python, a valid port nobody listens on,
+#                     the encoder: a local folder, in the Hugging Face cache, or (network allowed) on the Hub;
+#                     index rows = corpus lines, read from the index header and the corpus' offsets sidecar,
+#                     counted when the corpus is under 2 GB), loading nothing; print what to do if something is
+#                     missing, and exit: 0 when it can start
 #   -- FLAGS...       passed to retrieval_server.py as they are, e.g. -- --max_batch_size 512
 #   -h, --help        this text
 # Environment:
@@ -102,6 +105,14 @@ if ((CHECK_ONLY)); then
   if timeout 5 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$probe" "$PORT" 2>/dev/null; then
     die "port $PORT on $probe is already in use (something listens there): stop it or choose another port"
   fi
+  # Encoder and row counts, without loading either (retriever/startup_check.py says how).
+  if ! report="$(PYTHONPATH="$SCRIPT_DIR${PYTHONPATH:+:$PYTHONPATH}" "$RETRIEVER_PYTHON" -m retriever.startup_check \
+    --index "$INDEX_PATH" --corpus "$CORPUS_PATH" --model "$RETRIEVER_MODEL" 2>&1)"; then
+    # What passed first, so the last lines are what failed.
+    { grep '^ok: ' <<<"$report" || true; grep -v '^ok: ' <<<"$report" || true; } | sed 's/^/[start_server] /' >&2
+    exit 1
+  fi
+  while IFS= read -r line; do echo "[start_server] $line"; done <<<"$report"
   echo "[start_server] ok: index, corpus and $RETRIEVER_PYTHON found; port $PORT on $probe is free"
   exit 0
 fi

@@ -96,13 +96,43 @@ def compute_line_offsets(corpus_path: Path, show_progress: bool = True) -> np.nd
     return starts
 
 
+def record_count(offsets: np.ndarray) -> int:
+    """Records in a corpus with these line offsets: a trailing empty line (file ends in "\\n\\n") is not one."""
+    count = len(offsets) - 1
+    while count and offsets[count] - offsets[count - 1] <= 1:
+        count -= 1
+    return count
+
+
+def _candidates(cache_dir: Path | None) -> list[Path | None]:
+    if cache_dir is not None:
+        return [cache_dir]
+    try:
+        return [None, Path.home() / ".cache" / "search_r1_retriever"]
+    except (RuntimeError, KeyError):  # no home directory
+        return [None]
+
+
+def fresh_offsets(corpus_path: Path, cache_dir: Path | None = None) -> np.ndarray | None:
+    """The memory-mapped sidecar when one matches the corpus' size and mtime, else None (reads no corpus byte)."""
+    fingerprint = _fingerprint(corpus_path)
+    for directory in _candidates(cache_dir):
+        npy, meta = _sidecar_paths(corpus_path, directory)
+        try:
+            if npy.exists() and meta.exists() and json.loads(meta.read_text()) == fingerprint:
+                return np.load(npy, mmap_mode="r")
+        except (OSError, ValueError):
+            pass
+    return None
+
+
 def load_or_build_offsets(corpus_path: Path, cache_dir: Path | None = None, show_progress: bool = True) -> np.ndarray:
     """Memory-map the offsets sidecar, building (or rebuilding when stale) it first if needed.
 
     Falls back to ``cache_dir`` (or ``~/.cache/search_r1_retriever``) when the corpus folder is read-only.
     """
     fingerprint = _fingerprint(corpus_path)
-    candidates = [cache_dir] if cache_dir is not None else [None, Path.home() / ".cache" / "search_r1_retriever"]
+    candidates = _candidates(cache_dir)
     for directory in candidates:
         npy, meta = _sidecar_paths(corpus_path, directory)
         if npy.exists() and meta.exists():
@@ -145,10 +175,7 @@ class Corpus:
         self._file = self.path.open("rb")
         size = self.path.stat().st_size
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        self._len = len(self._offsets) - 1
-        # A trailing empty line (file ends in "\n\n") is not a record.
-        while self._len and self._offsets[self._len] - self._offsets[self._len - 1] <= 1:
-            self._len -= 1
+        self._len = record_count(self._offsets)
 
     def __len__(self) -> int:
         return self._len

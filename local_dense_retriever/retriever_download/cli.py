@@ -112,6 +112,41 @@ def plan_from_args(args: argparse.Namespace) -> DownloadPlan:
     )
 
 
+HUB_PROBE_TIMEOUT_S = 5.0
+# Modules whose exceptions mean "the network or the Hub failed" (huggingface_hub 2.x raises httpx2's own classes).
+_NETWORK_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "huggingface_hub", "requests", "urllib3")
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """True for an error raised by the HTTP stack or huggingface_hub, or any OS-level connection failure."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return any(cls.__module__.split(".")[0] in _NETWORK_MODULES for cls in type(exc).__mro__)
+
+
+def hub_unavailable(plan: DownloadPlan) -> str | None:
+    """Why nothing can be fetched, in one line, before any work starts: offline mode or an endpoint that does
+    not answer within a few seconds. None when the Hub answers (any HTTP status) or nothing is missing."""
+    from huggingface_hub import constants
+
+    missing = check_download(plan)
+    if not missing:
+        return None
+    first = missing[0].split(":")[0]
+    if constants.HF_HUB_OFFLINE:
+        return f"HF_HUB_OFFLINE=1 but {first} is not downloaded yet: unset HF_HUB_OFFLINE to download it"
+    import httpx
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return (
+            f"the Hugging Face Hub at {constants.ENDPOINT} is unreachable ({type(exc).__name__}: {exc}): check the "
+            f"network, a proxy or HF_ENDPOINT, then rerun ({first} is still missing)"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -128,9 +163,22 @@ def main(argv: list[str] | None = None) -> int:
             if not problems:
                 log.info("%s is complete", plan.save_path)
             return 1 if problems else 0
+        if (problem := hub_unavailable(plan)) is not None:
+            log.error("%s", problem)
+            return 1
         run_download(plan)
     except DownloadError as exc:
         log.error("%s", exc)
+        return 1
+    except Exception as exc:  # a network failure mid-download is one line, not 32 frames
+        if not is_network_error(exc):
+            raise
+        log.error(
+            "the network or the Hub failed (%s: %s): check the network and HF_ENDPOINT, then rerun: finished "
+            "files are kept",
+            type(exc).__name__,
+            exc,
+        )
         return 1
     log.info("done. Start the server with: SAVE_PATH=%s bash local_dense_retriever/start_server.sh", plan.save_path)
     return 0
