@@ -108,8 +108,8 @@ if ((CHECK_ONLY)); then
   # Encoder and row counts, without loading either (retriever/startup_check.py says how).
   if ! report="$(PYTHONPATH="$SCRIPT_DIR${PYTHONPATH:+:$PYTHONPATH}" "$RETRIEVER_PYTHON" -m retriever.startup_check \
     --index "$INDEX_PATH" --corpus "$CORPUS_PATH" --model "$RETRIEVER_MODEL" 2>&1)"; then
-    # What passed first, so the last lines are what failed.
-    { grep '^ok: ' <<<"$report" || true; grep -v '^ok: ' <<<"$report" || true; } | sed 's/^/[start_server] /' >&2
+    # Only what failed, so the training wrapper can quote it as one line.
+    { grep -v '^ok: ' <<<"$report" || true; } | sed 's/^/[start_server] /' >&2
     exit 1
   fi
   while IFS= read -r line; do echo "[start_server] $line"; done <<<"$report"

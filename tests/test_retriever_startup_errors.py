@@ -139,6 +139,10 @@ def test_row_counts_read_headers_and_sidecars_not_the_data(tmp_path: Path) -> No
     index, corpus = write_pair(tmp_path, 7, 7)
     assert index_rows(index) == 7
     assert corpus_rows(corpus) == 7
+    broken = tmp_path / "broken.index"
+    broken.write_bytes(b"not a faiss index")
+    ok, line = check_rows(broken, corpus)
+    assert not ok and "is not a FAISS index" in line
     ok, line = check_rows(index, corpus, max_count_bytes=1)
     assert ok and "corpus rows not counted" in line  # too big to count, no sidecar yet
     load_or_build_offsets(corpus, show_progress=False)  # what the server writes on its first start

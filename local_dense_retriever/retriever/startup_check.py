@@ -100,9 +100,10 @@ def index_rows(index_path: str | Path) -> int:
         head = handle.read(16)
     if len(head) < 16:
         raise ValueError(f"{index_path} is too short ({len(head)} bytes) to be a FAISS index")
-    _, ntotal = struct.unpack_from("<iq", head, 4)
-    if ntotal < 0:
-        raise ValueError(f"{index_path} is not a FAISS index (its header says {ntotal} rows)")
+    fourcc = head[:4]
+    dim, ntotal = struct.unpack_from("<iq", head, 4)
+    if not (fourcc.isascii() and fourcc.isalnum()) or dim <= 0 or ntotal < 0:
+        raise ValueError(f"{index_path} is not a FAISS index (it starts with {fourcc!r}): download or build it again")
     return int(ntotal)
 
 
