@@ -129,7 +129,9 @@ def test_wrapper_stops_everything_on_ctrl_c(wrapper_env, port: int) -> None:
 def test_wrapper_reports_a_retriever_that_cannot_start(wrapper_env, tmp_path: Path) -> None:
     env, _ = wrapper_env
     broken = tmp_path / "broken.index"
-    broken.write_bytes(b"not a faiss index")  # passes the path checks, fails when the server loads it
+    rows = len(Path(env["CORPUS_PATH"]).read_text().splitlines())
+    # A FAISS flat header with the corpus's row count but no vectors: passes --check, fails when the server loads it.
+    broken.write_bytes(b"IxFI" + struct.pack("<iqqq?i", 384, rows, 0, 0, True, 0))
     env = {**env, "INDEX_PATH": str(broken)}
     result = subprocess.run(["bash", str(WRAPPER)], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
