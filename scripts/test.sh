@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's one test command: set up .venv, lint (ruff, shellcheck), run the whole pytest suite offline.
+# The project's one test command: set up .venv, lint (ruff, shellcheck), type-check (mypy), run the whole pytest
+# suite offline.
 #
 #   bash scripts/test.sh [--fast] [PYTEST ARGS...]
 #
@@ -52,5 +53,7 @@ phase "environment" bash scripts/setup_env.sh "${setup_args[@]}"
 phase "ruff" "$VENV/bin/ruff" check .
 phase "ruff format" "$VENV/bin/ruff" format --check .
 phase "shellcheck" run_shellcheck
+# mypy reads its files and settings from [tool.mypy] in pyproject.toml.
+phase "mypy" "$VENV/bin/mypy"
 phase "pytest" env HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$VENV/bin/python" -m pytest "${pytest_args[@]}"
 echo "all checks passed in $SECONDS s"

@@ -112,7 +112,7 @@ def summarize(
 
 def notes(table: dict[str, dict[str, Any]]) -> list[str]:
     """What a reader of the table must know: what the means are over, and the failed samples left out."""
-    lines = []
+    lines: list[str] = []
     total = table.get(ALL)
     if total is None:
         return lines

@@ -281,7 +281,8 @@ def _table() -> tuple[Knob, ...]:
     knobs = []
     for f in dataclasses.fields(Settings):
         for knob in f.metadata[_KNOBS]:
-            default = f.default if knob.part is None else f.default[knob.part]
+            whole: Any = f.default
+            default = whole if knob.part is None else whole[knob.part]
             knobs.append(dataclasses.replace(knob, attr=f.name, default=default))
     return tuple(knobs)
 

@@ -215,7 +215,7 @@ async def request_json(
         reraise=True,
     )
     try:
-        body = await retrying(attempt)
+        body: Any = await retrying(attempt)
     except (httpx.HTTPError, ValueError) as exc:
         raise RequestFailed(f"after {len(tried)} attempt(s): {describe_error(exc)}", len(tried), tried) from exc
     return PostResult(body=body, attempts=len(tried), url=tried[-1])

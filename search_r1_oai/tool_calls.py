@@ -39,7 +39,7 @@ def calls_from_server(tool_calls: Any) -> list[ToolCall]:
 def calls_from_text(text: str, markers: tuple[str, str]) -> list[ToolCall]:
     """Every ``START {json} END`` block in ``text``; a block cut off before END runs to the end of the text."""
     start, end = markers
-    calls = []
+    calls: list[ToolCall] = []
     position = text.find(start)
     while position != -1:
         body_start = position + len(start)
