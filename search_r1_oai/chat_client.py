@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from search_r1_oai.config import Settings
+from search_r1_oai.errors import BadServerValue, PolicyError
 from search_r1_oai.httpclients import DEFAULT_POOLS, ClientPools, RequestFailed, post_json
 from search_r1_oai.text import clean_text
 
@@ -40,15 +41,6 @@ NEUTRAL_SAMPLING: dict[str, float | int] = {
 }
 # slime's SGLang-native keys that only end generation; passed on under the same name when present.
 _STOP_FIELDS = ("stop", "stop_token_ids")
-
-
-class PolicyError(RuntimeError):
-    """The policy call failed for good (non-retryable 4xx, or retries exhausted, or a malformed reply)."""
-
-
-class BadServerValue(PolicyError):
-    """The policy server sent a value that must not become training data (see :mod:`search_r1_oai.server_values`);
-    the message names the field, the position and the value."""
 
 
 def chat_sampling_fields(sampling_params: dict[str, Any]) -> dict[str, Any]:

@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 import httpx
 
-from search_r1_oai.chat_client import CHAT_PATH, PolicyError, parse_chat_response
+from search_r1_oai.chat_client import CHAT_PATH, parse_chat_response
 from search_r1_oai.config import Settings
+from search_r1_oai.errors import PolicyError, RouteError
 from search_r1_oai.httpclients import DEFAULT_POOLS, ClientPools, RequestFailed, is_retryable, request_json
 from search_r1_oai.replicas import ReplicaSet
 from search_r1_oai.trajectory import render_prompt_ids
@@ -42,10 +43,6 @@ _RETRY_FAILED_RESOLVE_S = 30.0
 _PROBE_TIMEOUT_S = 60.0
 
 RouteMode = Literal["server", "router", "workers"]
-
-
-class RouteError(PolicyError):
-    """No path to the policy returns the token ids a token-exact rollout needs; the message says what was tried."""
 
 
 @dataclass(frozen=True)

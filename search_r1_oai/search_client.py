@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from search_r1_oai.config import Settings
+from search_r1_oai.errors import ToolError
 from search_r1_oai.httpclients import (
     DEFAULT_POOLS,
     AttemptTimeout,
@@ -44,7 +45,7 @@ RETRIEVE_PATH = "/retrieve"
 LOG_EVERY_S = 10.0
 
 
-class SearchError(RuntimeError):
+class SearchError(ToolError):
     """The retriever could not answer (down, 5xx after retries, bad request, malformed reply).
 
     ``str(error)`` is the policy-facing reason (no URL, host or port); ``detail`` is the same with the URLs and the

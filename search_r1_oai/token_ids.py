@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from search_r1_oai.chat_client import MIN_TOKEN_ID_VERSION, TurnOutput
+from search_r1_oai.errors import CapabilityError
 from search_r1_oai.reencode import count_drift, ids_from_logprob_content
 from search_r1_oai.trajectory import Trajectory, TrajectoryError, render_prompt_ids
 
@@ -18,10 +19,6 @@ if TYPE_CHECKING:
     from search_r1_oai.state import RolloutState
 
 logger = logging.getLogger(__name__)
-
-
-class CapabilityError(RuntimeError):
-    """The policy server cannot give what a token-exact rollout needs."""
 
 
 class TokenIds:

@@ -16,17 +16,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from search_r1_oai.errors import TemplateError, TrajectoryError
+
 # Longer text is tokenized in a worker thread: the Rust tokenizer releases the GIL, so the event loop (every other
 # rollout of the process) keeps running. Measured on the 2-core dev machine: 20k characters take ~15 ms, 3 MB ~6 s.
 ENCODE_IN_THREAD_ABOVE_CHARS = 8192
-
-
-class TemplateError(RuntimeError):
-    """The chat template cannot be extended turn by turn (no end-of-turn token, or not append-only)."""
-
-
-class TrajectoryError(RuntimeError):
-    """The token state broke an invariant (server prompt not our prefix, lengths out of step)."""
 
 
 def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
