@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import re
 import subprocess
 import sys
 import threading
@@ -125,6 +126,29 @@ def test_health_reports_index_model_and_queue(server: ServerProcess, minilm_dir:
     assert health["queue_depth"] == 0 and health["uptime_s"] > 0
     assert httpx.get(f"{server.url}/docs", timeout=10).status_code == 200
     assert "/retrieve" in httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+
+
+# Where the pages name their assets: src/href attributes, ReDoc's spec-url, Swagger UI's ``url: '...'``.
+_ASSET_URL = re.compile(r"""(?:src|href|spec-url)="([^"]+)"|url: '([^']+)'""")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_every_asset_from_the_server_itself(server: ServerProcess, page: str):
+    """A GPU node without internet still gets a working /docs: no CDN URL, and every asset is served here."""
+    html = httpx.get(f"{server.url}{page}", timeout=10)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assert "http://" not in html.text and "https://" not in html.text and "//cdn" not in html.text
+    urls = {a or b for a, b in _ASSET_URL.findall(html.text)}
+    scripts = {url for url in urls if url.endswith(".js")}
+    assert scripts and "/openapi.json" in urls, urls
+    for url in sorted(urls):
+        assert url.startswith("/") and not url.startswith("//"), url
+        asset = httpx.get(f"{server.url}{url}", timeout=10)
+        assert asset.status_code == 200, (url, asset.status_code)
+        assert len(asset.content) > 100, url
+    for script in scripts:
+        assert "javascript" in httpx.get(f"{server.url}{script}", timeout=10).headers["content-type"], script
 
 
 @pytest.mark.e2e

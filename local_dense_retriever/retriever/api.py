@@ -1,4 +1,4 @@
-"""The HTTP surface: /retrieve, /health and FastAPI's /docs.
+"""The HTTP surface: /retrieve, /health, and /docs and /redoc served without a CDN (docs_page.py).
 
 The app answers immediately after the port opens and loads the engine in the background on the worker
 thread, so a supervisor can poll /health (503 while loading, 200 when ready) instead of guessing. Request
@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from .batcher import Batcher, BatchFailedError, OverloadedError
+from .docs_page import add_docs_pages
 from .request_body import BodyProblem, parse_body
 from .settings import MAX_TOPK, Settings
 
@@ -333,7 +334,10 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
         title="Local dense retriever",
         description="E5 + FAISS passage retrieval with cross-request batching. Poll /health until 200.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs_pages(app)
     refusals = Refusals()
     app.state.batcher = batcher
     app.state.settings = settings
