@@ -1,165 +1,50 @@
 """Client of SGLang's ``/v1/chat/completions`` that asks for, and reads back, the exact token ids.
 
-Version notes (see docs/contracts.md): 0.5.13+ accepts ``return_prompt_token_ids``, ``return_meta_info`` and
-``input_ids`` and returns ``choices[0].prompt_token_ids`` and ``choices[0].meta_info.output_token_logprobs``
-(``[logprob, id, text]``); 0.5.17 adds ``token_ids`` and 0.5.18 renames it ``response_token_ids``. Older servers
-return only text logprobs, which carry no ids: :class:`TurnOutput` then has ``output_ids=None`` and the caller
-decides whether a re-encoding fallback is allowed.
+The request and reply formats (which fields each SGLang release takes and sends back) are in
+:mod:`search_r1_oai.sglang_wire`; where a turn goes (a server, the router, one worker behind it) is
+:mod:`search_r1_oai.policy_route`'s business. This client joins them for one trajectory.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from search_r1_oai.config import Settings
 from search_r1_oai.errors import BadServerValue, PolicyError
-from search_r1_oai.httpclients import DEFAULT_POOLS, ClientPools, RequestFailed, post_json
-from search_r1_oai.text import clean_text
+from search_r1_oai.httpclients import DEFAULT_POOLS, ClientPools, RequestFailed
+from search_r1_oai.policy_route import PolicyRoute, PolicySession, post_turn
+from search_r1_oai.sglang_wire import (
+    CHAT_PATH,
+    MIN_TOKEN_ID_VERSION,
+    NEUTRAL_SAMPLING,
+    TurnOutput,
+    chat_request,
+    chat_sampling_fields,
+    encode_request,
+    parse_chat_response,
+)
 
-if TYPE_CHECKING:
-    from search_r1_oai.policy_route import PolicyRoute, PolicySession
-
-MIN_TOKEN_ID_VERSION = "0.5.13"
-CHAT_PATH = "/v1/chat/completions"
-
-# Every parameter that shapes the sampling distribution (and so the logprobs SGLang reports), with the value that
-# leaves the distribution untouched. SGLang's chat endpoint fills any of these a request leaves out from the
-# model's generation_config.json (Qwen2.5-3B-Instruct: temperature 0.7, top_p 0.8, top_k 20, repetition_penalty
-# 1.05) and applies penalties before computing logprobs, while slime's trainer and its native /generate path use
-# none of them: so each is sent on every turn, slime's value when it gives one, the neutral one otherwise.
-NEUTRAL_SAMPLING: dict[str, float | int] = {
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "top_k": -1,
-    "min_p": 0.0,
-    "repetition_penalty": 1.0,
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
-}
-# slime's SGLang-native keys that only end generation; passed on under the same name when present.
-_STOP_FIELDS = ("stop", "stop_token_ids")
-
-
-def chat_sampling_fields(sampling_params: dict[str, Any]) -> dict[str, Any]:
-    """Translate slime's SGLang-native ``sampling_params`` to chat-completions fields.
-
-    Every key of :data:`NEUTRAL_SAMPLING` is always set (slime's value, else the neutral one), so the engine samples
-    from exactly the distribution slime asked for and no server-side default (generation_config.json) leaks in.
-    ``max_new_tokens`` becomes the per-turn ``max_tokens`` (set by the caller), ``sampling_seed`` becomes ``seed``.
-    Detokenisation switches (``skip_special_tokens``, ``no_stop_trim``, ``spaces_between_special_tokens``) are
-    dropped: they only shape the text, and the server's tool parser needs its normal text; ids are unaffected.
-    """
-    fields: dict[str, Any] = {
-        key: neutral if sampling_params.get(key) is None else sampling_params[key]
-        for key, neutral in NEUTRAL_SAMPLING.items()
-    }
-    fields.update({key: sampling_params[key] for key in _STOP_FIELDS if sampling_params.get(key) is not None})
-    if sampling_params.get("sampling_seed") is not None:
-        fields["seed"] = sampling_params["sampling_seed"]
-    if sampling_params.get("custom_params"):
-        fields["custom_params"] = sampling_params["custom_params"]
-    return fields
-
-
-@dataclass
-class TurnOutput:
-    """What one policy call returned; id fields are ``None`` when the server did not send them."""
-
-    prompt_ids: list[int] | None
-    output_ids: list[int] | None
-    output_logprobs: list[float] | None
-    finish_reason: str
-    content: str | None
-    tool_calls: list[dict] | None
-    logprob_content: list[dict] | None
-    latency_s: float
-    prompt_tokens: int | None = None
-
-    @property
-    def has_token_ids(self) -> bool:
-        """Whether the sampled ids and logprobs came back (all that later turns need)."""
-        return self.output_ids is not None and self.output_logprobs is not None
-
-
-def parse_chat_response(body: Any, latency_s: float = 0.0) -> TurnOutput:
-    """Read one non-streaming chat completion, whichever SGLang release produced it."""
-    try:
-        choice = body["choices"][0]
-        message = choice.get("message") or {}
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise PolicyError(f"policy reply has no choices[0]: {body!s:.200}") from None
-    meta = choice.get("meta_info") or {}
-    finish = choice.get("finish_reason")
-    if finish is None and isinstance(meta.get("finish_reason"), dict):
-        finish = meta["finish_reason"].get("type")
-    logprob_content = (choice.get("logprobs") or {}).get("content")
-    output_ids, output_logprobs = _sampled_ids(choice, meta, logprob_content)
-    # Ids and logprobs are taken as sent, unconverted: server_values checks them before they are used.
-    return TurnOutput(
-        prompt_ids=choice.get("prompt_token_ids"),
-        output_ids=output_ids,
-        output_logprobs=output_logprobs,
-        finish_reason=str(finish or "stop"),
-        content=message.get("content"),
-        tool_calls=_clean_strings(message.get("tool_calls")) or None,
-        logprob_content=logprob_content,
-        latency_s=latency_s,
-        prompt_tokens=meta.get("prompt_tokens"),
-    )
-
-
-def _clean_strings(value: Any) -> Any:
-    """``value`` with lone surrogates replaced in every string. Tool-call arguments are JSON the policy wrote, and
-    ``"\\ud800"`` in it is a lone surrogate once parsed: the calls are kept (searched with U+FFFD), not refused."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, list):
-        return [_clean_strings(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _clean_strings(item) for key, item in value.items()}
-    return value
-
-
-def encode_request(body: dict[str, Any], input_ids_json: str | None = None) -> bytes:
-    """The request as JSON bytes, with a pre-serialised ``input_ids`` array spliced in when given."""
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    if input_ids_json is not None:
-        text = f'{text[:-1]},"input_ids":{input_ids_json}}}'
-    return text.encode("utf-8")
-
-
-def _sampled_ids(
-    choice: dict, meta: dict, logprob_content: list[dict] | None
-) -> tuple[list[int] | None, list[float] | None]:
-    triples = meta.get("output_token_logprobs")
-    if triples is not None:
-        try:
-            return [t[1] for t in triples], [t[0] for t in triples]
-        except (TypeError, KeyError, IndexError):
-            raise BadServerValue(
-                f"meta_info.output_token_logprobs is not a list of [logprob, id, text]: {str(triples)[:100]}"
-            ) from None
-    name = "response_token_ids" if "response_token_ids" in choice else "token_ids"
-    ids = choice.get(name)
-    if isinstance(ids, list) and isinstance(logprob_content, list):
-        if len(ids) != len(logprob_content):
-            raise BadServerValue(f"{name} has {len(ids)} entries but logprobs.content {len(logprob_content)}")
-        try:
-            return ids, [entry["logprob"] for entry in logprob_content]
-        except (TypeError, KeyError):
-            raise BadServerValue("logprobs.content entries have no logprob") from None
-    return None, None
+# The wire names are re-exported: callers that only talk to the policy need one import.
+__all__ = [
+    "CHAT_PATH",
+    "MIN_TOKEN_ID_VERSION",
+    "NEUTRAL_SAMPLING",
+    "BadServerValue",
+    "ChatClient",
+    "PolicyError",
+    "TurnOutput",
+    "chat_sampling_fields",
+    "encode_request",
+    "parse_chat_response",
+]
 
 
 class ChatClient:
     """One trajectory's policy calls; the pooled connections are shared by every rollout on the event loop.
 
-    With a ``route`` (see :mod:`search_r1_oai.policy_route`) the calls go where the route says: a worker behind
-    slime's router, kept for every turn of the trajectory, or the router itself when it keeps the token-id fields.
-    Without one they go to ``base_url`` as given.
+    With a ``route`` the calls go where the route says: a worker behind slime's router, kept for every turn of the
+    trajectory, or the router itself when it keeps the token-id fields. Without one they go to ``base_url``.
     """
 
     def __init__(
@@ -184,20 +69,8 @@ class ChatClient:
         return_prompt_ids: bool = True,
     ) -> dict[str, Any]:
         """The request body (``input_ids`` goes to :meth:`complete` separately, already serialised)."""
-        body: dict[str, Any] = {
-            "model": self._settings.policy_model,
-            "messages": messages,
-            **sampling_fields,
-            "max_tokens": max_tokens,
-            "logprobs": True,
-            "return_meta_info": True,
-            "stream": False,
-        }
-        if return_prompt_ids:
-            body["return_prompt_token_ids"] = True
-        if tools:
-            body["tools"] = tools
-        return body
+        model = self._settings.policy_model
+        return chat_request(model, messages, tools, sampling_fields, max_tokens, return_prompt_ids)
 
     async def complete(self, body: dict[str, Any], input_ids_json: str | None = None) -> TurnOutput:
         """POST one turn; retry transport errors/5xx/429 with backoff, fail at once on other 4xx.
@@ -205,32 +78,15 @@ class ChatClient:
         ``input_ids_json`` (from the second turn on) makes the server condition on exactly our ids instead of
         re-rendering the history.
         """
-        url: Any = self.url
-        headers = {"content-type": "application/json"}
-        on_failure = None
-        if self._route is not None:
-            await self._route.resolve()  # RouteError (a PolicyError) when no path returns token ids
-            if self._session is None:
-                self._session = self._route.session()
-            url, on_failure = self._session.url, self._session.on_failure
-            headers.update(self._session.headers)
-        client = self._pools.client("policy", self._settings, self._settings.policy_timeout_s)
         content = encode_request(body, input_ids_json)
         started = time.perf_counter()
         try:
-            reply = await post_json(
-                client,
-                url,
-                self._settings.policy_retries,
-                self._settings,
-                attempt_timeout_s=self._settings.policy_timeout_s,
-                deadline_s=self._settings.policy_deadline_s,
-                on_failure=on_failure,
-                content=content,
-                headers=headers,
-            )
+            if self._route is None:
+                reply = await post_turn(self._pools, self._settings, self.url, content)
+            else:
+                if self._session is None:
+                    self._session = self._route.session()
+                reply = await self._session.post(content)
         except RequestFailed as exc:
             raise PolicyError(f"policy call failed {exc}") from exc
-        if self._session is not None:
-            self._session.on_success(reply.url)
         return parse_chat_response(reply.body, time.perf_counter() - started)

@@ -20,16 +20,25 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
-from search_r1_oai.chat_client import CHAT_PATH, parse_chat_response
 from search_r1_oai.config import Settings
 from search_r1_oai.errors import PolicyError, RouteError
-from search_r1_oai.httpclients import DEFAULT_POOLS, ClientPools, RequestFailed, is_retryable, request_json
+from search_r1_oai.httpclients import (
+    DEFAULT_POOLS,
+    ClientPools,
+    PostResult,
+    RequestFailed,
+    is_retryable,
+    post_json,
+    request_json,
+)
 from search_r1_oai.replicas import ReplicaSet
+from search_r1_oai.sglang_wire import CHAT_PATH, parse_chat_response, probe_request
 from search_r1_oai.trajectory import render_prompt_ids
 
 logger = logging.getLogger(__name__)
@@ -168,18 +177,9 @@ class PolicyRoute:
 
     async def _probe(self, url: str) -> ProbeResult:
         """One-token request with ``input_ids``: does ``url`` condition on them and return the ids?"""
-        ids = render_prompt_ids(self.tokenizer, [{"role": "user", "content": PROBE_TEXT}], None)
-        body = {
-            "model": self.settings.policy_model,
-            "messages": [{"role": "user", "content": PROBE_TEXT}],
-            "input_ids": ids,
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "logprobs": True,
-            "return_prompt_token_ids": True,
-            "return_meta_info": True,
-            "stream": False,
-        }
+        messages = [{"role": "user", "content": PROBE_TEXT}]
+        ids = render_prompt_ids(self.tokenizer, messages, None)
+        body = probe_request(self.settings.policy_model, messages, ids)
         client = self.pools.client("policy-admin", self.settings, _PROBE_TIMEOUT_S)
         try:
             reply = await request_json(
@@ -230,6 +230,30 @@ class PolicyRoute:
         return PolicySession(self)
 
 
+async def post_turn(
+    pools: ClientPools,
+    settings: Settings,
+    url: str | Callable[[int], str],
+    content: bytes,
+    headers: dict[str, str] | None = None,
+    on_failure: Callable[[str, BaseException], None] | None = None,
+) -> PostResult:
+    """POST one encoded turn with the policy's timeouts, retries and deadline (:class:`RequestFailed` when every
+    attempt failed); ``url`` and ``on_failure`` as in :func:`~search_r1_oai.httpclients.post_json`."""
+    client = pools.client("policy", settings, settings.policy_timeout_s)
+    return await post_json(
+        client,
+        url,
+        settings.policy_retries,
+        settings,
+        attempt_timeout_s=settings.policy_timeout_s,
+        deadline_s=settings.policy_deadline_s,
+        on_failure=on_failure,
+        content=content,
+        headers={"content-type": "application/json", **(headers or {})},
+    )
+
+
 class PolicySession:
     """One trajectory's way to the policy: the same worker for every turn, another one only after a failure."""
 
@@ -254,6 +278,16 @@ class PolicySession:
             order = self.route.workers.order()
             self.worker = order[0] if order else self.route.base_url
         return self.worker + CHAT_PATH
+
+    async def post(self, content: bytes) -> PostResult:
+        """POST one encoded turn along this trajectory's way: each attempt asks :meth:`url` where to go, and a
+        failed one moves the trajectory to another worker (:meth:`on_failure`)."""
+        await self.route.resolve()  # RouteError (a PolicyError) when no path returns token ids
+        reply = await post_turn(
+            self.route.pools, self.route.settings, self.url, content, self.headers, on_failure=self.on_failure
+        )
+        self.on_success(reply.url)
+        return reply
 
     def on_success(self, url: str) -> None:
         """The worker answered: if it had been skipped, it is back in everyone's rotation."""
