@@ -1,14 +1,27 @@
-"""Gold answers from a sample's label: one parser for the reward and the data checks.
+"""Gold answers from a sample's label and the answer normalisation: one parser for the reward and the data checks.
 
-The reward scores with :func:`gold_answers`; ``data_preprocess.py --check`` (and the preflight) run
-:func:`label_problems`, which reads a label through the same :func:`raw_answers` walk, so a label the checks pass is
-one the reward can score, and a label shape the reward learns is one the checks accept.
+The reward scores with :func:`gold_answers` and :func:`normalize_answer`; ``data_preprocess.py --check`` (and the
+preflight) run :func:`label_problems`, which reads a label through the same :func:`raw_answers` walk and the same
+normaliser, so a label the checks pass is one the reward can score, and a label shape the reward learns is one the
+checks accept.
 """
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Search-R1/SQuAD normalisation: lowercase, drop punctuation, drop articles a/an/the, collapse whitespace."""
+    text = text.lower().translate(_PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
 
 
 def raw_answers(label: Any) -> list[Any]:
@@ -40,9 +53,6 @@ def label_problems(label: Any) -> Iterator[str]:
     """What would make the reward misjudge this label: unreadable, no answers, an answer that is not text (the
     reward would compare against ``str(None)``), or one whose exact-match key is empty (an empty answer matches it).
     Yields nothing for a good label."""
-    # reward.py imports this module, so its normaliser is imported when a check runs, not at import time.
-    from search_r1_oai.reward import normalize_answer
-
     try:
         items = raw_answers(label)
     except ValueError as exc:

@@ -6,30 +6,35 @@ every earlier turn made well-formed search calls, nothing was cut by length or b
 the retriever failed to answer does not cost the format score: the call was well formed, the outage is not the
 policy's doing (``RolloutStats.bad_tool_calls`` counts only malformed calls; ``tool_errors`` counts both). EM,
 token F1 and cover-EM (a normalised gold answer contained in the normalised prediction, as Search-R1's evaluation
-reports it) come with the reward for evaluation; all three share one :func:`normalize_answer`.
+reports it) come with the reward for evaluation; all three share one normaliser,
+:func:`~search_r1_oai.labels.normalize_answer`.
 """
 
 from __future__ import annotations
 
 import re
-import string
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from search_r1_oai.labels import gold_answers
+from search_r1_oai.labels import gold_answers, normalize_answer
 from search_r1_oai.result import Outcome, RolloutResult
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Search-R1/SQuAD normalisation: lowercase, drop punctuation, drop articles a/an/the, collapse whitespace."""
-    text = text.lower().translate(_PUNCTUATION)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+# The normaliser and the label parser live in labels.py (the data checks use them too); named here for callers.
+__all__ = [
+    "Score",
+    "cover_exact_match",
+    "exact_match",
+    "extract_answer",
+    "extract_answers",
+    "f1",
+    "gold_answers",
+    "is_well_formed",
+    "normalize_answer",
+    "score",
+    "score_result",
+]
 
 
 def extract_answers(text: str) -> list[str]:
