@@ -32,8 +32,21 @@ REQ_FILES=(
 )
 
 REAL_REQ="$ROOT/tests/requirements-real.txt"
-# SGLang releases the tests serve for real (tests/support/real_sglang.py SGLANG_VERSIONS); SGLANG_VENV_DIR moves their venvs.
-SGLANG_VERSIONS=(0.5.15.post1 0.5.23)
+# The supported SGLang releases (first column of tests/sglang_releases.txt, the list the tests read too); the tests
+# serve each for real from .venv-sglang-<release>. SGLANG_VENV_DIR moves those venvs.
+SGLANG_RELEASES="$ROOT/tests/sglang_releases.txt"
+SGLANG_VERSIONS=()
+mapfile -t SGLANG_VERSIONS < <(awk '{ sub(/#.*/, "") } NF { print $1 }' "$SGLANG_RELEASES")
+if ((${#SGLANG_VERSIONS[@]} == 0)); then
+  echo "setup_env.sh: $SGLANG_RELEASES lists no SGLang release" >&2
+  exit 1
+fi
+for version in "${SGLANG_VERSIONS[@]}"; do
+  if [[ ! -f "$ROOT/tests/requirements-sglang-$version.txt" ]]; then
+    echo "setup_env.sh: $SGLANG_RELEASES lists SGLang $version but tests/requirements-sglang-$version.txt is missing" >&2
+    exit 1
+  fi
+done
 SGLANG_VENV_DIR="${SGLANG_VENV_DIR:-$ROOT}"
 SHARED_TORCH="$ROOT/build/shared-torch"
 VENV_CREATOR="$PYTHON"

@@ -1,7 +1,7 @@
 """The mock against SGLang's real serving code: the same scripts and requests must give the same responses.
 
 Why: most rollout tests (and every old-server case) run against ``sglang_mock``; this keeps it honest. For each
-release in ``real_sglang.SGLANG_VERSIONS`` the mock of the matching version and the real server (scripted engine,
+release in ``tests/sglang_releases.txt`` the mock of the matching version and the real server (scripted engine,
 ``tests/support/real_sglang.py``) get identical scripts and identical request bodies; the whole JSON responses are compared
 after only request ids, tool-call ids, timestamps and latencies are normalised, and so are the sampling parameters
 each "engine" was given. A difference fails with a diff naming the field.
@@ -20,14 +20,13 @@ import pytest
 
 from search_r1_oai.chat_client import NEUTRAL_SAMPLING, chat_sampling_fields
 from search_r1_oai.prompts import SEARCH_TOOL, build_messages
-from tests.support.real_sglang import SGLANG_VERSIONS, RealSGLang
+from tests.support.real_sglang import RealSGLang
 from tests.support.rollout_helpers import IM_END, SAMPLING, call
 from tests.support.sglang_mock import MockSGLang, serve_mock_sglang
+from tests.support.sglang_releases import MOCK_VERSION, SGLANG_VERSIONS
 
 pytestmark = pytest.mark.e2e  # the mock against SGLang's real serving code
 
-# The mock version that claims to behave like each real release.
-MOCK_VERSION = {"0.5.15.post1": "0.5.15", "0.5.23": "0.5.23"}
 # Per-request values that legitimately differ between two servers (random ids, clocks, latencies).
 _VOLATILE_KEYS = {"id", "created", "e2e_latency", "response_sent_to_client_ts", "queue_time", "inference_time"}
 # The engine-side parameters that decide which tokens are sampled and when the turn ends.

@@ -35,12 +35,11 @@ import httpx
 from search_r1_oai.policy_route import PROBE_TEXT
 from tests.support.live_server import free_port, serve_app
 from tests.support.sglang_mock import RecordedRequest, Reply
+from tests.support.sglang_releases import SGLANG_VERSIONS
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_DIR = Path(__file__).resolve().parent / "sglang_engine"
-# The releases the tests run: slime's image (0.5.15.post1) and the newest measured one.
-SGLANG_VERSIONS = ("0.5.15.post1", "0.5.23")
 # Qwen2.5-3B-Instruct's generation_config.json: SGLang's chat endpoint fills omitted sampling fields from it.
 QWEN25_3B_GENERATION_CONFIG: dict[str, Any] = {
     "bos_token_id": 151643,

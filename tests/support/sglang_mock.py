@@ -49,11 +49,17 @@ from search_r1_oai.policy_route import PROBE_TEXT
 from search_r1_oai.reencode import byte_level_alphabet
 from tests.support.live_server import serve_app
 from tests.support.scripted_logprob import mock_logprob
+from tests.support.sglang_releases import MOCK_VERSION
 from tests.support.slow_responses import Fault, slow_response
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_VERSIONS = ("0.5.12", "0.5.15", "0.5.17", "0.5.18", "0.5.23")
+# The versions of each supported release (tests/sglang_releases.txt), plus shapes of releases that were never
+# measured, kept for the rollout's handling of them: no ids (0.5.12), token_ids (0.5.17), response_token_ids (0.5.18).
+UNMEASURED_VERSIONS = ("0.5.12", "0.5.17", "0.5.18")
+SUPPORTED_VERSIONS = tuple(
+    sorted({*MOCK_VERSION.values(), *UNMEASURED_VERSIONS}, key=lambda v: tuple(int(part) for part in v.split(".")))
+)
 # Qwen2.5-3B-Instruct's generation_config.json sampling fields: SGLang's chat endpoint (sampling_defaults="model")
 # uses them for every sampling field a request leaves out.
 QWEN25_GENERATION_DEFAULTS: dict[str, float | int] = {
