@@ -270,6 +270,105 @@ class Settings:
             )
         },
     )
+    # ---- run script (run_qwen2.5-3B-it.sh): read by its launcher, which turns it into slime's flags ----
+    dynamic_sampling: bool = _setting(
+        False,
+        "DYNAMIC_SAMPLING",
+        "bool",
+        "true turns on slime's dynamic sampling: slime's filter check_reward_nonzero_std drops each group whose "
+        "rewards are all equal (no GRPO signal; counted in rollout/dynamic_filter/drop_zero_std_<reward>) and "
+        "--over-sampling-batch-size is 2 x the rollout batch size: one wave of prompts then fills the batch while up "
+        "to half the groups are dropped (early on many questions are all-wrong, later many all-right), instead of a "
+        "new wave for every drop (slime's default, the batch size itself); groups still running when the batch is "
+        "full are aborted, which costs their generation, not another wave.",
+    )
+
+    # ---- training-health monitor (search_r1_oai/health.py): rollout/health/*, eval/<set>/health/*, WARN lines ----
+    health: bool = _setting(
+        True,
+        "SEARCH_R1_HEALTH",
+        "bool",
+        "Training-health monitor: after each rollout and evaluation, flag the failure modes of GRPO search training "
+        "(search or length collapse, format failures, no-signal groups, ...) as rollout/health/* and eval/<set>/health/* "
+        "metrics and one WARN line each (what it means, the numbers, one thing to try). false turns it off.",
+    )
+    health_window: int = _setting(
+        5,
+        "SEARCH_R1_HEALTH_WINDOW",
+        "int",
+        "Previous rollouts (evaluations: of the same set) a batch is compared with; the trend checks (search "
+        "collapse, length, rising rates) wait for 2 of them (1 with a window of 1).",
+        1,
+    )
+    health_min_searches: float = _setting(
+        0.05,
+        "SEARCH_R1_HEALTH_MIN_SEARCHES",
+        "float",
+        "Searches per sample at or below which search counts as collapsed (search_collapse, when the reward is flat).",
+        0.0,
+    )
+    health_flat_reward: float = _setting(
+        0.05,
+        "SEARCH_R1_HEALTH_FLAT_REWARD",
+        "float",
+        "Largest change of the mean reward against the window's mean that still counts as flat (a change within 3 "
+        "standard errors of the batch's mean counts as flat too).",
+        0.0,
+    )
+    health_length_low: float = _setting(
+        0.5,
+        "SEARCH_R1_HEALTH_LENGTH_LOW",
+        "float",
+        "response_length_collapse: the mean response length fell below this fraction of the window's mean.",
+        0.0,
+        1.0,
+    )
+    health_length_high: float = _setting(
+        2.0,
+        "SEARCH_R1_HEALTH_LENGTH_HIGH",
+        "float",
+        "response_length_blowup: the mean response length rose above this multiple of the window's mean.",
+        1.0,
+    )
+    health_rate_rise: float = _setting(
+        0.15,
+        "SEARCH_R1_HEALTH_RATE_RISE",
+        "float",
+        "Format failures, answer-less samples and truncations are rising when their share exceeds the window's mean "
+        "by this much (and by 3 binomial standard deviations, so a small batch's noise does not count).",
+        0.0,
+        1.0,
+    )
+    health_max_zero_std_share: float = _setting(
+        0.5,
+        "SEARCH_R1_HEALTH_MAX_ZERO_STD_SHARE",
+        "float",
+        "no_signal_groups: the share of GRPO groups (samples of one prompt) whose rewards are all equal, so GRPO "
+        "learns nothing from them, above which the monitor warns.",
+        0.0,
+    )
+    health_min_token_exact: float = _setting(
+        1.0,
+        "SEARCH_R1_HEALTH_MIN_TOKEN_EXACT",
+        "float",
+        "token_exact_below_1: the share of token-exact samples below which the monitor warns (0 never warns).",
+        0.0,
+    )
+    health_max_tool_error_rate: float = _setting(
+        0.1,
+        "SEARCH_R1_HEALTH_MAX_TOOL_ERROR_RATE",
+        "float",
+        "tool_errors_high: the share of tool calls that failed (retriever errors and malformed calls) above which "
+        "the monitor warns.",
+        0.0,
+    )
+    health_max_retrieval_p99_s: float = _setting(
+        5.0,
+        "SEARCH_R1_HEALTH_MAX_RETRIEVAL_P99_S",
+        "float",
+        "retrieval_p99_high: the p99 latency of one /retrieve call, seconds, above which the monitor warns.",
+        0.0,
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
