@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from search_r1_oai.config import Settings, load_settings
 from search_r1_oai.context import RolloutContext
+from search_r1_oai.health import dropped_groups, health_samples, process_monitor, summarize
 from search_r1_oai.metrics import Finished, search_metrics
 from search_r1_oai.result import Outcome, RolloutResult, RolloutStats
 from search_r1_oai.reward import is_well_formed, score
@@ -229,25 +230,40 @@ def _publish(args: Namespace, rollout_id: int, metrics: dict[str, float], extra:
 def log_rollout_metrics(
     rollout_id: int, args: Namespace, samples: list[Sample], rollout_extra_metrics: dict | None, rollout_time: float
 ) -> bool:
-    """slime's ``--custom-rollout-log-function-path``: adds ``rollout/search/*``; returns False so slime still
-    logs its own metrics."""
-    finished = [finished_of(s) for s in _flat(samples)]
-    metrics = search_metrics(finished, _settings(args).format_score)
-    _publish(
-        args, rollout_id, {f"rollout/search/{k}": v for k, v in metrics.items()}, rollout_extra_metrics, "rollout/step"
-    )
+    """slime's ``--custom-rollout-log-function-path``: adds ``rollout/search/*`` and the training-health monitor's
+    ``rollout/health/*`` (with the groups slime's dynamic sampling dropped, when it is on); returns False so slime
+    still logs its own metrics."""
+    flat = _flat(samples)
+    finished = [finished_of(s) for s in flat]
+    settings = _settings(args)
+    metrics = search_metrics(finished, settings.format_score)
+    published = {f"rollout/search/{k}": v for k, v in metrics.items()}
+    if finished:
+        # slime counts the dropped groups in the metrics it passes here only when a filter is set.
+        filtering = getattr(args, "dynamic_sampling_filter_path", None) is not None
+        dropped = dropped_groups(rollout_extra_metrics) if filtering else None
+        summary = summarize(metrics, health_samples(flat, finished))
+        published |= process_monitor(settings).check("rollout", rollout_id, summary, "rollout", dropped)
+    _publish(args, rollout_id, published, rollout_extra_metrics, "rollout/step")
     return False
 
 
 def log_eval_metrics(
     rollout_id: int, args: Namespace, data: dict[str, dict], extra_metrics: dict | None = None
 ) -> bool:
-    """slime's ``--custom-eval-rollout-log-function-path``: adds ``eval/<set>/search/*`` per evaluation set;
-    returns False so slime still logs its own eval rewards."""
-    format_score = _settings(args).format_score
+    """slime's ``--custom-eval-rollout-log-function-path``: adds ``eval/<set>/search/*`` and the health monitor's
+    ``eval/<set>/health/*`` per evaluation set (each set its own window of earlier evaluations); returns False so
+    slime still logs its own eval rewards."""
+    settings = _settings(args)
+    monitor = process_monitor(settings)
     metrics: dict[str, float] = {}
     for name, result in data.items():
-        finished = [finished_of(s) for s in _flat(result.get("samples"))]
-        metrics |= {f"eval/{name}/search/{k}": v for k, v in search_metrics(finished, format_score).items()}
+        flat = _flat(result.get("samples"))
+        finished = [finished_of(s) for s in flat]
+        search = search_metrics(finished, settings.format_score)
+        metrics |= {f"eval/{name}/search/{k}": v for k, v in search.items()}
+        if finished:
+            summary = summarize(search, health_samples(flat, finished))
+            metrics |= monitor.check(f"eval/{name}", rollout_id, summary, f"eval/{name}")
     _publish(args, rollout_id, metrics, extra_metrics, "eval/step")
     return False

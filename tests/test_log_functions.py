@@ -12,6 +12,8 @@ from argparse import Namespace
 import pytest
 
 from generate_with_search_oai import apply_result, log_eval_metrics, log_rollout_metrics, score_sample
+from search_r1_oai.health import reset_process_monitor
+from search_r1_oai.health_checks import MODES
 from search_r1_oai.prompts import build_messages
 from search_r1_oai.result import Outcome, RolloutResult, RolloutStats
 from tests.support.rollout_helpers import FAST, IM_END, SAMPLING, answer, call, close_contexts, new_sample, run_sample
@@ -19,6 +21,14 @@ from tests.support.sglang_mock import MockSGLang, serve_mock_sglang
 from tests.support.slime_stub import Sample
 
 ARGS = Namespace(search_r1_format_score=0.2)
+
+
+@pytest.fixture(autouse=True)
+def fresh_health_monitor():
+    """The health monitor keeps a window per process: each test starts without one."""
+    reset_process_monitor()
+    yield
+    reset_process_monitor()
 
 
 def _finished(source: str, outcome: Outcome, final: str, gold: str, **stats) -> Sample:
@@ -98,6 +108,20 @@ def test_rollout_metrics_names_and_values(samples: list[Sample]) -> None:
     assert (m["failed_rate"], m["truncated_rate"], m["aborted_rate"]) == (0.25, 0.25, 0.0)
     assert (m["nq/em"], m["hotpotqa/em"], m["nq/samples"]) == (0.5, 0.0, 2)
     assert m["nq/f1"] == pytest.approx(0.5)
+
+
+def test_rollout_and_eval_metrics_carry_the_health_summary(samples: list[Sample]) -> None:
+    """Beside the search metrics: every health mode as 0/1 (here one sample is not token-exact and 2 of 7 tool
+    calls failed: two modes)."""
+    extra: dict = {}
+    log_rollout_metrics(5, ARGS, samples, extra, 1.0)
+    health = {k.removeprefix("rollout/health/"): v for k, v in extra.items() if k.startswith("rollout/health/")}
+    assert {mode for mode in MODES if health[mode]} == {"token_exact_below_1", "tool_errors_high"}
+    assert health["answerless_rate"] == pytest.approx(2 / 4) and health["format_failure_rate"] == pytest.approx(0.0)
+    data = {"nq": {"rewards": [s.reward for s in samples[:2]], "samples": samples[:2]}}
+    eval_extra: dict = {}
+    log_eval_metrics(25, ARGS, data, eval_extra)
+    assert eval_extra["eval/nq/health/token_exact_below_1"] == 0.0 and eval_extra["eval/nq/health/alarms"] == 1.0
 
 
 def test_groups_of_samples_are_flattened(samples: list[Sample]) -> None:
