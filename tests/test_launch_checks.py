@@ -370,3 +370,78 @@ def test_a_ray_without_token_authentication_is_a_warning_saying_what_it_allows(
     assert (line in result.stdout) is warned, result.stdout
     (head,) = [call for call in (tmp_path / "ray-calls").read_text().splitlines() if call.startswith("start --head")]
     assert "--dashboard-host 127.0.0.1" in head
+
+
+# ---- DYNAMIC_SAMPLING: slime's over-sampling and its filter of groups without signal ---------------------------
+
+FILTER = "slime.rollout.filter_hub.dynamic_sampling_filters.check_reward_nonzero_std"
+
+
+def dynamic_flags(stdout: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith("dynamic sampling:"))
+
+
+def test_dynamic_sampling_is_off_by_default(env: dict[str, str]) -> None:
+    result = launch(env, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    argv = train_command(result.stdout)
+    assert "--over-sampling-batch-size" not in argv and "--dynamic-sampling-filter-path" not in argv
+    assert dynamic_flags(result.stdout) == "dynamic sampling: off (DYNAMIC_SAMPLING=0)"
+
+
+def test_dynamic_sampling_adds_slimes_flags_which_the_standin_parses(env: dict[str, str], tmp_path: Path) -> None:
+    result = launch(
+        {**env, "DYNAMIC_SAMPLING": "1", "ROLLOUT_BATCH_SIZE": "32", "GLOBAL_BATCH_SIZE": "256"}, "--dry-run"
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    argv = train_command(result.stdout)
+    # twice the rollout batch size, from the value the job will see
+    assert (flag_value(argv, "--over-sampling-batch-size"), flag_value(argv, "--dynamic-sampling-filter-path")) == (
+        "64",
+        FILTER,
+    )
+    assert dynamic_flags(result.stdout).startswith(
+        f"dynamic sampling: --over-sampling-batch-size 64 --dynamic-sampling-filter-path {FILTER}"
+    )
+
+    # slime's parser (the stand-in's model of it) takes them, and the filter's path resolves to a function there.
+    parsed = run_standin(tmp_path, argv[4:], {})
+    assert parsed.returncode == 0, parsed.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["over_sampling_batch_size"] == 64 and report["dynamic_sampling_filter"] == FILTER
+
+    # The caller's --rollout-batch-size counts, and a key of SEARCH_R1_CONFIG turns it on like the variable.
+    user = tmp_path / "my.yaml"
+    user.write_text("dynamic_sampling: true\n")
+    result = launch({**env, "SEARCH_R1_CONFIG": str(user)}, "--rollout-batch-size", "128", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert flag_value(train_command(result.stdout), "--over-sampling-batch-size") == "256"
+
+
+def test_an_over_sampling_batch_below_the_rollout_batch_is_refused_as_slime_would(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    message = "--over-sampling-batch-size 32 must be an integer >= the rollout batch size 64 (slime refuses it)"
+    refused_before_ray({**env, "DYNAMIC_SAMPLING": "1"}, ("--over-sampling-batch-size", "32"), message, tmp_path)
+    parsed = run_standin(tmp_path, ["--rollout-batch-size", "64", "--over-sampling-batch-size", "32"], {})
+    assert parsed.returncode != 0 and "should be greater than or equal to rollout_batch_size 64" in parsed.stderr
+
+
+def test_a_slime_without_the_filter_is_a_live_run_stop(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "slime" / "slime" / "rollout" / "filter_hub" / "dynamic_sampling_filters.py").unlink()
+    env = {**env, "DYNAMIC_SAMPLING": "yes"}
+    result = launch(env, "--dry-run")
+    assert result.returncode == 0
+    assert result.stderr.startswith(f"warning: a live run stops here: DYNAMIC_SAMPLING=1 needs {FILTER}")
+    result = launch(env)
+    assert result.returncode == 1 and "update slime, or unset DYNAMIC_SAMPLING" in result.stderr
+    assert not (tmp_path / "ray-calls").exists()
+
+
+def test_a_bad_dynamic_sampling_value_is_one_line(env: dict[str, str]) -> None:
+    result = launch({**env, "DYNAMIC_SAMPLING": "maybe"}, "--dry-run")
+    assert result.returncode == 1 and result.stdout == ""
+    assert (
+        result.stderr
+        == "error: DYNAMIC_SAMPLING='maybe' in the environment: expected a boolean (true/false, 1/0, yes/no, on/off)\n"
+    )

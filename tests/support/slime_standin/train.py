@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -27,6 +28,15 @@ FORWARDED = ("WANDB_API_KEY", "RETRIEVAL_SERVER_URL", "PYTHONPATH", "CUDA_DEVICE
 
 def digest(secret: str | None) -> str | None:
     return None if secret is None else hashlib.sha256(secret.encode()).hexdigest()
+
+
+def resolved(path: str | None) -> str | None:
+    """slime's load_function: a dotted path's module imported, its attribute taken; reported by qualified name."""
+    if path is None:
+        return None
+    module, name = path.rsplit(".", 1)
+    function = getattr(importlib.import_module(module), name)
+    return f"{function.__module__}.{function.__qualname__}" if callable(function) else None
 
 
 def main() -> int:
@@ -49,6 +59,8 @@ def main() -> int:
                 "settings": settings,
                 "rollout_temperature": args.rollout_temperature,
                 "eval_datasets": args.eval_datasets,
+                "over_sampling_batch_size": args.over_sampling_batch_size,
+                "dynamic_sampling_filter": resolved(args.dynamic_sampling_filter_path),
                 "wandb_key_sha256": digest(args.wandb_key),
                 "retriever_api_key_sha256": digest(retriever_key),
             },

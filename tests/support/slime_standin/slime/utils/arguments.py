@@ -4,7 +4,8 @@ Written from reading slime (parse_args -> slime_validate_args), not copied from 
 on is modelled, in slime's order:
 
 1. parse the flags (a few of slime's, with slime's defaults; every other flag is accepted and ignored);
-2. validate them: ``--rollout-temperature`` must be > 0;
+2. validate them: ``--rollout-temperature`` must be > 0; ``--over-sampling-batch-size`` defaults to
+   ``--rollout-batch-size`` and must not be below it (dynamic sampling's granularity, slime_validate_args);
 3. build the eval datasets from ``--eval-config``, each taking ``--n-samples-per-eval-prompt`` and
    ``--eval-temperature`` unless its entry sets them;
 4. only then copy every key of ``--custom-config-path`` onto ``args``, unchecked: a flag of slime's set there is
@@ -28,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--custom-config-path", default=None)
     parser.add_argument("--rollout-max-context-len", type=int, default=None)
     parser.add_argument("--rollout-temperature", type=float, default=1.0)
+    parser.add_argument("--rollout-batch-size", type=int, default=None)
+    parser.add_argument("--over-sampling-batch-size", type=int, default=None)
+    parser.add_argument("--dynamic-sampling-filter-path", type=str, default=None)
     parser.add_argument("--eval-config", default=None)
     parser.add_argument("--eval-interval", type=int, default=None)
     parser.add_argument("--eval-temperature", type=float, default=None)
@@ -53,6 +57,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.rollout_temperature <= 0:
         raise ValueError(
             "--rollout-temperature must be > 0; temperature 0 is greedy decoding and is not a valid RL policy."
+        )
+    if args.over_sampling_batch_size is None:
+        args.over_sampling_batch_size = args.rollout_batch_size
+    if args.rollout_batch_size is not None and args.over_sampling_batch_size < args.rollout_batch_size:
+        raise ValueError(
+            f"over_sampling_batch_size {args.over_sampling_batch_size} should be greater than or equal to "
+            f"rollout_batch_size {args.rollout_batch_size}"
         )
     if args.custom_config_path:
         with open(args.custom_config_path) as f:
