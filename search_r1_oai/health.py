@@ -40,27 +40,31 @@ ZERO_STD_REASON = "zero_std"
 
 @dataclass(frozen=True)
 class HealthSample:
-    """What the monitor reads of one scored sample besides the search metrics: its GRPO group and its length."""
+    """What the monitor reads of one scored sample besides the search metrics: its GRPO group and the number of
+    tokens the policy generated in it."""
 
     finished: Finished
     group: int | None
     response_length: int
 
 
+def policy_tokens(sample: Any) -> int:
+    """The tokens the policy generated in a sample: its loss mask's ones (slime's ``effective_response_length``),
+    not the tool results between its turns, so fewer searches alone do not read as a shorter response."""
+    mask = getattr(sample, "loss_mask", None)
+    if mask is not None:
+        return int(sum(mask))
+    length = getattr(sample, "response_length", 0)
+    return length if isinstance(length, int) and not isinstance(length, bool) else 0
+
+
 def health_samples(samples: Sequence[Any], finished: Sequence[Finished]) -> list[HealthSample]:
-    """slime's ``Sample`` objects (read for ``group_index`` and ``response_length`` only) beside what the metrics
-    read of them."""
+    """slime's ``Sample`` objects (read for ``group_index``, ``loss_mask`` and ``response_length`` only) beside
+    what the metrics read of them."""
     out = []
     for sample, item in zip(samples, finished, strict=True):
         group = getattr(sample, "group_index", None)
-        length = getattr(sample, "response_length", 0)
-        out.append(
-            HealthSample(
-                item,
-                group if isinstance(group, int) else None,
-                length if isinstance(length, int) and not isinstance(length, bool) else 0,
-            )
-        )
+        out.append(HealthSample(item, group if isinstance(group, int) else None, policy_tokens(sample)))
     return out
 
 

@@ -25,7 +25,7 @@ class Summary:
     reward_mean: float
     reward_sem: float  # standard error of reward_mean: its noise at this batch size
     searches_per_sample: float
-    response_length_mean: float
+    response_length_mean: float  # policy tokens per sample (tool results left out)
     completed: int  # trajectories that ended on their own: the denominator of the format failure rate
     format_failure_rate: float
     answerless_rate: float
@@ -105,7 +105,7 @@ def response_length_collapse(now: Summary, history: Sequence[Summary], settings:
     return Alarm(
         "response_length_collapse",
         "responses shrank sharply: the policy is dropping its reasoning and searches (a common start of collapse)",
-        f"mean response {now.response_length_mean:.0f} tokens vs window {before:.0f}"
+        f"mean response {now.response_length_mean:.0f} policy tokens vs window {before:.0f}"
         f" (bound {settings.health_length_low:g}x)",
         "read a few trajectories (SEARCH_R1_LOG_EVERY) and lower the learning rate (--lr) if they are degenerate",
     )
@@ -120,7 +120,7 @@ def response_length_blowup(now: Summary, history: Sequence[Summary], settings: S
     return Alarm(
         "response_length_blowup",
         "responses grew sharply: repetition or runaway reasoning, which ends in truncation and a reward of 0",
-        f"mean response {now.response_length_mean:.0f} tokens vs window {before:.0f}"
+        f"mean response {now.response_length_mean:.0f} policy tokens vs window {before:.0f}"
         f" (bound {settings.health_length_high:g}x)",
         "check slime's rollout/repetition_frac and read a long trajectory (SEARCH_R1_LOG_EVERY); a larger KL loss"
         " (--kl-loss-coef) holds the policy closer to the reference",
@@ -176,7 +176,7 @@ def truncation_rising(now: Summary, history: Sequence[Summary], settings: Settin
         "more trajectories are cut (length, turns, context budget or deadline): they are not well formed and score"
         " at most an exact match",
         f"truncated {_pct(now.truncated_rate)} of {now.samples} vs window {_pct(before)} (bound {_pct(bound)});"
-        f" mean response {now.response_length_mean:.0f} tokens",
+        f" mean response {now.response_length_mean:.0f} policy tokens",
         "raise --rollout-max-response-len or SEARCH_R1_MAX_TURNS if the trajectories are sound, else treat it as a"
         " length blow-up",
     )

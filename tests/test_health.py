@@ -16,7 +16,7 @@ import pytest
 
 from generate_with_search_oai import log_eval_metrics, log_rollout_metrics
 from search_r1_oai.config import ConfigError, Settings, load_settings
-from search_r1_oai.health import dropped_groups, reset_process_monitor
+from search_r1_oai.health import dropped_groups, policy_tokens, reset_process_monitor
 from search_r1_oai.health_checks import MODES
 from search_r1_oai.result import RolloutStats
 from tests.support.slime_stub import RolloutManagerStandIn, Sample
@@ -425,6 +425,15 @@ def test_through_slimes_eval_call(slime_logging) -> None:
     assert set(health_of(ours, "eval/nq")) >= set(MODES)
     [(slimes, _)] = manager.logged
     assert "eval/nq" in slimes and not [k for k in slimes if "/health/" in k]
+
+
+def test_length_is_the_policys_own_tokens() -> None:
+    """Tool results sit in the response with loss mask 0: the length checks count the policy's tokens only."""
+    sample = make_sample(0, 1.0, length=6)
+    sample.loss_mask = [1, 1, 0, 0, 0, 1]
+    assert policy_tokens(sample) == 3
+    sample.loss_mask = None
+    assert policy_tokens(sample) == 6
 
 
 def test_dropped_groups_reads_only_slimes_drop_counts() -> None:

@@ -187,6 +187,7 @@ async def test_real_rollouts_report_their_searches(qwen_tokenizer, retriever) ->
         await close_contexts()
     extra: dict = {}
     log_rollout_metrics(0, ARGS, done, extra, 1.0)
+    assert extra["rollout/health/alarms"] == 0 and extra["rollout/health/response_length_mean"] > 0
     assert extra["rollout/search/searches_per_sample"] == 0.5
     assert extra["rollout/search/turns_per_sample"] == 1.5
     assert extra["rollout/search/toy/em"] == 0.5
