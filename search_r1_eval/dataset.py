@@ -1,7 +1,8 @@
 """The evaluation items of slime-ready parquet files, read the way slime reads them for training.
 
-Columns as ``data_preprocess.py`` writes them (and slime's ``--input-key prompt --label-key reward_model
---tool-key tools --metadata-key metadata`` reads): the messages, the tools JSON, the label, the data source.
+Columns as ``data_preprocess.py`` writes them, all of :data:`search_r1_oai.columns.REQUIRED_COLUMNS` (slime's
+``--input-key prompt --label-key reward_model --tool-key tools --metadata-key metadata`` reads them): the messages,
+the tools JSON, the label, the data source, the metadata.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from search_r1_oai.columns import DATA_SOURCE, LABEL, METADATA, PROMPT, REQUIRED_COLUMNS, TOOLS
 from search_r1_oai.labels import gold_answers
-
-REQUIRED = ("prompt", "tools", "reward_model")
 
 
 class EvalDataError(ValueError):
@@ -66,7 +66,7 @@ def load_items(path: Path, max_samples: int | None = None) -> list[EvalItem]:
         raise EvalDataError(
             f"{path}: cannot be read as parquet ({exc}); pass a file data_preprocess.py wrote"
         ) from None
-    missing = [c for c in REQUIRED if c not in table.column_names]
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise EvalDataError(
             f"{path}: missing column(s) {', '.join(missing)}; this is not slime-ready data, run data_preprocess.py on it"
@@ -75,16 +75,16 @@ def load_items(path: Path, max_samples: int | None = None) -> list[EvalItem]:
         table = table.slice(0, max_samples)
     items = []
     for index, row in enumerate(table.to_pylist()):
-        metadata = row.get("metadata") or {}
-        tools = row["tools"]
+        metadata = row.get(METADATA) or {}
+        tools = row[TOOLS]
         items.append(
             EvalItem(
                 id=f"{path.name}:{index}",
-                data_source=str(row.get("data_source") or metadata.get("data_source") or path.stem),
+                data_source=str(row.get(DATA_SOURCE) or metadata.get("data_source") or path.stem),
                 question=str(row.get("question") or metadata.get("question") or ""),
-                messages=list(row["prompt"]),
+                messages=list(row[PROMPT]),
                 tools=json.loads(tools) if isinstance(tools, str) else list(tools or []),
-                label=row["reward_model"],
+                label=row[LABEL],
             )
         )
     return items

@@ -3,7 +3,8 @@
 slime iterates ``ParquetFile.iter_batches()`` and ``to_pylist()``; each row must give a messages list (``prompt``), a
 JSON list of tool schemas (``tools``), a label (``reward_model``) and a ``metadata`` dict. Labels are checked with
 :func:`search_r1_oai.labels.label_problems`, the same parser the reward uses, so a label the checker passes is one the
-reward can score. Used by ``data_preprocess.py --check`` and by the preflight before a run.
+reward can score. Used by ``data_preprocess.py --check`` (through :mod:`search_r1_data.check`) and by the preflight
+before a run; it lives in the core because what it checks is the rollout's input, read as slime reads it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from search_r1_oai.columns import LABEL, METADATA, PROMPT, REQUIRED_COLUMNS, TOOLS
 from search_r1_oai.labels import label_problems
 
 # Rows per batch when reading; bounds memory (slime's own reads use pyarrow's default, the rows are the same).
 DEFAULT_BATCH_SIZE = 4096
-REQUIRED_COLUMNS = ("prompt", "tools", "reward_model", "data_source", "metadata")
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -121,10 +122,10 @@ def _check_metadata(value: Any) -> Iterator[str]:
 
 
 _ROW_CHECKS = {
-    "prompt": _check_prompt,
-    "tools": _check_tools,
-    "reward_model": _check_reward_model,
-    "metadata": _check_metadata,
+    PROMPT: _check_prompt,
+    TOOLS: _check_tools,
+    LABEL: _check_reward_model,
+    METADATA: _check_metadata,
 }
 
 
@@ -153,15 +154,15 @@ def _check_schema(schema: pa.Schema) -> Iterator[Problem]:
     for column in REQUIRED_COLUMNS:
         if column not in schema.names:
             yield Problem(None, column, f"column is missing (columns: {schema.names})")
-    if "tools" in schema.names and not pa.types.is_string(schema.field("tools").type):
+    if TOOLS in schema.names and not pa.types.is_string(schema.field(TOOLS).type):
         yield Problem(
             None,
-            "tools",
-            f"column type is {schema.field('tools').type}; store a JSON string "
+            TOOLS,
+            f"column type is {schema.field(TOOLS).type}; store a JSON string "
             "(a list<struct> column is schema-unified across rows and grows null properties)",
         )
-    if "metadata" in schema.names and not pa.types.is_struct(schema.field("metadata").type):
-        yield Problem(None, "metadata", f"column type is {schema.field('metadata').type}; slime needs a struct/dict")
+    if METADATA in schema.names and not pa.types.is_struct(schema.field(METADATA).type):
+        yield Problem(None, METADATA, f"column type is {schema.field(METADATA).type}; slime needs a struct/dict")
 
 
 def check_file(path: Path, *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Problem]:

@@ -5,7 +5,12 @@ retriever, the policy endpoint and the settings. Each check runs when its inputs
         --retrieval-url http://127.0.0.1:8000 [--policy-url http://127.0.0.1:30000] [--max-response-len 1024]
 
 Prints one line per check (``ok`` or ``FAIL``, what was found, what to do) and exits 0 when every check passed,
-1 when one failed, 2 on bad usage. The training wrapper runs it once the retriever is healthy.
+1 when one failed, 2 on bad usage. A check that cannot even run (this Python lacks pyarrow, transformers or httpx,
+say) is a FAIL line that names what is missing and what to do, never a traceback. The training wrapper runs it once
+the retriever is healthy.
+
+Imports here are the standard library and the stdlib-only settings and prompts: whatever Python runs this file gets
+as far as printing its lines; each check imports what it needs itself.
 """
 
 from __future__ import annotations
@@ -13,18 +18,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from search_r1_oai.columns import METADATA, PROMPT
 from search_r1_oai.config import ConfigError, Settings, load_settings_with_urls
 from search_r1_oai.prompts import SEARCH_TOOL, SEARCH_TOOL_NAME, build_messages
 
 # Asked of the retriever and the policy when no data file gives a question.
 DEFAULT_QUESTION = "Who wrote the novel Pride and Prejudice?"
 _TOOL_MARK = "preflight tool result 7319"
+_REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -39,11 +47,26 @@ class Check:
         return text if self.ok or not self.fix else f"{text}\n      -> {self.fix}"
 
 
+def cannot_run(name: str, exc: BaseException) -> Check:
+    """The FAIL line of a check that could not run: a missing module is named with what to do; anything else is
+    the check's own failure, named by its type and message."""
+    if isinstance(exc, ImportError):
+        missing = (exc.name or str(exc)).split(".")[0]  # the package to install, not its submodule
+        return Check(
+            name,
+            False,
+            f"cannot run: {sys.executable} has no module {missing!r}",
+            f"install the project into that Python (pip install -e {_REPO}), or set PREFLIGHT_PYTHON to one that "
+            f"has it (e.g. {_REPO / '.venv' / 'bin' / 'python'})",
+        )
+    return Check(name, False, f"the check itself failed: {type(exc).__name__}: {exc}", "fix what it names and rerun")
+
+
 def check_data(path: Path) -> tuple[Check, dict[str, Any] | None]:
     """The file reads as slime reads it (schema, every row); returns the first row for the other checks."""
     import pyarrow.parquet as pq
 
-    from search_r1_data.check import check_file
+    from search_r1_oai.data_check import check_file
 
     problems = check_file(path)
     fix = f"rebuild it with data_preprocess.py (data_preprocess.py --check {path} lists every problem)"
@@ -139,40 +162,59 @@ def check_settings(settings: Settings, max_response_len: int | None, prompt_toke
 def run_checks(args: argparse.Namespace, settings: Settings, emit: Callable[[Check], None]) -> bool:
     checks: list[Check] = []
 
-    def record(check: Check) -> None:
+    def attempt(name: str, run: Callable[[], tuple[Check, Any]]) -> Any:
+        """Runs one check; one that cannot run is its FAIL line, never a traceback. Returns what the check found
+        for the later ones (the data's first row, the tokenizer), ``None`` when it failed."""
+        try:
+            check, found = run()
+        except Exception as exc:
+            check, found = cannot_run(name, exc), None
         checks.append(check)
         emit(check)
+        return found
 
-    messages, question, tokenizer = build_messages(DEFAULT_QUESTION), DEFAULT_QUESTION, None
+    messages, question = build_messages(DEFAULT_QUESTION), DEFAULT_QUESTION
     for path in args.data or []:
-        check, first = check_data(path)
-        record(check)
+        first = attempt("data", functools.partial(check_data, path))
         if first is not None:
-            messages = [dict(m) for m in first["prompt"]]
-            question = str((first.get("metadata") or {}).get("question") or first.get("question") or question)
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        except Exception as exc:  # unreadable folder, missing files
-            record(Check("template", False, f"cannot load {args.tokenizer}: {exc}", "pass the checkpoint's folder"))
-        else:
-            record(check_template(tokenizer))
+            messages = [dict(m) for m in first[PROMPT]]
+            question = str((first.get(METADATA) or {}).get("question") or first.get("question") or question)
+    tokenizer = (
+        attempt("template", functools.partial(_load_and_check_template, args.tokenizer)) if args.tokenizer else None
+    )
     if args.retrieval_url:
-        record(asyncio.run(check_retriever(settings, question)))
+        attempt("retriever", lambda: (asyncio.run(check_retriever(settings, question)), None))
     if args.policy_url:
         if tokenizer is None:
-            record(Check("policy", False, "needs --tokenizer", "pass the policy's tokenizer folder"))
+            why = "needs the tokenizer, which did not load (see the template line)" if args.tokenizer else None
+            fix = "fix the template line first" if args.tokenizer else "pass the policy's tokenizer folder"
+            attempt("policy", lambda: (Check("policy", False, why or "needs --tokenizer", fix), None))
         else:
-            record(asyncio.run(check_policy(settings, tokenizer, args.policy_url, messages)))
-    prompt_tokens = None
-    if tokenizer is not None:
-        from search_r1_oai.trajectory import render_prompt_ids
-
-        prompt_tokens = len(render_prompt_ids(tokenizer, messages, [SEARCH_TOOL]))
-    record(check_settings(settings, args.max_response_len, prompt_tokens))
+            attempt("policy", lambda: (asyncio.run(check_policy(settings, tokenizer, args.policy_url, messages)), None))
+    attempt(
+        "settings",
+        lambda: (check_settings(settings, args.max_response_len, _prompt_tokens(tokenizer, messages)), None),
+    )
     return all(check.ok for check in checks)
+
+
+def _load_and_check_template(folder: str) -> tuple[Check, Any]:
+    """The tokenizer's check, and the tokenizer for the later checks (``None`` when it did not load)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # unreadable folder, missing files
+        return Check("template", False, f"cannot load {folder}: {exc}", "pass the checkpoint's folder"), None
+    return check_template(tokenizer), tokenizer
+
+
+def _prompt_tokens(tokenizer: Any, messages: list[dict]) -> int | None:
+    if tokenizer is None:
+        return None
+    from search_r1_oai.trajectory import render_prompt_ids
+
+    return len(render_prompt_ids(tokenizer, messages, [SEARCH_TOOL]))
 
 
 def main(argv: list[str] | None = None) -> int:

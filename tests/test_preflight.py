@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -100,3 +104,44 @@ def test_no_arguments_is_an_error_not_a_pass(capsys) -> None:
     assert code == 2 and "preflight passed" not in captured.out
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and "nothing to check" in lines[0] and "--data" in lines[0] and "--policy-url" in lines[0]
+
+
+def test_a_check_that_cannot_run_is_a_fail_line_naming_what_is_missing(tmp_path: Path) -> None:
+    """A preflight Python without pyarrow or httpx (the wrapper's PREFLIGHT_PYTHON=python3): each check it cannot
+    run is its own FAIL line naming the module and what to do, no traceback, and the summary has lines to point at."""
+    bad = tmp_path / "train.parquet"
+    bad.write_bytes(b"not parquet")
+    script = (
+        "import sys\n"
+        "sys.modules['pyarrow'] = None\n"  # an import of it now raises ModuleNotFoundError, as without the package
+        "sys.modules['httpx'] = None\n"
+        "from search_r1_oai.preflight import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = ["--data", str(bad), "--retrieval-url", f"http://127.0.0.1:{free_port()}"]
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = done.stdout
+    assert done.returncode == 1, out + done.stderr
+    assert "Traceback" not in out + done.stderr
+    assert "FAIL  data: cannot run:" in out and "no module 'pyarrow'" in out
+    assert "FAIL  retriever: cannot run:" in out and "no module 'httpx'" in out
+    assert "PREFLIGHT_PYTHON" in out and "pip install" in out, "what to do"
+    assert out.rstrip().endswith("preflight FAILED: fix the lines marked FAIL before starting the run")
+
+
+def test_a_tokenizer_that_does_not_load_is_named_by_the_policy_check(tmp_path: Path, capsys) -> None:
+    code, out = _run(capsys, "--tokenizer", str(tmp_path / "nope"), "--policy-url", "http://127.0.0.1:9")
+    assert code == 1 and "FAIL  template: cannot load" in out
+    assert "FAIL  policy: needs the tokenizer, which did not load" in out
+
+
+def test_the_worker_package_does_not_import_data_prep() -> None:
+    """The preflight checks data with the core's own checker: nothing in search_r1_oai imports search_r1_data."""
+    package = Path(__file__).resolve().parents[1] / "search_r1_oai"
+    importing = re.compile(r"^\s*(from|import)\s+search_r1_data\b", re.MULTILINE)
+    offenders = [p.name for p in package.glob("*.py") if importing.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
