@@ -264,6 +264,6 @@ def log_eval_metrics(
         metrics |= {f"eval/{name}/search/{k}": v for k, v in search.items()}
         if finished:
             summary = summarize(search, health_samples(flat, finished))
-            metrics |= monitor.check(f"eval/{name}", rollout_id, summary, f"eval/{name}")
+            metrics |= monitor.check(f"eval/{name}", rollout_id, summary, f"eval/{name}", training=False)
     _publish(args, rollout_id, metrics, extra_metrics, "eval/step")
     return False

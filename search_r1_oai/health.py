@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_r1_oai.config import Settings
-from search_r1_oai.health_checks import CHECKS, MODES, Alarm, Summary
+from search_r1_oai.health_checks import CHECKS, TRAINING_ONLY, Alarm, Summary
 from search_r1_oai.metrics import Finished
 from search_r1_oai.result import Outcome
 from search_r1_oai.reward import is_well_formed
@@ -140,10 +140,12 @@ class HealthMonitor:
         summary: Summary,
         prefix: str,
         dropped: tuple[int, int] | None = None,
+        training: bool = True,
     ) -> dict[str, float]:
         """Check one batch of ``stream`` (at rollout ``step``) against that stream's window, log a WARN line per
         mode present, remember the batch, and return the metrics named ``<prefix>/health/*``. ``dropped`` is what
-        :func:`dropped_groups` read when dynamic sampling is on (``None`` when it is off). Off: ``{}``."""
+        :func:`dropped_groups` read when dynamic sampling is on (``None`` when it is off); ``training`` False (an
+        evaluation set) leaves out the modes about what GRPO trains on. Off: ``{}``."""
         if not self.settings.health:
             return {}
         with self._lock:
@@ -153,12 +155,13 @@ class HealthMonitor:
             self._last_step[stream] = step
             history = tuple(window)
             window.append(summary)
-        alarms: list[Alarm] = [alarm for check in CHECKS if (alarm := check(summary, history, self.settings))]
+        checks = [check for check in CHECKS if training or check.__name__ not in TRAINING_ONLY]
+        alarms: list[Alarm] = [alarm for check in checks if (alarm := check(summary, history, self.settings))]
         present = {alarm.mode for alarm in alarms}
         where = f"{stream} {step}"
         for alarm in alarms:
             logger.warning(alarm.line(where))
-        metrics = {mode: float(mode in present) for mode in MODES}
+        metrics = {check.__name__: float(check.__name__ in present) for check in checks}
         metrics |= {
             "alarms": float(len(alarms)),
             "zero_std_group_share": summary.zero_std_share,

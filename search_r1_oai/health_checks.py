@@ -246,3 +246,5 @@ CHECKS: tuple[Check, ...] = (
 )
 MODES: tuple[str, ...] = tuple(check.__name__ for check in CHECKS)
 """The mode names, in order: each is logged as ``.../health/<name>`` (1 present, 0 not)."""
+TRAINING_ONLY: frozenset[str] = frozenset({"no_signal_groups"})
+"""Modes that concern what GRPO trains on: not checked on evaluation sets (nothing learns from them)."""

@@ -116,7 +116,7 @@ def run_rollouts(batches: list[list[list[Sample]]], args: Namespace = ARGS) -> l
 
 
 def flagged(health: dict[str, float]) -> set[str]:
-    return {mode for mode in MODES if health[mode] == 1.0}
+    return {mode for mode in MODES if health.get(mode) == 1.0}
 
 
 def warn_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -345,6 +345,17 @@ def test_eval_sets_get_their_own_health(caplog) -> None:
     assert not [k for k in extra if k.startswith("rollout/")]
 
 
+def test_eval_sets_are_not_warned_about_groups_without_signal(caplog) -> None:
+    """Several samples per eval prompt that all score the same is a measurement, not a lost training signal."""
+    caplog.set_level(logging.WARNING, logger=HEALTH_LOGGER)
+    flat = [s for g in _map(healthy_batch(1), equal_rewards) for s in g]
+    extra: dict = {}
+    log_eval_metrics(0, ARGS, {"nq": {"rewards": [s.reward for s in flat], "samples": flat}}, extra)
+    health = health_of(extra, "eval/nq")
+    assert health["zero_std_group_share"] == 1.0 and "no_signal_groups" not in health
+    assert health["alarms"] == 0 and warn_lines(caplog) == []
+
+
 # ---- slime's call order, with its dynamic sampling -----------------------------------------------------------------
 
 
@@ -422,7 +433,8 @@ def test_through_slimes_eval_call(slime_logging) -> None:
     manager.eval(20, {"nq": {"rewards": [s.reward for s in flat], "samples": flat}})
     [(ours, step_key)] = slime_logging
     assert step_key == "eval/step" and ours["eval/step"] == 20
-    assert set(health_of(ours, "eval/nq")) >= set(MODES)
+    modes = set(health_of(ours, "eval/nq")) & set(MODES)
+    assert modes == set(MODES) - {"no_signal_groups"}, "nothing trains on an eval set: its groups carry no signal"
     [(slimes, _)] = manager.logged
     assert "eval/nq" in slimes and not [k for k in slimes if "/health/" in k]
 
