@@ -10,8 +10,10 @@ import gzip
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
+import socketserver
 import subprocess
 import sys
 import textwrap
@@ -360,6 +362,76 @@ def test_flat_header_check_matches_faiss_files(tmp_path: Path, originals) -> Non
     short = tmp_path / "short.index"
     short.write_bytes(originals["e5_Flat.index"].read_bytes()[:-1])
     assert "but holds 192044 bytes" in flat_index_problem(short)
+
+
+def test_header_check_reads_other_metrics_and_agrees_with_the_server(tmp_path: Path) -> None:
+    """One parser (retriever/flat_file.py): an IxFl index (metric_arg in its header) is checked too, and a file the
+    download check refuses is one the server's reader refuses with the same numbers."""
+    from retriever.flat_file import read_flat_layout
+
+    lp = faiss.IndexFlat(8, faiss.METRIC_Lp)
+    lp.metric_arg = 3.0
+    lp.add(np.ones((5, 8), dtype="float32"))
+    path = tmp_path / "lp.index"
+    faiss.write_index(lp, str(path))
+    assert path.read_bytes()[:4] == b"IxFl" and flat_index_problem(path) is None
+    assert read_flat_layout(path).offset == 49  # the float32 metric_arg moves the vectors by 4 bytes
+    path.write_bytes(path.read_bytes() + b"\0" * 4)  # a part merged twice would add bytes
+    problem = flat_index_problem(path)
+    assert problem == f"{path} declares 5 vectors of dim 8 (209 bytes) but holds 213 bytes"
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        read_flat_layout(path)
+
+
+class _NotHttp(socketserver.BaseRequestHandler):
+    """Answers every request with bytes that are not HTTP (what a broken proxy or a captive portal may send)."""
+
+    def handle(self) -> None:
+        self.request.recv(65536)
+        self.request.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+
+
+_HUB_CALLS = """
+import sys
+from pathlib import Path
+from retriever_download.files import DownloadError
+from retriever_download.hub import hub_fetch, hub_file_sizes
+print("sizes:", hub_file_sizes("test/index", ["part_aa"]))
+try:
+    hub_fetch("test/index", "part_aa", Path(sys.argv[1]))
+except DownloadError as exc:
+    print("DownloadError:", exc)
+"""
+
+
+@pytest.mark.e2e
+def test_errors_of_huggingface_hubs_own_http_client_are_download_errors(tmp_path: Path) -> None:
+    """huggingface_hub 2.x raises httpx2's errors, not httpx's: they must still become one line (sizes: a warning
+    and no size check; a file: a DownloadError that says what to do), not a traceback."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _NotHttp)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "0"}
+    env["TRANSFORMERS_OFFLINE"] = "0"  # huggingface_hub reads it as HF_HUB_OFFLINE too
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _HUB_CALLS, str(tmp_path / "out")],
+            cwd=PROJECT_ROOT / "local_dense_retriever",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert "could not read file sizes of test/index from the Hub" in result.stderr
+    sizes, fetched = result.stdout.splitlines()
+    assert sizes == "sizes: {}"
+    assert fetched.startswith("DownloadError: could not download part_aa from test/index (RemoteProtocolError: ")
+    assert fetched.endswith("then rerun: finished parts are kept.")
 
 
 @pytest.mark.e2e

@@ -19,7 +19,6 @@ import argparse
 import errno
 import os
 import socket
-import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,16 +94,10 @@ def check_encoder(model: str, probe_hub: bool = True) -> EncoderStatus:
 
 
 def index_rows(index_path: str | Path) -> int:
-    """``ntotal`` from the header every FAISS index file starts with: fourcc, d (int32), ntotal (int64)."""
-    with Path(index_path).open("rb") as handle:
-        head = handle.read(16)
-    if len(head) < 16:
-        raise ValueError(f"{index_path} is too short ({len(head)} bytes) to be a FAISS index")
-    fourcc = head[:4]
-    dim, ntotal = struct.unpack_from("<iq", head, 4)
-    if not (fourcc.isascii() and fourcc.isalnum()) or dim <= 0 or ntotal < 0:
-        raise ValueError(f"{index_path} is not a FAISS index (it starts with {fourcc!r}): download or build it again")
-    return int(ntotal)
+    """``ntotal`` from the header every FAISS index file starts with (flat_file.py reads it)."""
+    from .flat_file import read_index_header
+
+    return read_index_header(index_path).ntotal
 
 
 def corpus_rows(corpus_path: str | Path, max_count_bytes: int = MAX_COUNT_BYTES) -> int | None:

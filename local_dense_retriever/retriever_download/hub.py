@@ -25,7 +25,14 @@ _MODEL_IGNORE = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", 
 _TORCH_WEIGHTS = ["*.bin", "*.pt", "*.pth"]
 
 
-_HUB_ERRORS = (HfHubHTTPError, LocalEntryNotFoundError, httpx.HTTPError, OSError)
+try:  # huggingface_hub 2.x sends its requests through httpx2, whose errors are not httpx's
+    from httpx2 import HTTPError as _ClientError
+except ImportError:  # huggingface_hub 1.x uses httpx itself
+    _ClientError = httpx.HTTPError
+# A failed request, whichever layer reports it (a refused connection, a proxy answering garbage, an HTTP error
+# status, offline mode): each becomes one DownloadError line, not a traceback.
+_NETWORK_ERRORS = (HfHubHTTPError, httpx.HTTPError, _ClientError, OSError)
+_HUB_ERRORS = (LocalEntryNotFoundError, *_NETWORK_ERRORS)
 
 
 def hub_fetch(repo_id: str, filename: str, local_dir: Path) -> Path:
@@ -48,7 +55,7 @@ def hub_file_sizes(repo_id: str, filenames: list[str]) -> dict[str, int]:
         infos = HfApi().get_paths_info(repo_id, filenames, repo_type="dataset")
     except RepositoryNotFoundError as exc:
         raise DownloadError(f"dataset repo {repo_id} not found on the Hub (check the --*_repo flags)") from exc
-    except (HfHubHTTPError, httpx.HTTPError, OSError) as exc:
+    except _NETWORK_ERRORS as exc:
         logger.warning("could not read file sizes of %s from the Hub (%s): sizes are not checked", repo_id, exc)
         return {}
     sizes = {info.path: int(info.size) for info in infos if isinstance(info, RepoFile)}
