@@ -6,10 +6,13 @@ notebook) never fake a slime ``Sample``; ``generate_with_search_oai.py`` maps th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+from search_r1_oai.tool_stats import S, ToolStats, kinds
 
 # Error messages kept per sample (the counters keep counting past it).
 MAX_ERROR_MESSAGES = 8
@@ -33,51 +36,76 @@ class Outcome(Enum):
 
 
 @dataclass
+class Stop:
+    """Why a trajectory stopped: its outcome, the stop_reason (see :mod:`search_r1_oai.errors`), the error."""
+
+    outcome: Outcome
+    reason: str
+    error: str | None = None
+    # False keeps even exact tokens out of training (a trajectory cut by the wall clock: the servers' doing).
+    train: bool = True
+
+
+@dataclass
 class RolloutStats:
-    """Counters of one trajectory (they continue across a resumed partial rollout)."""
+    """Counters of one trajectory (they continue across a resumed partial rollout).
+
+    What a tool counts is its own :class:`~search_r1_oai.tool_stats.ToolStats` (:meth:`of`); :meth:`to_dict` puts
+    every registered tool's keys beside these, so a sample's metadata is one flat dict.
+    """
 
     turns: int = 0
-    searches: int = 0
-    search_queries: int = 0
-    # The distinct queries of each /retrieve call, in order (for evaluation and trajectory logs).
-    queries: list[str] = field(default_factory=list)
-    # One entry per /retrieve call: attempts it took, and the replica that answered ("" when none did).
-    search_attempts: list[int] = field(default_factory=list)
-    search_replicas: list[str] = field(default_factory=list)
-    # Failed /retrieve calls with the addresses tried (for operators; the policy's tool message names none).
-    search_errors: list[str] = field(default_factory=list)
-    # Seconds each /retrieve call took (successful ones), for latency percentiles.
-    search_latencies_s: list[float] = field(default_factory=list)
     tool_calls: int = 0
     tool_errors: int = 0
-    # Calls the policy got wrong (bad JSON, unknown tool, no query); a retriever outage is not counted here.
+    # Calls the policy got wrong (bad JSON, unknown tool, bad arguments); a tool's own outage is not counted here.
     bad_tool_calls: int = 0
     tool_error_messages: list[str] = field(default_factory=list)
     has_final_answer: bool = False
     final_content: str = ""
-    retrieval_latency_s: float = 0.0
     policy_latency_s: float = 0.0
     token_exact: bool = True
     drift_tokens: int = 0
     resumed: int = 0
+    # Each tool's counters, by tool name (built on first use by :meth:`of`).
+    tools: dict[str, ToolStats] = field(default_factory=dict)
+
+    def of(self, kind: type[S]) -> S:
+        """The counters of the tool ``kind`` belongs to (zeros until the tool records something)."""
+        found = self.tools.get(kind.tool)
+        if not isinstance(found, kind):
+            found = self.tools[kind.tool] = kind()
+        return found
 
     def record_tool_error(self, message: str) -> None:
         self.tool_errors += 1
         if len(self.tool_error_messages) < MAX_ERROR_MESSAGES:
             self.tool_error_messages.append(message)
 
-    def record_search_error(self, detail: str) -> None:
-        if len(self.search_errors) < MAX_ERROR_MESSAGES:
-            self.search_errors.append(detail)
+    def tool_summary(self) -> dict[str, Any]:
+        """Every registered tool's headline numbers (for the per-trajectory log line)."""
+        return {key: value for kind in kinds() for key, value in self._seen(kind).summary().items()}
+
+    def _seen(self, kind: type[ToolStats]) -> ToolStats:
+        """The tool's counters as they stand, without adding any."""
+        found = self.tools.get(kind.tool)
+        return found if isinstance(found, kind) else kind()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Flat: these counters and every registered tool's (zeros for a tool never called)."""
+        values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "tools"}
+        for kind in kinds():
+            values.update(self._seen(kind).to_dict())
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RolloutStats:
         """The counters from :meth:`to_dict` (unknown keys ignored, so older saved states still load)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        names = {f.name for f in dataclasses.fields(cls)} - {"tools"}
+        stats = cls(**{k: v for k, v in values.items() if k in names})
+        for kind in kinds():
+            if any(key in values for key in kind.keys()):
+                stats.tools[kind.tool] = kind.from_dict(values)
+        return stats
 
 
 @dataclass
@@ -85,7 +113,8 @@ class RolloutResult:
     """``tokens = prompt + response``; ``loss_mask`` and ``log_probs`` cover the response only.
 
     ``train`` is False when the tokens are a placeholder or the trajectory failed (slime's ``remove_sample``).
-    ``saved_state`` is set for ABORTED only: :meth:`RolloutState.from_saved` resumes from it.
+    ``saved_state`` is set for ABORTED only: :meth:`Trajectory.load <search_r1_oai.trajectory.Trajectory.load>`
+    resumes from it.
     """
 
     tokens: list[int]

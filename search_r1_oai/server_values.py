@@ -3,7 +3,7 @@
 A reply is trusted for nothing: sampled and prompt ids must be integers in ``[0, len(tokenizer))`` (not ``bool``,
 not strings), logprobs finite numbers ``<= 0`` (up to :data:`LOGPROB_TOLERANCE` of float error; the value is kept
 as sent), ids and logprobs as many, and the reply's text valid Unicode (tool-call strings are cleaned instead, see
-:func:`search_r1_oai.chat_client.parse_chat_response`). The first violation raises :class:`BadServerValue`
+:func:`search_r1_oai.sglang_wire.parse_chat_response`). The first violation raises :class:`BadServerValue`
 naming the field, the position and the value, e.g. ``output_ids[3] = 151700 is outside the vocabulary [0, 151665)``;
 the rollout ends the sample FAILED with stop_reason ``bad_server_value``, not trained on.
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from search_r1_oai.chat_client import BadServerValue, TurnOutput
+from search_r1_oai.errors import BadServerValue
+from search_r1_oai.sglang_wire import TurnOutput
 from search_r1_oai.text import first_surrogate
 
 # A logprob may exceed 0 by float error only (softmax of a near-certain token); anything above is not a logprob.

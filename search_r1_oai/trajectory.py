@@ -1,113 +1,65 @@
-"""Token-exact bookkeeping of one trajectory, and the template delta that follows a tool-calling turn.
+"""One trajectory, owned by one object: its chat turns, the token ids trained on, and what a resumed rollout needs.
 
 What the policy is trained on must be exactly what it saw and sampled: the ids the server conditioned on, then
 the ids it sampled (loss mask 1, with the logprobs it reported), then ids we add ourselves (template glue, tool
 results, the next generation prompt: loss mask 0, logprob 0.0). Generated text is never re-encoded.
 
-The ids we add after a tool-calling turn come from the tokenizer's own chat template: a short fixed dummy
-conversation is rendered with and without the tool messages, and the text difference (plus the glue the template
-puts after the end-of-turn token) is encoded. No template string is hard-coded, and the work per turn does not
-grow with the conversation.
+:class:`Trajectory` is the only writer of that state: the rollout loop calls its methods in the order of the
+algorithm (:meth:`~Trajectory.begin`, :meth:`~Trajectory.check_prompt`, :meth:`~Trajectory.append_sampled`,
+:meth:`~Trajectory.record_turn`, :meth:`~Trajectory.append_tool_results`, :meth:`~Trajectory.tokens_left`,
+:meth:`~Trajectory.finish`), and slime's partial rollout carries an ABORTED one over with
+:meth:`~Trajectory.to_saved` and :meth:`~Trajectory.load`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from search_r1_oai.errors import TemplateError, TrajectoryError
+from search_r1_oai.chat_template import (
+    ToolTurnTemplate,
+    encode_text,
+    encode_text_off_loop,
+    render_chat,
+    render_prompt_ids,
+)
+from search_r1_oai.errors import TrajectoryError
+from search_r1_oai.result import Outcome, RolloutResult, RolloutStats, Stop
+from search_r1_oai.sglang_wire import TurnOutput
+from search_r1_oai.token_ids import Sampled, ServerIds
 
-# Longer text is tokenized in a worker thread: the Rust tokenizer releases the GIL, so the event loop (every other
-# rollout of the process) keeps running. Measured on the 2-core dev machine: 20k characters take ~15 ms, 3 MB ~6 s.
-ENCODE_IN_THREAD_ABOVE_CHARS = 8192
-
-
-def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
-    """The template's text; ``tokenize=False`` returns ``str`` in transformers 4.x and 5.x alike."""
-    text = tokenizer.apply_chat_template(
-        messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-    if not isinstance(text, str):
-        raise TemplateError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, not str")
-    return text
-
-
-def encode_text(tokenizer: Any, text: str) -> list[int]:
-    """Ids of template text with no BOS/EOS added (special-token strings map to their ids)."""
-    return list(tokenizer.encode(text, add_special_tokens=False))
+# The first prompt is rendered by the server, whose tools JSON differs from a client render by a few tokens between
+# releases (e.g. an added "strict" key); the first turn's budget check keeps this much slack for it.
+FIRST_PROMPT_SLACK = 32
 
 
-async def encode_text_off_loop(tokenizer: Any, text: str) -> list[int]:
-    """:func:`encode_text` for a coroutine: short text inline (a thread hop costs more), long text in a thread."""
-    if len(text) <= ENCODE_IN_THREAD_ABOVE_CHARS:
-        return encode_text(tokenizer, text)
-    return await asyncio.to_thread(encode_text, tokenizer, text)
+class SampledTurn(NamedTuple):
+    """A finished assistant turn: its text without the end-of-turn token, and whether it continues a turn the
+    server aborted earlier (the text then spans both generations and the server's parse saw only the last)."""
 
-
-def render_prompt_ids(tokenizer: Any, messages: list[dict], tools: list[dict] | None) -> list[int]:
-    """Client-side prompt ids: only an estimate of the server's (its tools JSON differs between releases)."""
-    return encode_text(tokenizer, render_chat(tokenizer, messages, tools, add_generation_prompt=True))
-
-
-_DUMMY_BASE: list[dict[str, Any]] = [
-    {"role": "system", "content": "S"},
-    {"role": "user", "content": "U"},
-    {
-        "role": "assistant",
-        "content": "A",
-        "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}],
-    },
-]
-
-
-class ToolTurnTemplate:
-    """Computes the non-trainable ids between a sampled end-of-turn token and the next generation.
-
-    ``delta = [end-of-turn text if the model did not sample it] + glue + render(base + tools) - render(base)``
-    where ``glue`` is whatever the template writes after the end-of-turn token in ``render(base)``.
-    """
-
-    def __init__(self, tokenizer: Any, tools: list[dict] | None) -> None:
-        self._tokenizer = tokenizer
-        self._tools = tools or None
-        eos = tokenizer.eos_token
-        if not eos:
-            raise TemplateError("the tokenizer has no eos_token; cannot find where an assistant turn ends")
-        self.eos_text: str = eos
-        self.eos_id: int = tokenizer.convert_tokens_to_ids(eos)
-        self._base_text = render_chat(tokenizer, _DUMMY_BASE, self._tools, add_generation_prompt=False)
-        end = self._base_text.rfind(eos)
-        if end == -1:
-            raise TemplateError(f"the chat template does not end an assistant turn with eos_token {eos!r}")
-        self.glue: str = self._base_text[end + len(eos) :]
-
-    def delta_text(self, tool_messages: list[dict], sampled_eos: bool) -> str:
-        """Text appended after the sampled turn so that the next generation sees the tool results."""
-        full = render_chat(self._tokenizer, _DUMMY_BASE + tool_messages, self._tools, add_generation_prompt=True)
-        if not full.startswith(self._base_text):
-            raise TemplateError(
-                "the chat template re-renders earlier turns when tool messages are added; "
-                "turn-by-turn token-exact rollout is impossible with it"
-            )
-        head = self.glue if sampled_eos else self.eos_text + self.glue
-        return head + full[len(self._base_text) :]
-
-    def delta_ids(self, tool_messages: list[dict], last_sampled_id: int | None) -> list[int]:
-        """Ids of :meth:`delta_text`; the end-of-turn token is added when the model stopped without sampling it."""
-        return encode_text(self._tokenizer, self.delta_text(tool_messages, last_sampled_id == self.eos_id))
+    text: str
+    resumed: bool
 
 
 @dataclass
 class Trajectory:
-    """``tokens = prompt + response``; ``loss_mask`` and ``log_probs`` cover the response only."""
+    """``tokens = prompt + response``; ``loss_mask`` and ``log_probs`` cover the response only. ``tokens`` is empty
+    until :meth:`begin` (the server renders the first prompt, so its ids are known only from the first reply)."""
 
+    messages: list[dict[str, Any]]
+    prompt_messages: int
     tokens: list[int] = field(default_factory=list)
     prompt_length: int = 0
     loss_mask: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
-    # ``tokens`` as JSON text, one chunk per append: the request's growing ``input_ids`` array is not
-    # re-serialised every turn.
+    stats: RolloutStats = field(default_factory=RolloutStats)
+    # Ids re-encoded from text (servers without token ids, SEARCH_R1_ALLOW_REENCODE_FALLBACK=1).
+    reencoded: bool = False
+    # Start of a turn the server aborted: its resumed generation belongs to the same turn.
+    pending_turn_start: int | None = None
+    # Response text built turn by turn (decoding the whole response at the end costs O(length) again).
+    response_parts: list[str] = field(default_factory=list)
+    # ``tokens`` as JSON text, one chunk per append: the request's growing ``input_ids`` is not re-serialised.
     _json_chunks: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -115,11 +67,23 @@ class Trajectory:
             self._json_chunks.append(",".join(map(str, self.tokens)))
 
     @classmethod
-    def from_prompt(cls, prompt_ids: list[int]) -> Trajectory:
-        """Start from the ids the server prefilled for the first turn."""
-        if not prompt_ids:
-            raise TrajectoryError("the server reported an empty prompt")
-        return cls(tokens=list(prompt_ids), prompt_length=len(prompt_ids))
+    def start(cls, messages: list[dict[str, Any]]) -> Trajectory:
+        """A fresh trajectory from the prompt messages (the OpenAI messages list)."""
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise ValueError(
+                "the prompt must be the OpenAI messages list (do not pass --apply-chat-template to slime); "
+                f"got {type(messages).__name__}"
+            )
+        return cls(messages=[dict(m) for m in messages], prompt_messages=len(messages))
+
+    @property
+    def prompt(self) -> list[dict[str, Any]]:
+        return self.messages[: self.prompt_messages]
+
+    @property
+    def started(self) -> bool:
+        """Whether the first reply gave the prompt's ids."""
+        return self.prompt_length > 0
 
     @property
     def response_length(self) -> int:
@@ -129,22 +93,120 @@ class Trajectory:
         """``json.dumps(self.tokens)`` in compact form, built from cached chunks."""
         return "[" + ",".join(self._json_chunks) + "]"
 
+    # ---- the algorithm, turn by turn --------------------------------------------------------------------------
+
+    def tokens_left(self, max_new_tokens: int, budget: int, tokenizer: Any, tools: list[dict]) -> tuple[int, str]:
+        """This turn's ``max_tokens`` (slime's ``max_new_tokens`` less what an aborted turn already generated,
+        capped by what is left of the context ``budget``), and the stop_reason when either is used up."""
+        if self.started:
+            used = len(self.tokens)
+            already = 0 if self.pending_turn_start is None else used - self.pending_turn_start
+        else:
+            room = budget - max_new_tokens - FIRST_PROMPT_SLACK
+            used, already = _prompt_estimate(tokenizer, self.messages, tools, room) + FIRST_PROMPT_SLACK, 0
+        if budget - used <= 0:
+            return 0, "context_budget"
+        if max_new_tokens - already <= 0:
+            return 0, "length"
+        return min(max_new_tokens - already, budget - used), ""
+
+    def begin(self, prompt_ids: list[int], *, reencoded: bool = False) -> None:
+        """Start the token state from the ids the server prefilled for the first turn."""
+        if not prompt_ids:
+            raise TrajectoryError("the server reported an empty prompt")
+        self.tokens, self.prompt_length, self._json_chunks = [], len(prompt_ids), []
+        self._extend(prompt_ids)
+        self.reencoded = reencoded
+        self.stats.token_exact = self.stats.token_exact and not reencoded
+
+    def check_prompt(self, output: TurnOutput, source: ServerIds) -> None:
+        """A later turn's reply conditioned on our tokens (token-exact), or how far the server's render drifted."""
+        self.stats.drift_tokens += source.prompt_drift(output, self.tokens, self.messages)
+
+    def append_sampled(self, output: TurnOutput, sampled: Sampled, tokenizer: Any) -> SampledTurn | None:
+        """Append the sampled ids (loss mask 1). ``None`` when the server aborted the turn: the turn is
+        unfinished, and a resumed rollout continues it."""
+        self.stats.policy_latency_s += output.latency_s
+        self.stats.drift_tokens += sampled.drift
+        turn_start = len(self.tokens)
+        if self.pending_turn_start is None:
+            self.stats.turns += 1
+        else:
+            turn_start = self.pending_turn_start
+        self.add_sampled(sampled.ids, sampled.log_probs)
+        text = tokenizer.decode(sampled.ids, skip_special_tokens=False)
+        self.response_parts.append(text)
+        if output.finish_reason == "abort":
+            self.pending_turn_start = turn_start
+            return None
+        resumed = self.pending_turn_start is not None
+        if resumed:
+            text = tokenizer.decode(self.tokens[turn_start:], skip_special_tokens=False)
+        self.pending_turn_start = None
+        return SampledTurn(text.removesuffix(tokenizer.eos_token), resumed)
+
+    def record_turn(self, content: str, tool_calls: list[dict] | None) -> None:
+        """The assistant turn as a chat message (``tool_calls`` as the server parsed them, if it did)."""
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        self.messages.append(message)
+        self.stats.final_content = content
+
+    async def append_tool_results(self, tool_messages: list[dict], template: ToolTurnTemplate, budget: int) -> bool:
+        """Append the tool results with the template's own glue (loss mask 0); False, appending nothing, when they
+        would not leave room in the context ``budget``."""
+        text = template.delta_text(tool_messages, self.tokens[-1] == template.eos_id)
+        delta = await encode_text_off_loop(template.tokenizer, text)
+        if len(self.tokens) + len(delta) >= budget:
+            return False
+        self.add_observation(delta)
+        self.response_parts.append(text)
+        self.messages.extend(tool_messages)
+        return True
+
+    def finish(self, stop: Stop, tokenizer: Any, tools: list[dict]) -> RolloutResult:
+        """The result to train on (copies of the token state); a trajectory that never got a turn gets
+        placeholder tensors and is not trained on."""
+        placeholder = not self.started and stop.outcome in (Outcome.FAILED, Outcome.TRUNCATED)
+        response = "".join(self.response_parts)
+        if placeholder:
+            self._placeholder(tokenizer, tools)
+            response = tokenizer.eos_token
+        elif stop.outcome is Outcome.COMPLETED:
+            content = self.stats.final_content
+            self.stats.has_final_answer = "<answer>" in content and "</answer>" in content
+        self.validate()
+        return RolloutResult(
+            tokens=list(self.tokens),
+            prompt_length=self.prompt_length,
+            loss_mask=list(self.loss_mask),
+            log_probs=list(self.log_probs),
+            response=response,
+            outcome=stop.outcome,
+            stop_reason=stop.reason,
+            stats=self.stats,
+            error=stop.error,
+            train=stop.train and stop.outcome is not Outcome.FAILED and not placeholder,
+            saved_state=self.to_saved() if stop.outcome is Outcome.ABORTED else None,
+            messages=self.messages,
+        )
+
+    def _placeholder(self, tokenizer: Any, tools: list[dict]) -> None:
+        """Well-formed tensors for a trajectory without a turn: the prompt plus one masked end-of-turn token."""
+        try:
+            prompt_ids = render_prompt_ids(tokenizer, self.messages, tools) if self.messages else []
+        except Exception:  # a broken template must not hide the original failure
+            prompt_ids = []
+        self.begin(prompt_ids or encode_text(tokenizer, tokenizer.eos_token))
+        self.add_observation([tokenizer.convert_tokens_to_ids(tokenizer.eos_token)])
+
+    # ---- the token state: the one place the loss mask is written -----------------------------------------------
+
     def _extend(self, ids: list[int]) -> None:
         self.tokens.extend(ids)
         if ids:
             self._json_chunks.append(",".join(map(str, ids)))
-
-    def check_conditioning(self, server_prompt_ids: list[int]) -> None:
-        """The ids the server says it prefilled must be exactly our tokens so far."""
-        if server_prompt_ids != self.tokens:
-            at = next(
-                (i for i, (a, b) in enumerate(zip(server_prompt_ids, self.tokens, strict=False)) if a != b),
-                min(len(server_prompt_ids), len(self.tokens)),
-            )
-            raise TrajectoryError(
-                f"server conditioned on {len(server_prompt_ids)} ids that differ from our {len(self.tokens)} "
-                f"at position {at}"
-            )
 
     def add_sampled(self, ids: list[int], log_probs: list[float]) -> None:
         """Ids the policy sampled: trained on (mask 1) with the logprobs the server reported."""
@@ -167,3 +229,69 @@ class Trajectory:
             raise TrajectoryError(
                 f"response_length={n}, loss_mask={len(self.loss_mask)}, log_probs={len(self.log_probs)}"
             )
+
+    # ---- what an aborted rollout saves and a resumed one loads -------------------------------------------------
+
+    def to_saved(self) -> dict[str, Any] | None:
+        """What :meth:`load` needs besides the token arrays slime keeps (``None`` before the first turn: nothing
+        to resume, the next attempt starts over)."""
+        if not self.started:
+            return None
+        return {
+            "prompt_length": self.prompt_length,
+            "messages": self.messages,
+            "prompt_messages": self.prompt_messages,
+            "pending_turn_start": self.pending_turn_start,
+            "fallback": self.reencoded,
+            "stats": self.stats.to_dict(),
+        }
+
+    @classmethod
+    def load(
+        cls,
+        saved: dict[str, Any],
+        *,
+        tokens: list[int],
+        loss_mask: list[int] | None,
+        log_probs: list[float] | None,
+        response_length: int,
+        response: str,
+    ) -> Trajectory:
+        """Resume from :meth:`to_saved` plus the token arrays slime kept (its loss mask may have been zeroed since).
+
+        Raises ``ValueError`` (or :class:`TrajectoryError`) when the saved state does not fit the tokens.
+        """
+        try:
+            prompt_length = int(saved["prompt_length"])
+            trajectory = cls(
+                messages=[dict(m) for m in saved["messages"]],
+                prompt_messages=int(saved["prompt_messages"]),
+                tokens=list(tokens or []),
+                prompt_length=prompt_length,
+                loss_mask=list(loss_mask or []),
+                log_probs=list(log_probs or []),
+                stats=RolloutStats.from_dict(saved.get("stats") or {}),
+                reencoded=bool(saved.get("fallback", False)),
+                pending_turn_start=saved.get("pending_turn_start"),
+                response_parts=[response or ""],
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"saved rollout state is incomplete: {exc!r}") from None
+        if prompt_length <= 0 or trajectory.response_length != response_length:
+            raise TrajectoryError(
+                f"saved state does not match the sample: {len(trajectory.tokens)} tokens, prompt {prompt_length}, "
+                f"response_length {response_length}"
+            )
+        trajectory.validate()
+        trajectory.stats.resumed += 1
+        return trajectory
+
+
+def _prompt_estimate(tokenizer: Any, messages: list[dict], tools: list[dict], room: int) -> int:
+    """Tokens of the first prompt before the server has rendered it. A token covers at least one byte, so the
+    UTF-8 length of the rendered text bounds the count; encoding is only needed when the bound leaves no ``room``."""
+    text = render_chat(tokenizer, messages, tools, add_generation_prompt=True)
+    upper_bound = len(text.encode("utf-8"))
+    if upper_bound < room:
+        return upper_bound
+    return len(encode_text(tokenizer, text))

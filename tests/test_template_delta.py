@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from search_r1_oai.trajectory import TemplateError, ToolTurnTemplate
+from search_r1_oai.chat_template import ToolTurnTemplate
+from search_r1_oai.errors import TemplateError
+from tests.support.rollout_helpers import appended_delta
 
 SEARCH_TOOL: dict[str, Any] = {
     "type": "function",
@@ -131,7 +133,7 @@ def test_one_tool_result_after_a_sampled_eos() -> None:
     template = ToolTurnTemplate(FakeTokenizer(), [SEARCH_TOOL])
     expected = f"\n{IM_START}user\n<tool_response>\nDoc 1\n</tool_response>{IM_END}\n{GEN_PROMPT}"
     assert template.delta_text([tool("Doc 1")], sampled_eos=True) == expected
-    ids = template.delta_ids([tool("Doc 1")], last_sampled_id=SPECIAL_IDS[IM_END])
+    ids = appended_delta(template, [tool("Doc 1")], last_sampled_id=SPECIAL_IDS[IM_END])
     assert ids == [
         *chars("\n"),
         SPECIAL_IDS[IM_START],
@@ -149,11 +151,11 @@ def test_model_stopped_without_sampling_eos_gets_it_first() -> None:
     stopped = template.delta_text([tool("R")], sampled_eos=False)
     assert stopped == IM_END + sampled
     assert stopped.startswith(f"{IM_END}\n{IM_START}user\n")
-    # delta_ids decides from the last sampled id: anything but the eos id (or nothing at all) adds the eos id.
+    # The rollout decides from the last sampled id: anything but the eos id (or nothing at all) adds the eos id.
     for last in (CHAR_OFFSET + ord("x"), None):
-        ids = template.delta_ids([tool("R")], last_sampled_id=last)
+        ids = appended_delta(template, [tool("R")], last_sampled_id=last)
         assert ids[:2] == [SPECIAL_IDS[IM_END], *chars("\n")]
-        assert ids[1:] == template.delta_ids([tool("R")], last_sampled_id=SPECIAL_IDS[IM_END])
+        assert ids[1:] == appended_delta(template, [tool("R")], last_sampled_id=SPECIAL_IDS[IM_END])
 
 
 def test_several_tool_results_grouped_in_one_turn() -> None:
@@ -185,7 +187,7 @@ def test_template_without_glue() -> None:
     expected = f"{IM_START}user\n<tool_response>\nR\n</tool_response>{EOT}{GEN_PROMPT}"
     assert template.delta_text([tool("R")], sampled_eos=True) == expected
     assert template.delta_text([tool("R")], sampled_eos=False) == EOT + expected
-    assert template.delta_ids([tool("R")], last_sampled_id=None)[:2] == [SPECIAL_IDS[EOT], SPECIAL_IDS[IM_START]]
+    assert appended_delta(template, [tool("R")], last_sampled_id=None)[:2] == [SPECIAL_IDS[EOT], SPECIAL_IDS[IM_START]]
 
 
 def test_longer_glue_is_kept_whole() -> None:
@@ -199,7 +201,7 @@ def test_longer_glue_is_kept_whole() -> None:
 def test_tool_result_text_is_copied_verbatim() -> None:
     content = 'Doc 1 (Title: "A <b>") 3 < 4\n\nDoc 2 (Title: é) naïve — ok'
     template = ToolTurnTemplate(FakeTokenizer(), [SEARCH_TOOL])
-    ids = template.delta_ids([tool(content)], last_sampled_id=SPECIAL_IDS[IM_END])
+    ids = appended_delta(template, [tool(content)], last_sampled_id=SPECIAL_IDS[IM_END])
     body = chars(f"user\n<tool_response>\n{content}\n</tool_response>")
     assert ids[:2] == [*chars("\n"), SPECIAL_IDS[IM_START]]
     assert ids[2 : 2 + len(body)] == body
@@ -229,7 +231,7 @@ def test_prefix_plus_sampled_turn_plus_delta_is_a_full_render(chat: ChatFormat, 
     assert sampled_ids[-1] == template.eos_id
 
     full = chat.render([*question, turn, *tool_messages], [SEARCH_TOOL], True)
-    delta = template.delta_ids(tool_messages, last_sampled_id=sampled_ids[-1])
+    delta = appended_delta(template, tool_messages, last_sampled_id=sampled_ids[-1])
     assert prompt_ids + sampled_ids + delta == tokenizer.encode(full, add_special_tokens=False)
 
 
@@ -254,7 +256,7 @@ def test_delta_does_not_repeat_the_tools_block() -> None:
 
 
 def test_delta_ids_add_no_bos() -> None:
-    ids = ToolTurnTemplate(FakeTokenizer(), None).delta_ids([tool("R")], last_sampled_id=None)
+    ids = appended_delta(ToolTurnTemplate(FakeTokenizer(), None), [tool("R")], last_sampled_id=None)
     assert SPECIAL_IDS[BOS] not in ids
 
 
@@ -275,7 +277,7 @@ def test_template_that_re_renders_earlier_turns_is_refused() -> None:
     with pytest.raises(TemplateError, match="re-renders earlier turns"):
         template.delta_text([tool("R")], sampled_eos=True)
     with pytest.raises(TemplateError, match="re-renders earlier turns"):
-        template.delta_ids([tool("R")], last_sampled_id=None)
+        appended_delta(template, [tool("R")], last_sampled_id=None)
 
 
 @pytest.mark.parametrize("eos", [None, ""], ids=["none", "empty"])

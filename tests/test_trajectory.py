@@ -6,18 +6,14 @@ import copy
 
 import pytest
 
+from search_r1_oai.chat_template import ToolTurnTemplate, encode_text, render_chat
 from search_r1_oai.config import Settings
 from search_r1_oai.context import RolloutContext
+from search_r1_oai.errors import TemplateError, TrajectoryError
 from search_r1_oai.prompts import SEARCH_TOOL, build_messages
-from search_r1_oai.state import RolloutState
-from search_r1_oai.trajectory import (
-    TemplateError,
-    ToolTurnTemplate,
-    Trajectory,
-    TrajectoryError,
-    encode_text,
-    render_chat,
-)
+from search_r1_oai.token_ids import check_conditioning
+from search_r1_oai.trajectory import Trajectory
+from tests.support.rollout_helpers import appended_delta
 
 IM_END = 151645
 ENDOFTEXT = 151643
@@ -51,7 +47,7 @@ def test_delta_ids_continue_a_full_render_exactly(qwen_tokenizer, tool_messages)
     up_to_sampled_eos = encode_text(qwen_tokenizer, base[: len(base) - len(template.glue)])
     assert up_to_sampled_eos[-1] == IM_END
 
-    delta = template.delta_ids(tool_messages, last_sampled_id=IM_END)
+    delta = appended_delta(template, tool_messages, last_sampled_id=IM_END)
 
     assert up_to_sampled_eos + delta == encode_text(qwen_tokenizer, full)
     assert delta[0] not in (IM_END,), "the sampled end-of-turn token must not be repeated"
@@ -74,9 +70,9 @@ def test_glue_is_found_from_the_template_not_hard_coded(qwen_tokenizer) -> None:
 
 def test_turn_ended_without_eos_gets_it_as_glue(qwen_tokenizer) -> None:
     template = ToolTurnTemplate(qwen_tokenizer, [SEARCH_TOOL])
-    delta = template.delta_ids([_tool("x")], last_sampled_id=ENDOFTEXT)
+    delta = appended_delta(template, [_tool("x")], last_sampled_id=ENDOFTEXT)
     assert delta[:2] == [IM_END, encode_text(qwen_tokenizer, "\n")[0]]
-    assert template.delta_ids([_tool("x")], last_sampled_id=IM_END) == delta[1:]
+    assert appended_delta(template, [_tool("x")], last_sampled_id=IM_END) == delta[1:]
 
 
 def test_template_that_rewrites_history_is_refused(qwen_tokenizer) -> None:
@@ -116,7 +112,7 @@ def test_only_text_rendering_is_used(qwen_tokenizer) -> None:
 
     stub = ToolTurnTemplate(TokenizeTrueExplodes(), [SEARCH_TOOL])
     real = ToolTurnTemplate(qwen_tokenizer, [SEARCH_TOOL])
-    assert stub.delta_ids(TOOL_SETS[1], IM_END) == real.delta_ids(TOOL_SETS[1], IM_END)
+    assert appended_delta(stub, TOOL_SETS[1], IM_END) == appended_delta(real, TOOL_SETS[1], IM_END)
 
 
 def test_template_cache_is_per_tokenizer_and_tools(qwen_tokenizer) -> None:
@@ -126,7 +122,8 @@ def test_template_cache_is_per_tokenizer_and_tools(qwen_tokenizer) -> None:
 
 
 def test_trajectory_masks_logprobs_and_lengths() -> None:
-    trajectory = Trajectory.from_prompt([1, 2, 3])
+    trajectory = Trajectory.start(build_messages("Who?"))
+    trajectory.begin([1, 2, 3])
     trajectory.add_sampled([10, 11], [-0.5, -0.25])
     trajectory.add_observation([20, 21, 22])
     trajectory.add_sampled([12], [-1.0])
@@ -136,33 +133,34 @@ def test_trajectory_masks_logprobs_and_lengths() -> None:
     assert trajectory.log_probs == [-0.5, -0.25, 0.0, 0.0, 0.0, -1.0]
 
     # What an aborted rollout saves and a resumed one loads (tokens, mask and logprobs travel as slime keeps them).
-    state = RolloutState.start(build_messages("Who?"))
-    state.trajectory = trajectory
-    restored = RolloutState.from_saved(
-        state.to_saved(),
+    saved = trajectory.to_saved()
+    assert saved is not None
+    restored = Trajectory.load(
+        saved,
         tokens=trajectory.tokens,
         loss_mask=trajectory.loss_mask,
         log_probs=trajectory.log_probs,
         response_length=6,
         response="",
     )
-    assert restored.trajectory == trajectory and restored.messages == state.messages
+    token_state = (trajectory.tokens, trajectory.prompt_length, trajectory.loss_mask, trajectory.log_probs)
+    assert (restored.tokens, restored.prompt_length, restored.loss_mask, restored.log_probs) == token_state
+    assert restored.tokens_json() == trajectory.tokens_json() and restored.messages == trajectory.messages
     assert restored.stats.resumed == 1
 
 
 def test_trajectory_refuses_inconsistent_state() -> None:
-    trajectory = Trajectory.from_prompt([1, 2, 3])
+    trajectory = Trajectory.start([])
+    trajectory.begin([1, 2, 3])
     with pytest.raises(TrajectoryError, match="2 sampled ids but 1 logprobs"):
         trajectory.add_sampled([4, 5], [-1.0])
-    trajectory.check_conditioning([1, 2, 3])
+    check_conditioning([1, 2, 3], trajectory.tokens)
     with pytest.raises(TrajectoryError, match="at position 1"):
-        trajectory.check_conditioning([1, 9, 3])
+        check_conditioning([1, 9, 3], trajectory.tokens)
     with pytest.raises(TrajectoryError, match="differ"):
-        trajectory.check_conditioning([1, 2])
+        check_conditioning([1, 2], trajectory.tokens)
     with pytest.raises(TrajectoryError, match="empty prompt"):
-        Trajectory.from_prompt([])
+        Trajectory.start([]).begin([])
     saved = {"prompt_length": 3, "messages": [], "prompt_messages": 0}
     with pytest.raises(TrajectoryError):
-        RolloutState.from_saved(
-            saved, tokens=[1, 2, 3, 4], loss_mask=[1], log_probs=[0.0], response_length=2, response=""
-        )
+        Trajectory.load(saved, tokens=[1, 2, 3, 4], loss_mask=[1], log_probs=[0.0], response_length=2, response="")
