@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from search_r1_oai.config import Settings, load_settings
 from search_r1_oai.context import RolloutContext
+from search_r1_oai.errors import TrajectoryError
 from search_r1_oai.health import dropped_groups, health_samples, process_monitor, summarize
 from search_r1_oai.metrics import Finished, search_metrics
 from search_r1_oai.result import Outcome, RolloutResult, RolloutStats
 from search_r1_oai.reward import is_well_formed, score
 from search_r1_oai.rollout import run_rollout
-from search_r1_oai.state import RolloutState
-from search_r1_oai.trajectory import TrajectoryError
+from search_r1_oai.trajectory import Trajectory
 
 if TYPE_CHECKING:
     from slime.utils.types import Sample
@@ -92,13 +92,13 @@ async def rollout_sample(
     """Run the core on ``sample`` and write the result onto it (in place; returned for slime)."""
     if sample.metadata is None:
         sample.metadata = {}
-    state = _resume_state(sample)
+    resumed = _resumed(sample)
     result = await run_rollout(
         context,
-        sample.prompt if state is None else [],
+        sample.prompt if resumed is None else [],
         sampling_params,
         tools=_tools_of(sample.metadata),
-        state=state,
+        trajectory=resumed,
         is_aborted=is_aborted,
         evaluation=evaluation,
     )
@@ -116,13 +116,13 @@ def _tools_of(metadata: dict[str, Any]) -> Any:
     return tools
 
 
-def _resume_state(sample: Sample) -> RolloutState | None:
-    """The state an ABORTED sample saved, or ``None`` to start over (also when the saved state is unusable)."""
+def _resumed(sample: Sample) -> Trajectory | None:
+    """The trajectory an ABORTED sample saved, or ``None`` to start over (also when the saved state is unusable)."""
     saved = sample.metadata.get(STATE_KEY)
     if sample.status != sample.Status.ABORTED or not isinstance(saved, dict):
         return None
     try:
-        return RolloutState.from_saved(
+        return Trajectory.load(
             saved,
             tokens=sample.tokens,
             loss_mask=sample.loss_mask,
