@@ -18,7 +18,6 @@ from generate_with_search_oai import log_eval_metrics, log_rollout_metrics
 from search_r1_oai.config import ConfigError, Settings, load_settings
 from search_r1_oai.health import dropped_groups, policy_tokens, reset_process_monitor
 from search_r1_oai.health_checks import MODES
-from search_r1_oai.result import RolloutStats
 from tests.support.slime_stub import RolloutManagerStandIn, Sample
 
 ARGS = Namespace(search_r1_format_score=0.2)
@@ -50,19 +49,20 @@ def make_sample(
 ) -> Sample:
     """A sample as slime holds it after generate() and the reward: status, reward, group, length, our metadata."""
     calls = searches + bad_tool_calls
-    stats = RolloutStats(
-        turns=calls + 1,
-        searches=searches,
-        tool_calls=calls,
-        tool_errors=tool_errors + bad_tool_calls,
-        bad_tool_calls=bad_tool_calls,
-        search_latencies_s=latencies if latencies is not None else [0.1] * searches,
-        has_final_answer="<answer>" in final,
-        final_content=final,
-        token_exact=token_exact,
-    )
+    # The flat metadata keys apply_result writes (RolloutStats.to_dict, the search tool's keys among them).
+    stats = {
+        "turns": calls + 1,
+        "searches": searches,
+        "tool_calls": calls,
+        "tool_errors": tool_errors + bad_tool_calls,
+        "bad_tool_calls": bad_tool_calls,
+        "search_latencies_s": latencies if latencies is not None else [0.1] * searches,
+        "has_final_answer": "<answer>" in final,
+        "final_content": final,
+        "token_exact": token_exact,
+    }
     reason = stop_reason or {"COMPLETED": "answer", "TRUNCATED": "max_turns", "FAILED": "policy_error"}[status]
-    metadata = {**stats.to_dict(), "stop_reason": reason, "data_source": "nq", "em": float(reward == 1.0)}
+    metadata = {**stats, "stop_reason": reason, "data_source": "nq", "em": float(reward == 1.0)}
     return Sample(
         group_index=group,
         index=group,
