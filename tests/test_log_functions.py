@@ -44,7 +44,8 @@ def _finished(source: str, outcome: Outcome, final: str, gold: str, **stats) -> 
         response="x",
         outcome=outcome,
         stop_reason=reason,
-        stats=RolloutStats(final_content=final, has_final_answer="<answer>" in final, **stats),
+        # From the flat metadata keys, as slime's metadata carries them (a tool's counters among them).
+        stats=RolloutStats.from_dict({"final_content": final, "has_final_answer": "<answer>" in final, **stats}),
         train=outcome is not Outcome.FAILED,
     )
     apply_result(sample, result)
