@@ -102,6 +102,7 @@ def summarize(metrics: Mapping[str, float], samples: Sequence[HealthSample]) -> 
         format_failure_rate=_mean([float(m) for m in malformed]),
         answerless_rate=1.0 - float(metrics.get("final_answer_rate", nan)),
         truncated_rate=float(metrics.get("truncated_rate", nan)),
+        failed_rate=float(metrics.get("failed_rate", nan)),
         groups=groups,
         zero_std_groups=zero_std,
         token_exact_rate=float(metrics.get("token_exact_rate", nan)),

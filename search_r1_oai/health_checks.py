@@ -30,6 +30,7 @@ class Summary:
     format_failure_rate: float
     answerless_rate: float
     truncated_rate: float
+    failed_rate: float
     groups: int  # GRPO groups of 2 or more scored samples
     zero_std_groups: int
     token_exact_rate: float
@@ -91,8 +92,7 @@ def search_collapse(now: Summary, history: Sequence[Summary], settings: Settings
         "the policy stopped searching and answers from memory while its reward does not improve",
         f"searches/sample {now.searches_per_sample:.3f} (window {baseline(history, 'searches_per_sample'):.3f},"
         f" bound {settings.health_min_searches:g}); reward {now.reward_mean:.3f} vs window {before_reward:.3f}",
-        "resume from the last checkpoint before the fall with a lower learning rate (--lr) or a larger KL loss"
-        " (--kl-loss-coef)",
+        "resume from the last checkpoint before the fall with a lower learning rate (--lr)",
     )
 
 
@@ -122,8 +122,8 @@ def response_length_blowup(now: Summary, history: Sequence[Summary], settings: S
         "responses grew sharply: repetition or runaway reasoning, which ends in truncation and a reward of 0",
         f"mean response {now.response_length_mean:.0f} policy tokens vs window {before:.0f}"
         f" (bound {settings.health_length_high:g}x)",
-        "check slime's rollout/repetition_frac and read a long trajectory (SEARCH_R1_LOG_EVERY); a larger KL loss"
-        " (--kl-loss-coef) holds the policy closer to the reference",
+        "if slime's rollout/repetition_frac rose with it, raise the KL loss (--kl-loss-coef) to hold the policy"
+        " near the reference",
     )
 
 
@@ -150,7 +150,8 @@ def format_failures_rising(now: Summary, history: Sequence[Summary], settings: S
         " calls): they earn no format score",
         f"format failures {_pct(now.format_failure_rate)} of {now.completed} completed vs window {_pct(before)}"
         f" (bound {_pct(bound)}); malformed tool calls {_pct(now.bad_tool_call_rate)} of calls",
-        "read a malformed trajectory (SEARCH_R1_LOG_EVERY) and keep a format reward (SEARCH_R1_FORMAT_SCORE > 0)",
+        f"raise the format reward (SEARCH_R1_FORMAT_SCORE, now {settings.format_score:g}) so well-formed"
+        " trajectories pay more than malformed ones",
     )
 
 
@@ -162,8 +163,9 @@ def answerless_rising(now: Summary, history: Sequence[Summary], settings: Settin
         "answerless_rising",
         "more samples end without an <answer>: they score 0 whatever they found",
         f"answer-less {_pct(now.answerless_rate)} of {now.samples} vs window {_pct(before)} (bound {_pct(bound)});"
-        f" truncated {_pct(now.truncated_rate)}",
-        "if they are truncated, raise SEARCH_R1_MAX_TURNS or the context budget; else read one (SEARCH_R1_LOG_EVERY)",
+        f" truncated {_pct(now.truncated_rate)}, failed {_pct(now.failed_rate)}",
+        "see which share grew: truncated ones need more turns (SEARCH_R1_MAX_TURNS), failed ones a look at the"
+        " policy server's log",
     )
 
 
@@ -214,8 +216,8 @@ def tool_errors_high(now: Summary, history: Sequence[Summary], settings: Setting
     return Alarm(
         "tool_errors_high",
         "many tool calls fail: the policy reads error messages instead of passages",
-        f"tool errors {_pct(rate)} of calls (bound {_pct(settings.health_max_tool_error_rate)}), of which malformed"
-        f" calls {_pct(now.bad_tool_call_rate)}",
+        f"tool errors {_pct(rate)} of calls (bound {_pct(settings.health_max_tool_error_rate)}); malformed"
+        f" calls {_pct(now.bad_tool_call_rate)} of calls",
         "if malformed calls are few, check the retriever (its log, GET /health) and RETRIEVAL_SERVER_URL",
     )
 
