@@ -8,8 +8,8 @@ line per mode present.
 
 The history lives in one :class:`HealthMonitor` per process (:func:`process_monitor`): slime calls the log functions
 in its rollout manager, one process for the whole run, so the monitor there sees every rollout in order. A restarted
-manager starts with an empty window (the trend checks wait for it to fill again), and a rollout id that does not
-move forward (a run resumed from an earlier checkpoint) clears that stream's window.
+manager starts with an empty window (the trend checks wait for it to fill again), and a rollout id that goes
+back (a run resumed from an earlier checkpoint) clears that stream's window.
 """
 
 from __future__ import annotations
@@ -151,8 +151,10 @@ class HealthMonitor:
             return {}
         with self._lock:
             window = self._windows.setdefault(stream, deque(maxlen=self.settings.health_window))
-            if step <= self._last_step.get(stream, step - 1):
-                window.clear()  # the run went back (resumed from an earlier checkpoint): its past is not ours
+            # A step that goes back is a run resumed from an earlier checkpoint: the batches after it are not its
+            # past. The same step again is not (slime evaluates at rollout 0 before training and after it).
+            if step < self._last_step.get(stream, step):
+                window.clear()
             self._last_step[stream] = step
             history = tuple(window)
             window.append(summary)

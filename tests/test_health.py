@@ -345,6 +345,21 @@ def test_eval_sets_get_their_own_health(caplog) -> None:
     assert not [k for k in extra if k.startswith("rollout/")]
 
 
+def test_two_evaluations_at_rollout_0_both_count() -> None:
+    """slime evaluates at rollout 0 before training and, with --eval-interval 1, again after it: the same step is
+    not a resume, so both stay in the window."""
+
+    def data(batch: list[list[Sample]]) -> dict:
+        flat = [s for g in batch for s in g]
+        return {"nq": {"rewards": [s.reward for s in flat], "samples": flat}}
+
+    log_eval_metrics(0, ARGS, data(healthy_batch(20, groups=64, group_size=1)), {})
+    log_eval_metrics(0, ARGS, data(healthy_batch(21, groups=64, group_size=1)), {})
+    extra: dict = {}
+    log_eval_metrics(1, ARGS, data(_map(healthy_batch(22, groups=64, group_size=1), no_searches)), extra)
+    assert extra["eval/nq/health/search_collapse"] == 1.0
+
+
 def test_eval_sets_are_not_warned_about_groups_without_signal(caplog) -> None:
     """Several samples per eval prompt that all score the same is a measurement, not a lost training signal."""
     caplog.set_level(logging.WARNING, logger=HEALTH_LOGGER)
