@@ -55,6 +55,15 @@ def port_open(port: int) -> bool:
         return False
 
 
+def training_inputs(folder: Path, checkpoint: str = "checkpoint") -> tuple[Path, Path]:
+    """A checkpoint folder and a DATA_DIR holding train.parquet: what the wrapper checks exists before it starts
+    anything (the fake preflight reads neither)."""
+    (folder / checkpoint).mkdir(parents=True)
+    (folder / "data").mkdir()
+    (folder / "data" / "train.parquet").write_bytes(b"PAR1")
+    return folder / checkpoint, folder / "data"
+
+
 @pytest.fixture
 def wrapper_env(tmp_path: Path, toy_index, toy_facts, minilm_dir: Path, port: int):
     index, corpus = toy_index
@@ -62,6 +71,7 @@ def wrapper_env(tmp_path: Path, toy_index, toy_facts, minilm_dir: Path, port: in
     out = tmp_path / "retrieved.json"
     train = tmp_path / "fake_train.sh"
     train.write_text(FAKE_TRAINING.replace("QUESTION", toy_facts[0].question).replace("OUT", str(out)))
+    checkpoint, data = training_inputs(tmp_path)
     env = {
         **os.environ,
         "TMUX_SESSION": session,
@@ -74,6 +84,8 @@ def wrapper_env(tmp_path: Path, toy_index, toy_facts, minilm_dir: Path, port: in
         "RETRIEVER_READY_TIMEOUT": "120",
         "TRAIN_SCRIPT": str(train),
         "PREFLIGHT_PYTHON": str(wrapper_fakes.preflight_python(tmp_path / "preflight_python", tmp_path / "preflight")),
+        "HF_CKPT": str(checkpoint),
+        "DATA_DIR": str(data),
     }
     yield env, out
     subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
@@ -309,6 +321,7 @@ def launch(tmp_path: Path, tmux: PrivateTmux, port: int):
     train = tmp_path / "fake_train.sh"
     train.write_text(RECORDING_TRAINING.replace("RECORD", str(record)))
     session = f"test-search-r1-{uuid.uuid4().hex[:8]}"
+    checkpoint, data = training_inputs(tmp_path)
     env = {
         **tmux.env(),
         "TMUX_SESSION": session,
@@ -320,7 +333,11 @@ def launch(tmp_path: Path, tmux: PrivateTmux, port: int):
         "RETRIEVER_READY_TIMEOUT": "60",
         "TRAIN_SCRIPT": str(train),
         "PREFLIGHT_PYTHON": str(wrapper_fakes.preflight_python(tmp_path / "preflight_python", record)),
+        "HF_CKPT": str(checkpoint),
+        "DATA_DIR": str(data),
     }
+    for name in ("SLIME_DIR", "REF_LOAD", "SEARCH_R1_CONFIG", "SKIP_PREFLIGHT"):
+        env.pop(name, None)
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "HOST"):
         env.pop(name, None)
     yield Launch(env, record, session)
@@ -333,16 +350,17 @@ SET_FOR_THE_RETRIEVER = {"TOPK", "PYTHONUNBUFFERED"}
 
 @pytest.mark.parametrize("where", ["inside a running tmux server", "no tmux server running yet"])
 def test_training_gets_the_callers_environment_and_the_retriever_only_its_own(
-    launch: Launch, tmux: PrivateTmux, where: str
+    launch: Launch, tmux: PrivateTmux, where: str, tmp_path: Path
 ) -> None:
     secret = f"wandb-secret-{uuid.uuid4().hex}"
+    (tmp_path / "with space").mkdir()
     caller = {
         **launch.env,
         "HOLD": "1",
         "TERM": "xterm-256color",
         "FAKE_TRAIN_EXIT": "5",
         "WANDB_API_KEY": secret,
-        "HF_CKPT": "/ckpt/with space",
+        "HF_CKPT": str(tmp_path / "with space"),
         "CUDA_VISIBLE_DEVICES": "1,3",
         "SEARCH_R1_MAX_TURNS": "7",
         "SEARCH_R1_SYSTEM_PROMPT": "two\nlines, 'single' \"double\" $HOME `tick` \\ %q",
@@ -495,8 +513,12 @@ def test_a_retriever_that_fails_at_once_gets_no_unwritten_log_paths(launch: Laun
     assert not missing, f"log paths printed that were never written: {missing}\n{output}"
 
 
-def test_the_preflight_runs_once_the_retriever_is_healthy_and_before_training(launch: Launch, port: int) -> None:
-    result = launch.run(DATA_DIR="data/run1", HF_CKPT="/ckpt/qwen 3B")
+def test_the_preflight_runs_once_the_retriever_is_healthy_and_before_training(
+    launch: Launch, port: int, tmp_path: Path
+) -> None:
+    checkpoint, data = training_inputs(tmp_path / "run1", checkpoint="qwen 3B")
+    relative = os.path.relpath(data, ROOT)
+    result = launch.run(DATA_DIR=relative, HF_CKPT=str(checkpoint))
     assert result.returncode == 0, result.stdout + result.stderr
     seen = launch.preflight()
     assert seen is not None, result.stdout
@@ -506,9 +528,9 @@ def test_the_preflight_runs_once_the_retriever_is_healthy_and_before_training(la
         "-m",
         "search_r1_oai.preflight",
         "--data",
-        f"{ROOT}/data/run1/train.parquet",  # relative, as the training script (run from ROOT) reads it
+        f"{ROOT}/{relative}/train.parquet",  # relative, as the training script (run from ROOT) reads it
         "--tokenizer",
-        "/ckpt/qwen 3B",
+        str(checkpoint),
         "--retrieval-url",
         url,
     ]  # no --policy-url: slime starts the policy inside training
@@ -559,6 +581,72 @@ def test_preflight_settings_are_checked_before_anything_starts(
     result = launch.run(**env)
     assert result.returncode == 1 and message in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and launch.retriever() is None and not tmux.running()
+
+
+def tmux_sessions_made(tmux: PrivateTmux, launch: Launch) -> Path:
+    """Start the test's tmux server with a hook that leaves a file behind once any session is created."""
+    tmux.start(launch.env)  # a server that has the launch settings: only what is under test differs
+    created = launch.record / "session-created"
+    tmux("set-hook", "-g", "session-created", f"run-shell 'touch {created}'")
+    return created
+
+
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        ("HF_CKPT", "HF checkpoint not found at HF_CKPT=/nonexistent/Qwen2.5-3B-Instruct: set HF_CKPT to the folder"),
+        ("DATA_DIR", "/nonexistent/data/train.parquet missing: run python data_preprocess.py --local_dir"),
+        ("PREFLIGHT_PYTHON", "cannot import pyarrow, which the preflight needs; set PREFLIGHT_PYTHON to"),
+    ],
+)
+def test_what_training_needs_is_checked_before_any_tmux_session_or_retriever(
+    launch: Launch, tmux: PrivateTmux, tmp_path: Path, what: str, message: str
+) -> None:
+    created = tmux_sessions_made(tmux, launch)
+    wrong = {
+        "HF_CKPT": "/nonexistent/Qwen2.5-3B-Instruct",
+        "DATA_DIR": "/nonexistent/data",
+        "PREFLIGHT_PYTHON": str(
+            wrapper_fakes.preflight_python(tmp_path / "no_pyarrow", launch.record, lacking=("pyarrow",))
+        ),
+    }
+    result = launch.run(**{what: wrong[what]})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr  # one line: what to do
+    assert "Repo id" not in result.stderr and "Traceback" not in result.stderr
+    assert not created.exists() and launch.retriever() is None and launch.preflight() is None
+    assert tmux("list-sessions", "-F", "#{session_name}") == "base"
+
+
+def test_the_training_scripts_paths_are_checked_together_before_anything_starts(
+    launch: Launch, tmux: PrivateTmux
+) -> None:
+    created = tmux_sessions_made(tmux, launch)
+    missing = {"SLIME_DIR": "/nonexistent/slime", "HF_CKPT": "/nonexistent/ckpt", "REF_LOAD": "/nonexistent/ref"}
+    result = launch.run(TRAIN_SCRIPT=str(ROOT / "run_qwen2.5-3B-it.sh"), **missing)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3, result.stderr  # every mistake at once, one line each
+    for line, (name, value) in zip(lines, missing.items(), strict=True):
+        assert f"{name}={value}" in line and line.startswith("[with-retrieval] error: "), line
+    assert not created.exists() and launch.retriever() is None
+
+
+def test_detaching_from_attach_prints_how_to_reattach(launch: Launch, tmux: PrivateTmux) -> None:
+    wrapper = PtyProcess(["bash", str(WRAPPER), "--attach"], {**launch.env, "HOLD": "1", "TERM": "xterm"})
+    try:
+        wait_for(lambda: launch.training_env() is not None, "training to start", proc=wrapper.proc)
+        wait_for(lambda: tmux("list-clients", "-F", "#{session_name}") == launch.session, "the terminal to attach")
+        tmux("detach-client", "-s", f"={launch.session}")
+        reattach = f"reattach with: tmux attach -t {launch.session}"
+        wait_for(lambda: reattach in b"".join(wrapper.chunks).decode(errors="replace"), "the hint", proc=wrapper.proc)
+        assert tmux.has_session(launch.session)  # detaching left the run going
+    finally:
+        launch.release()
+        rc = launch.finish(wrapper.proc)
+        wrapper.stop()
+    assert rc == 0, wrapper.output()
+    assert not tmux.running()
 
 
 def test_attach_inside_tmux_switches_the_client_instead_of_nesting(launch: Launch, tmux: PrivateTmux) -> None:

@@ -9,7 +9,9 @@ RETRIEVER_API_KEY in its environment, ``/retrieve`` wants ``Authorization: Beare
 ``python wrapper_fakes.py preflight --record DIR [--fail] -- -m search_r1_oai.preflight ARGS...`` stands in for
 the preflight (PREFLIGHT_PYTHON is a shim exec'ing it): it writes ``DIR/preflight.json`` (argv, cwd, PYTHONPATH,
 whether every ``--retrieval-url`` answered ``GET /health`` and whether the fake training had started by then),
-prints a report in the preflight's format and exits 0, or 1 after a FAIL line (``--fail``).
+prints a report in the preflight's format and exits 0, or 1 after a FAIL line (``--fail``). Any other script it
+is given (the wrapper's import probe, ``search_r1_launch/wrapper_probe.py``) runs for real in this Python, except
+that the modules named by ``--lacking`` cannot be found or imported, as in a Python without them.
 
 ``forward_proxy()`` serves an HTTP forward proxy on 127.0.0.1 that answers for whatever host is asked: with
 ``http_proxy`` pointing at it, a URL on a host that is not this machine (``retriever.remote.invalid``) is a
@@ -22,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import runpy
 import shlex
 import sys
 import threading
@@ -42,9 +45,9 @@ def retriever_python(path: Path, record: Path, *, fail: bool = False) -> Path:
     return path
 
 
-def preflight_python(path: Path, record: Path, *, fail: bool = False) -> Path:
+def preflight_python(path: Path, record: Path, *, fail: bool = False, lacking: tuple[str, ...] = ()) -> Path:
     """Write an executable at ``path`` to use as PREFLIGHT_PYTHON; it execs the fake preflight."""
-    flags = ["--record", str(record)] + (["--fail"] if fail else [])
+    flags = ["--record", str(record)] + (["--fail"] if fail else []) + [f"--lacking={name}" for name in lacking]
     command = shlex.join([sys.executable, str(HERE), "preflight", *flags, "--"])
     path.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
     path.chmod(0o755)
@@ -65,8 +68,15 @@ def run_preflight(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="wrapper_fakes.py preflight")
     parser.add_argument("--record", type=Path, required=True)
     parser.add_argument("--fail", action="store_true")
+    parser.add_argument("--lacking", action="append", default=[])
     args = parser.parse_args(argv[:split])
     python_argv = argv[split + 1 :]
+    if python_argv[:1] != ["-m"]:  # a script, e.g. the wrapper's import probe: run it, without the lacking modules
+        for name in args.lacking:
+            sys.modules[name] = None  # type: ignore[assignment]  # what `import name` then fails on, as if absent
+        sys.argv = python_argv
+        runpy.run_path(python_argv[0], run_name="__main__")
+        return 0
     known = argparse.ArgumentParser(add_help=False)
     known.add_argument("-m", dest="module", required=True)
     known.add_argument("--data", nargs="+", default=[])
