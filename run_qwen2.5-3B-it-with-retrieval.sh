@@ -18,7 +18,8 @@
 # window 0 when no retriever is started here)
 #
 # What it needs is checked before the retriever or any tmux session is started, each mistake as one line saying
-# what to do: the retriever's index, corpus, python and a free port; the training script; what
+# what to do: tmux and a python3 >= 3.11 on PATH (which runs search_r1_launch/wrapper*.py, standard library only);
+# the retriever's index, corpus, python and a free port; the training script; what
 # run_qwen2.5-3B-it.sh reads (SLIME_DIR/train.py, HF_CKPT, REF_LOAD, DATA_DIR/train.parquet; when TRAIN_SCRIPT is
 # another script, only HF_CKPT and DATA_DIR, for the preflight); and PREFLIGHT_PYTHON: found, Python >= 3.11, and
 # able to import what the preflight imports (pyarrow, numpy, transformers, jinja2, httpx, tenacity; yaml with

@@ -58,20 +58,7 @@ def prepare(settings: Settings, environ: dict[str, str]) -> Plan:
             f"TOPK={environ['TOPK']} differs from the rollout's top-k {topk}: the retriever started here uses the "
             "rollout's; set SEARCH_R1_TOPK (or search_r1_topk in SEARCH_R1_CONFIG) instead of TOPK"
         )
-    train_script = Path(settings.train_script)
-    if not train_script.is_file():
-        raise LaunchError(f"training script not found: TRAIN_SCRIPT={settings.train_script}")
-    if settings.skip_preflight not in ("0", "1"):
-        raise LaunchError(f"SKIP_PREFLIGHT must be 0 or 1 (got '{settings.skip_preflight}')")
-    paths = TrainingPaths(*(from_root(ROOT, value) for value in (settings.slime_dir, settings.hf_ckpt,
-                                                                  settings.ref_load, settings.data_dir)))  # fmt: skip
-    ours = train_script.resolve() == (ROOT / "run_qwen2.5-3B-it.sh").resolve()
-    preflight = settings.skip_preflight == "0"
-    problems = training_problems(paths, our_script=ours, preflight=preflight)
-    if preflight:
-        problems += preflight_python_problems(settings.preflight_python, environ)
-    if problems:
-        raise LaunchError(*problems)
+    train_script, paths = check_training_side(settings, environ)
     log_dir = Path(os.path.abspath(settings.log_dir))
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -79,22 +66,35 @@ def prepare(settings: Settings, environ: dict[str, str]) -> Plan:
         raise LaunchError(f"cannot create LOG_DIR={settings.log_dir} ({err.strerror})") from None
     record = Record(record_path(str(log_dir), settings.session))
     earlier_run(settings, record, environ)
-    if Tmux(environ).has_session(settings.session):
-        raise LaunchError(
-            f"tmux session '{settings.session}' already exists (an earlier run?). Attach with: tmux attach -t "
-            f"{settings.session}; end it with: tmux kill-session -t {settings.session}; or set TMUX_SESSION to "
-            "another name"
-        )
     found = replicas(urls)
     plan = Plan(settings, ROOT, environ, log_dir, record, found, topk, train_script.resolve(),
                 paths.train_parquet, paths.hf_ckpt, start_local=found[0].local,
-                ready_timeout_s=int(settings.ready_timeout), skip_preflight=not preflight)  # fmt: skip
+                ready_timeout_s=int(settings.ready_timeout), skip_preflight=settings.skip_preflight == "1")  # fmt: skip
     if plan.start_local:
         plan.host, plan.port = settings.host or found[0].bind, found[0].port
         check_retriever(plan)
     else:
         log(f"{found[0].url} is not on this machine: no retriever is started here, it is only health-checked")
     return plan
+
+
+def check_training_side(settings: Settings, environ: dict[str, str]) -> tuple[Path, TrainingPaths]:
+    """The training script, and what it and the preflight read: every missing piece at once, one line each."""
+    train_script = Path(settings.train_script)
+    if not train_script.is_file():
+        raise LaunchError(f"training script not found: TRAIN_SCRIPT={settings.train_script}")
+    if settings.skip_preflight not in ("0", "1"):
+        raise LaunchError(f"SKIP_PREFLIGHT must be 0 or 1 (got '{settings.skip_preflight}')")
+    values = (settings.slime_dir, settings.hf_ckpt, settings.ref_load, settings.data_dir)
+    paths = TrainingPaths(*(from_root(ROOT, value) for value in values))
+    ours = train_script.resolve() == (ROOT / "run_qwen2.5-3B-it.sh").resolve()
+    preflight = settings.skip_preflight == "0"
+    problems = training_problems(paths, our_script=ours, preflight=preflight)
+    if preflight:
+        problems += preflight_python_problems(settings.preflight_python, environ)
+    if problems:
+        raise LaunchError(*problems)
+    return train_script, paths
 
 
 def check_retriever(plan: Plan) -> None:
@@ -114,9 +114,20 @@ def check_retriever(plan: Plan) -> None:
 
 
 def earlier_run(settings: Settings, record: Record, environ: dict[str, str]) -> None:
-    """An earlier run of this session killed before it cleaned up: refuse while any of it runs, else tidy up."""
-    if not record.path.is_file():
-        return
+    """An earlier run of this session killed before it cleaned up: refuse while any of it runs, else tidy up.
+    Then a tmux session of that name that exists anyway (somebody's own, say) is refused, never reused."""
+    if record.path.is_file():
+        tidy_up_after(settings, record, environ)
+    if Tmux(environ).has_session(settings.session):
+        raise LaunchError(
+            f"tmux session '{settings.session}' already exists (an earlier run?). Attach with: tmux attach -t "
+            f"{settings.session}; end it with: tmux kill-session -t {settings.session}; or set TMUX_SESSION to "
+            "another name"
+        )
+
+
+def tidy_up_after(settings: Settings, record: Record, environ: dict[str, str]) -> None:
+    """The recorded run: refuse while any of it runs, else remove its leftovers."""
     old = Record.read(record.path)
     if old.wrapper.alive():
         raise LaunchError(
