@@ -105,13 +105,25 @@ def test_every_variable_is_in_the_table() -> None:
             "FORMAT_SCORE",
             "TOOL_CALL_START",
             "TOOL_CALL_END",
+            "HEALTH",
+            "HEALTH_WINDOW",
+            "HEALTH_MIN_SEARCHES",
+            "HEALTH_FLAT_REWARD",
+            "HEALTH_LENGTH_LOW",
+            "HEALTH_LENGTH_HIGH",
+            "HEALTH_RATE_RISE",
+            "HEALTH_MAX_ZERO_STD_SHARE",
+            "HEALTH_MIN_TOKEN_EXACT",
+            "HEALTH_MAX_TOOL_ERROR_RATE",
+            "HEALTH_MAX_RETRIEVAL_P99_S",
         ]
     ]
     names.insert(names.index("SEARCH_R1_RETRY_INITIAL_WAIT_S"), "RETRIEVER_API_KEY")  # the retriever's own name
+    names.insert(names.index("SEARCH_R1_HEALTH"), "DYNAMIC_SAMPLING")  # a run-script switch, read by the launcher too
     assert [knob.env for knob in config.SETTINGS] == names
     assert all(knob.key == knob.env.lower() and knob.help for knob in config.SETTINGS)
     assert {knob.attr for knob in config.SETTINGS} == {f.name for f in dataclasses.fields(Settings)}
-    assert len(dataclasses.fields(Settings)) == 24
+    assert len(dataclasses.fields(Settings)) == 36
     text = config.render_help_text() + config.render_markdown() + config.render_yaml()
     assert [name for name in names if name not in text or name.lower() not in text] == []
 
