@@ -31,6 +31,7 @@ from search_r1_oai.context import RolloutContext
 from search_r1_oai.prompts import SEARCH_TOOL, build_messages
 from search_r1_oai.rollout import run_rollout
 from search_r1_oai.search_client import Passage, RetrievalResult, SearchClient
+from search_r1_oai.search_tool import SearchTool
 from search_r1_oai.trajectory import encode_text, render_chat
 
 QUESTION = "Who wrote the novel Zorvathkel?"
@@ -124,7 +125,7 @@ async def _ours(tokenizer: Any, replies: list[str], docs: list[Passage], setting
         settings,
         tokenizer,
         "http://replay",
-        search=CannedSearch(docs, settings),
+        tools={"search": SearchTool(CannedSearch(docs, settings))},
         chat_factory=lambda: ReplayChat(replies, settings),
     )
     started = time.process_time()
@@ -211,7 +212,11 @@ def main() -> None:
 
     recorder = RecordingChat(tokenizer, texts, settings)
     context = RolloutContext(
-        settings, tokenizer, "http://recording", search=CannedSearch(docs, settings), chat_factory=lambda: recorder
+        settings,
+        tokenizer,
+        "http://recording",
+        tools={"search": SearchTool(CannedSearch(docs, settings))},
+        chat_factory=lambda: recorder,
     )
     recorded = asyncio.run(run_rollout(context, build_messages(QUESTION), dict(SAMPLING), tools=[SEARCH_TOOL]))
     if recorded.outcome.name != "COMPLETED" or len(recorder.replies) != args.turns:

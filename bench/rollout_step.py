@@ -68,6 +68,7 @@ from search_r1_oai.config import Settings
 from search_r1_oai.context import RolloutContext
 from search_r1_oai.prompts import SEARCH_TOOL, build_messages
 from search_r1_oai.rollout import run_rollout
+from search_r1_oai.search_tool import SearchStats
 
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_new_tokens": 500}
 TOPK = 3
@@ -186,14 +187,15 @@ async def _step(
     bad = [r for r in results if r.outcome.name != "COMPLETED" or not r.stats.token_exact or r.stats.tool_errors]
     if bad:
         raise SystemExit(f"{name}: {len(bad)} trajectories did not complete cleanly, e.g. {bad[0].error}")
-    latencies = sorted(s for r in results for s in r.stats.search_latencies_s)
-    waited = sum(r.stats.retrieval_latency_s for r in results)
+    searched = [r.stats.seen(SearchStats) for r in results]
+    latencies = sorted(s for st in searched for s in st.search_latencies_s)
+    waited = sum(st.retrieval_latency_s for st in searched)
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return StepResult(
         name=name,
         wall_s=wall / scale,
         search_wait_share=waited / sum(durations),
-        searches=sum(r.stats.searches for r in results),
+        searches=sum(st.searches for st in searched),
         search_p50_s=quantiles[49] / scale,
         search_p99_s=quantiles[98] / scale,
         output_tokens=sum(sum(r.loss_mask) for r in results),

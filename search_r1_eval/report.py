@@ -18,18 +18,22 @@ from typing import Any
 from search_r1_data.files import write_atomic
 from search_r1_oai.reward import cover_exact_match
 from search_r1_oai.text import clean_text
+from search_r1_oai.tool_stats import ReportColumn
+from search_r1_oai.tools import counter_kinds
 
 ALL = "all"
 AVG = "avg"
 SPECIAL = (AVG, ALL)
-# (key, header, format) of the table's columns, in order.
-COLUMNS: tuple[tuple[str, str, str], ...] = (
+# (key, header, format) of the table's own columns; each registered tool's go between the two parts (the search
+# tool's: mean searches per question).
+HEAD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("n", "n", "{:d}"),
     ("em", "EM", "{:.3f}"),
     ("f1", "F1", "{:.3f}"),
     ("cover_em", "cover-EM", "{:.3f}"),
     ("mean_turns", "turns", "{:.2f}"),
-    ("mean_searches", "searches", "{:.2f}"),
+)
+TAIL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("final_answer_pct", "% answer", "{:.1f}"),
     ("tool_error_rate", "tool err", "{:.3f}"),
     ("failed", "failed", "{:d}"),
@@ -56,6 +60,15 @@ PAPER_NOTE = (
 )
 
 
+def _tool_columns() -> list[ReportColumn]:
+    return [column for kind in counter_kinds() for column in kind.report_columns]
+
+
+def columns() -> tuple[tuple[str, str, str], ...]:
+    """(key, header, format) of the table's columns, in order, with every registered tool's."""
+    return HEAD_COLUMNS + tuple((c.key, c.header, c.fmt) for c in _tool_columns()) + TAIL_COLUMNS
+
+
 def _cover_em(record: dict[str, Any]) -> float:
     """A record's cover-EM; records from before the column are scored from their answer and gold."""
     if isinstance(record.get("cover_em"), int | float):
@@ -68,7 +81,7 @@ def _cover_em(record: dict[str, Any]) -> float:
 
 def _row(records: list[dict[str, Any]], failed: int) -> dict[str, Any]:
     if not records:
-        return {key: 0 if key == "n" else None for key, _, _ in COLUMNS} | {"failed": failed}
+        return {key: 0 if key == "n" else None for key, _, _ in columns()} | {"failed": failed}
     calls = sum(r.get("tool_calls", 0) for r in records)
     return {
         "n": len(records),
@@ -76,7 +89,8 @@ def _row(records: list[dict[str, Any]], failed: int) -> dict[str, Any]:
         "f1": statistics.fmean(r["f1"] for r in records),
         "cover_em": statistics.fmean(_cover_em(r) for r in records),
         "mean_turns": statistics.fmean(r["turns"] for r in records),
-        "mean_searches": statistics.fmean(r["searches"] for r in records),
+        # A record from before a tool was added has none of its calls.
+        **{c.key: statistics.fmean(r.get(c.field, 0) for r in records) for c in _tool_columns()},
         "final_answer_pct": 100 * statistics.fmean(float(r["final_answer"]) for r in records),
         "tool_error_rate": sum(r["tool_errors"] for r in records) / calls if calls else 0.0,
         "failed": failed,
@@ -99,7 +113,7 @@ def summarize(
     table = {source: _row(groups[source], failed[source]) for source in sources}
     scored = [table[source] for source in sources if table[source]["n"]]
     if len(scored) >= 2:
-        table[AVG] = {key: None for key, _, _ in COLUMNS} | {
+        table[AVG] = {key: None for key, _, _ in columns()} | {
             "n": sum(row["n"] for row in scored),
             "failed": sum(failed.values()),
             "sets": len(scored),
@@ -147,10 +161,9 @@ def _render(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
 
 def render_table(table: dict[str, dict[str, Any]], markdown: bool = False) -> str:
     """The table as aligned text, or as a markdown table."""
-    headers = ["data source", *(header for _, header, _ in COLUMNS)]
-    rows = [
-        [clean_text(source), *(_cell(row.get(key), fmt) for key, _, fmt in COLUMNS)] for source, row in table.items()
-    ]
+    shown = columns()
+    headers = ["data source", *(header for _, header, _ in shown)]
+    rows = [[clean_text(source), *(_cell(row.get(key), fmt) for key, _, fmt in shown)] for source, row in table.items()]
     return _render(headers, rows, markdown)
 
 

@@ -17,9 +17,10 @@ from tqdm import tqdm
 from search_r1_eval.dataset import EvalItem
 from search_r1_eval.results_file import ResultsStore, is_failure
 from search_r1_oai.context import RolloutContext
-from search_r1_oai.result import RolloutResult
+from search_r1_oai.result import RolloutResult, RolloutStats
 from search_r1_oai.reward import score_result
 from search_r1_oai.rollout import run_rollout
+from search_r1_oai.tools import counter_kinds
 
 
 def sampling_params(max_new_tokens: int, temperature: float = 0.0) -> dict[str, Any]:
@@ -44,8 +45,7 @@ def record_of(item: EvalItem, result: RolloutResult, format_score: float) -> dic
         "cover_em": score.cover_em,
         "reward": score.reward,
         "turns": stats.turns,
-        "searches": stats.searches,
-        "queries": stats.queries,
+        **tool_records(stats),
         "tool_calls": stats.tool_calls,
         "tool_errors": stats.tool_errors,
         "final_answer": stats.has_final_answer,
@@ -54,6 +54,11 @@ def record_of(item: EvalItem, result: RolloutResult, format_score: float) -> dic
         "error": result.error,
         "messages": result.messages,
     }
+
+
+def tool_records(stats: RolloutStats) -> dict[str, Any]:
+    """What every registered tool keeps in a record (the search tool: ``searches`` and ``queries``)."""
+    return {key: value for kind in counter_kinds() for key, value in stats.seen(kind).record().items()}
 
 
 def crash_record(item: EvalItem, exc: Exception) -> dict[str, Any]:

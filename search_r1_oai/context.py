@@ -1,5 +1,5 @@
 """What every rollout of a process shares, built once: settings, tokenizer, HTTP pools, the route to the policy,
-what is known about the retriever replicas, the tools, template and vocabulary caches, the sample counter.
+the tools (each with its own client), template and vocabulary caches, the sample counter.
 
 One object instead of module globals, so a test or an evaluation run makes its own and closes it, and two of them
 (say, two policies in one process) never see each other's state.
@@ -12,7 +12,7 @@ import functools
 import itertools
 import json
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from search_r1_oai.chat_client import ChatClient
@@ -20,17 +20,18 @@ from search_r1_oai.config import Settings
 from search_r1_oai.httpclients import ClientPools
 from search_r1_oai.policy_route import PolicyRoute
 from search_r1_oai.reencode import TokenVocab
-from search_r1_oai.replicas import ReplicaSet
-from search_r1_oai.search_client import SearchClient
-from search_r1_oai.tools import TOOLS, Tool
+from search_r1_oai.tool_base import Tool, ToolSetup
+from search_r1_oai.tools import build_tools
 from search_r1_oai.trajectory import ToolTurnTemplate
 
 
 class RolloutContext:
     """Shared state of a process's rollouts against one policy URL.
 
-    ``search``, ``tools`` and ``chat_factory`` replace the defaults (the overhead benchmark replays recorded replies
-    through its own chat client; a researcher adds a tool by passing ``tools={**TOOLS, "calc": Tool(...)}``).
+    Every registered tool (:func:`search_r1_oai.tools.register_tool`) is built once for the context, its own
+    settings rows read from ``tool_args`` (slime's ``args``) and the environment; ``tools`` adds tools or replaces
+    registered ones by name, and ``chat_factory`` replaces the policy client (the overhead benchmark replays
+    recorded replies and canned passages through both).
     """
 
     def __init__(
@@ -39,17 +40,15 @@ class RolloutContext:
         tokenizer: Any,
         policy_url: str,
         *,
-        search: SearchClient | None = None,
-        tools: dict[str, Tool] | None = None,
+        tools: Mapping[str, Tool[Any]] | None = None,
         chat_factory: Callable[[], ChatClient] | None = None,
+        tool_args: Any = None,
     ) -> None:
         self.settings = settings
         self.tokenizer = tokenizer
         self.policy_url = policy_url.rstrip("/")
         self.pools = ClientPools()
-        self.retrieval_replicas = ReplicaSet(settings.retrieval_urls)
-        self.search = search or SearchClient(settings, self.retrieval_replicas, self.pools)
-        self.tools = dict(TOOLS if tools is None else tools)
+        self.tools = build_tools(ToolSetup(settings, self.pools, tool_args), tools)
         self._chat_factory = chat_factory
         # httpx connections belong to the loop that opened them, and so does the route's lock.
         self._routes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PolicyRoute] = weakref.WeakKeyDictionary()
@@ -95,5 +94,7 @@ class RolloutContext:
         return next(self._finished)
 
     async def aclose(self) -> None:
-        """Close the HTTP clients opened on the running loop."""
+        """Close the tools and the HTTP clients opened on the running loop."""
+        for tool in self.tools.values():
+            await tool.aclose()
         await self.pools.aclose()

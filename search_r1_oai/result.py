@@ -83,10 +83,10 @@ class RolloutStats:
 
     def tool_summary(self) -> dict[str, Any]:
         """Every registered tool's headline numbers (for the per-trajectory log line)."""
-        return {key: value for kind in kinds() for key, value in self._seen(kind).summary().items()}
+        return {key: value for kind in kinds() for key, value in self.seen(kind).summary().items()}
 
-    def _seen(self, kind: type[ToolStats]) -> ToolStats:
-        """The tool's counters as they stand, without adding any."""
+    def seen(self, kind: type[S]) -> S:
+        """The tool's counters as they stand (zeros for a tool never called), without adding any."""
         found = self.tools.get(kind.tool)
         return found if isinstance(found, kind) else kind()
 
@@ -94,7 +94,7 @@ class RolloutStats:
         """Flat: these counters and every registered tool's (zeros for a tool never called)."""
         values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "tools"}
         for kind in kinds():
-            values.update(self._seen(kind).to_dict())
+            values.update(self.seen(kind).to_dict())
         return values
 
     @classmethod
@@ -103,7 +103,7 @@ class RolloutStats:
         names = {f.name for f in dataclasses.fields(cls)} - {"tools"}
         stats = cls(**{k: v for k, v in values.items() if k in names})
         for kind in kinds():
-            if any(key in values for key in kind.keys()):
+            if any(key in values for key in kind.metadata_keys()):
                 stats.tools[kind.tool] = kind.from_dict(values)
         return stats
 

@@ -207,8 +207,8 @@ _warn_search_failed = _ThrottledWarning(LOG_EVERY_S)
 class SearchClient:
     """Calls ``/retrieve`` on the configured replicas; one instance can serve many concurrent rollouts.
 
-    ``replicas`` is what the searches of a process learn about ``settings.retrieval_urls`` (the rollout context
-    shares one set between all of its searches); a new set by default.
+    ``replicas`` is what the searches of a process learn about ``settings.retrieval_urls`` (the search tool of a
+    rollout context shares one set between all of its searches); a new set by default.
     """
 
     def __init__(
@@ -218,6 +218,11 @@ class SearchClient:
         self._replicas = replicas or ReplicaSet(settings.retrieval_urls)
         self._pools = pools or DEFAULT_POOLS
         self._hosts = tuple(sorted({urlsplit(url).hostname or "" for url in self._replicas.urls} - {""}))
+
+    @property
+    def replicas(self) -> ReplicaSet:
+        """What this client's searches have learned about the replicas (shared with whoever passed it in)."""
+        return self._replicas
 
     def _record_failure(self, url: str, exc: BaseException) -> None:
         self._replicas.record_failure(url.removesuffix(RETRIEVE_PATH), exc)

@@ -1,132 +1,95 @@
-"""The tools the policy can call, and the runner that turns one turn's calls into tool messages.
+"""The tools a rollout can offer, and the runner that turns one turn's calls into tool messages.
 
-A tool is a schema (what the policy is shown, in the sample's ``tools`` column) and one async function that
-answers every call to it made in a turn, so a tool can batch them (``search`` sends all of a turn's queries in one
-``/retrieve`` request). Adding a tool is writing that function and its schema and adding a :class:`Tool` to
-:data:`TOOLS`; the rollout loop does not know which tools exist.
+A tool is one object (:class:`~search_r1_oai.tool_base.Tool`: schema, client, settings, counters) registered with
+:func:`register_tool`; ``search`` is registered here. Each rollout context builds every registered tool once
+(:func:`build_tools`), the rollout metrics and the evaluation report read every registered tool's counters, and the
+loop does not know which tools exist.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Protocol
 
-from search_r1_oai.prompts import SEARCH_TOOL, SEARCH_TOOL_NAME
+from search_r1_oai.config import Settings
 from search_r1_oai.result import RolloutStats
-from search_r1_oai.search_client import SearchError, format_search_results
+from search_r1_oai.search_tool import SEARCH
 from search_r1_oai.text import clean_text
+from search_r1_oai.tool_base import Tool, ToolReply, ToolSetup, ToolSpec
 from search_r1_oai.tool_calls import ToolCall
+from search_r1_oai.tool_stats import ToolStats, add_kind, kinds, remove_kind
 from search_r1_oai.trajectory import encode_text_off_loop
 
-if TYPE_CHECKING:
-    from search_r1_oai.context import RolloutContext
+_SPECS: dict[str, ToolSpec] = {}
 
 
-@dataclass(frozen=True)
-class ToolReply:
-    """The answer to one call. ``error`` becomes ``Error: ...`` in the tool message; ``bad_call`` says the policy
-    got the call wrong (it then forfeits the format score), as opposed to a tool that failed on a good call."""
-
-    content: str = ""
-    error: str | None = None
-    bad_call: bool = False
-
-
-ToolFunction = Callable[[list[ToolCall], "RolloutContext", RolloutStats], Awaitable[list[ToolReply]]]
-
-
-@dataclass(frozen=True)
-class Tool:
-    schema: dict[str, Any]
-    run: ToolFunction
-
-    @property
-    def name(self) -> str:
-        return self.schema["function"]["name"]
+def register_tool(spec: ToolSpec) -> None:
+    """Make a tool part of every rollout context built from now on, and its counters part of every sample's
+    metadata, the metrics and the evaluation table. Its counters' keys must be its own."""
+    if spec.name in _SPECS:
+        raise ValueError(f"a tool named {spec.name!r} is already registered")
+    taken = {f.name: "the rollout's own counters" for f in dataclasses.fields(RolloutStats)}
+    taken |= {key: f"tool {kind.tool!r}" for kind in kinds() for key in kind.metadata_keys()}
+    clashes = [f"{key} (taken by {taken[key]})" for key in spec.stats.metadata_keys() if key in taken]
+    if clashes:
+        raise ValueError(f"tool {spec.name!r}: counter names already in use: {', '.join(clashes)}")
+    _SPECS[spec.name] = spec
+    add_kind(spec.stats)
 
 
-def call_arguments(call: ToolCall, like: str = "{...}") -> tuple[dict[str, Any] | None, str | None]:
-    """The call's arguments as a dict (a JSON string is parsed), or the error to report to the policy (``like``
-    shows the policy an example of the expected object)."""
-    arguments = call.arguments
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError as exc:
-            return None, f"the arguments of {call.name!r} are not valid JSON ({exc.msg})"
-    if not isinstance(arguments, dict):
-        return None, f"the arguments of {call.name!r} must be an object like {like}"
-    return arguments, None
+def unregister_tool(name: str) -> None:
+    _SPECS.pop(name, None)
+    remove_kind(name)
 
 
-# ---- search ------------------------------------------------------------------------------------------------------
+@contextmanager
+def tool_registered(spec: ToolSpec) -> Iterator[ToolSpec]:
+    """``spec`` registered for the ``with`` block only (a test, a notebook cell)."""
+    register_tool(spec)
+    try:
+        yield spec
+    finally:
+        unregister_tool(spec.name)
 
 
-def search_queries(call: ToolCall) -> tuple[list[str], str | None]:
-    """The queries of a ``search`` call (``queries`` list or a plain ``query`` string), or an error to report."""
-    arguments, error = call_arguments(call, like='{"queries": ["..."]}')
-    if arguments is None:
-        return [], error
-    raw = arguments.get("queries", arguments.get("query"))
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not all(isinstance(q, str) for q in raw):
-        return [], f'{SEARCH_TOOL_NAME!r} needs "queries": a list of strings'
-    # JSON the policy wrote may escape a lone surrogate ("\\ud800"): searched as U+FFFD, never an encoding error.
-    queries = [clean_text(q.strip()) for q in raw if q.strip()]
-    if not queries:
-        return [], f'{SEARCH_TOOL_NAME!r} got no non-empty query; pass "queries": ["..."]'
-    return queries, None
+def registered_tools() -> dict[str, ToolSpec]:
+    return dict(_SPECS)
 
 
-async def run_search(calls: list[ToolCall], context: RolloutContext, stats: RolloutStats) -> list[ToolReply]:
-    """Every query of the turn's calls in one ``/retrieve`` request; a retriever failure is told to the policy
-    (without addresses) and is not the policy's fault."""
-    parsed = [search_queries(call) for call in calls]
-    all_queries = list(dict.fromkeys(q for queries, error in parsed if error is None for q in queries))
-    found: dict[str, Any] = {}
-    search_error: str | None = None
-    if all_queries:
-        try:
-            result = await context.search.retrieve(all_queries)
-            found = dict(zip(all_queries, result.passages, strict=True))
-            stats.searches += 1
-            stats.search_queries += len(all_queries)
-            stats.queries.extend(all_queries)
-            stats.retrieval_latency_s += result.latency_s
-            stats.search_latencies_s.append(result.latency_s)
-            stats.search_attempts.append(result.attempts)
-            stats.search_replicas.append(result.replica)
-        except SearchError as exc:
-            search_error = f"search failed: {exc}"
-            stats.search_attempts.append(exc.attempts)
-            stats.search_replicas.append("")
-            stats.record_search_error(exc.detail)
-    replies = []
-    for queries, error in parsed:
-        if error is not None:
-            replies.append(ToolReply(error=error, bad_call=True))
-        elif search_error is not None:
-            replies.append(ToolReply(error=search_error))
-        else:
-            replies.append(ToolReply(content=format_search_results(queries, [found[q] for q in queries])))
-    return replies
+def counter_kinds() -> tuple[type[ToolStats], ...]:
+    """Every registered tool's counters' kind: what the metrics, the evaluation records and its table read."""
+    return kinds()
 
 
-TOOLS: dict[str, Tool] = {SEARCH_TOOL_NAME: Tool(SEARCH_TOOL, run_search)}
+def build_tools(setup: ToolSetup, given: Mapping[str, Tool[Any]] | None = None) -> dict[str, Tool[Any]]:
+    """Every registered tool built for one context, with ``given`` ones (by name) in place of, or beside, them."""
+    given = dict(given or {})
+    built = {name: spec.build(setup) for name, spec in _SPECS.items() if name not in given}
+    return built | given
+
+
+register_tool(SEARCH)
 
 
 # ---- the runner --------------------------------------------------------------------------------------------------
 
 
+class ToolHost(Protocol):
+    """What the runner needs of a rollout context: the tools, and the settings and tokenizer that bound results."""
+
+    settings: Settings
+    tokenizer: Any
+    tools: dict[str, Tool[Any]]
+
+
 async def run_tool_calls(
-    calls: list[ToolCall], tools: list[dict], context: RolloutContext, stats: RolloutStats
+    calls: list[ToolCall], tools: list[dict], context: ToolHost, stats: RolloutStats
 ) -> list[dict[str, Any]]:
     """One tool message per call, in call order. Only the tools the sample offers (its ``tools`` schemas) can run;
-    each tool gets all of its calls of the turn at once. Every message is valid Unicode and bounded
-    (:func:`bound_result`) before anything tokenizes it."""
+    each tool gets all of its calls of the turn at once, and its own counters. Every message is valid Unicode and
+    bounded (:func:`bound_result`) before anything tokenizes it."""
     offered = [schema["function"]["name"] for schema in tools]
     replies: dict[int, ToolReply] = {}
     by_tool: dict[str, list[int]] = {}
@@ -140,7 +103,8 @@ async def run_tool_calls(
         else:
             by_tool.setdefault(call.name, []).append(i)
     for name, indices in by_tool.items():
-        answers = await context.tools[name].run([calls[i] for i in indices], context, stats)
+        tool = context.tools[name]
+        answers = await tool.run([calls[i] for i in indices], stats.of(tool.stats_type))
         replies.update(zip(indices, answers, strict=True))
 
     stats.tool_calls += len(calls)
@@ -159,7 +123,7 @@ async def run_tool_calls(
     return messages
 
 
-async def bound_result(text: str, context: RolloutContext) -> str:
+async def bound_result(text: str, context: ToolHost) -> str:
     """``text`` cut to ``tool_result_max_chars`` characters, then to ``tool_result_max_tokens`` tokens, with a note
     for the policy, and valid Unicode. The character cut comes first so a result of megabytes is never scanned or
     tokenized whole; the token count is only computed when the UTF-8 length could exceed it (a token covers at

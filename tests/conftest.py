@@ -99,3 +99,25 @@ def real_sglang_servers(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer
     pool = RealSGLangPool(tmp_path_factory.mktemp("real_sglang"), qwen_tokenizer_dir, qwen_tokenizer)
     yield pool
     pool.close()
+
+
+@pytest.fixture(scope="module")
+def mock(qwen_tokenizer):
+    """The SGLang mock speaking 0.5.15's chat protocol, served on 127.0.0.1 for the module; ``.url`` is its address.
+    Each test scripts its own questions. A module that needs other releases defines its own ``mock``."""
+    from tests.support.sglang_mock import MockSGLang, serve_mock_sglang
+
+    mock = MockSGLang(qwen_tokenizer, version="0.5.15")
+    with serve_mock_sglang(mock) as url:
+        mock.url = url
+        yield mock
+
+
+@pytest.fixture
+async def close_rollout_contexts():
+    """Closes the rollout contexts a test's samples opened (their HTTP connections belong to the test's loop). A
+    module asks for it with ``pytestmark = pytest.mark.usefixtures("close_rollout_contexts")``."""
+    yield
+    from tests.support.rollout_helpers import close_contexts
+
+    await close_contexts()

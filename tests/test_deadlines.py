@@ -23,12 +23,11 @@ from tests.support.rollout_helpers import (
     answer,
     assert_token_exact,
     call,
-    close_contexts,
     new_sample,
     observation_texts,
     run_sample,
 )
-from tests.support.sglang_mock import MockSGLang, Reply, serve_mock_sglang
+from tests.support.sglang_mock import Reply
 from tests.support.slime_stub import Sample
 from tests.support.slow_responses import FAULTS, slow_response
 
@@ -37,18 +36,7 @@ MARGIN_S = 1.0
 PATIENT = dataclasses.replace(FAST, policy_timeout_s=30.0, retrieval_timeout_s=30.0, policy_retries=3)
 
 
-@pytest.fixture(autouse=True)
-async def _close_clients():
-    yield
-    await close_contexts()
-
-
-@pytest.fixture(scope="module")
-def mock(qwen_tokenizer):
-    mock = MockSGLang(qwen_tokenizer, version="0.5.15")
-    with serve_mock_sglang(mock) as url:
-        mock.url = url
-        yield mock
+pytestmark = pytest.mark.usefixtures("close_rollout_contexts")
 
 
 async def timed_rollout(mock, tokenizer, settings, sample: Sample, bound_s: float) -> tuple[Sample, float]:

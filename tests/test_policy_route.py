@@ -31,14 +31,13 @@ from tests.support.rollout_helpers import (
     answer,
     assert_token_exact,
     call,
-    close_contexts,
     new_sample,
     run_sample,
 )
 from tests.support.sglang_mock import MockSGLang, RecordedRequest, serve_mock_sglang
 from tests.support.slime_stub import Sample
 
-pytestmark = pytest.mark.e2e  # slime's real router binary
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("close_rollout_contexts")]  # e2e: slime's real router binary
 
 ROUTER_START_TIMEOUT_S = 60.0
 
@@ -88,12 +87,6 @@ def real_router(real_venv: Path, worker_urls: list[str], log: Path) -> Iterator[
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients():
-    yield
-    await close_contexts()
 
 
 @pytest.fixture(scope="module")

@@ -22,28 +22,16 @@ from tests.support.rollout_helpers import (
     answer,
     assert_token_exact,
     call,
-    close_contexts,
     new_sample,
     run_sample,
 )
-from tests.support.sglang_mock import MockSGLang, Reply, serve_mock_sglang
+from tests.support.sglang_mock import Reply
 from tests.support.slime_stub import Sample
 
 VOCAB = 151665  # len(tokenizer) of the offline Qwen2.5 tokenizer
 
 
-@pytest.fixture(autouse=True)
-async def _close_clients():
-    yield
-    await close_contexts()
-
-
-@pytest.fixture(scope="module")
-def mock(qwen_tokenizer):
-    mock = MockSGLang(qwen_tokenizer, version="0.5.15")
-    with serve_mock_sglang(mock) as url:
-        mock.url = url
-        yield mock
+pytestmark = pytest.mark.usefixtures("close_rollout_contexts")
 
 
 def _choice(response: dict) -> dict:

@@ -204,9 +204,10 @@ def test_one_dead_replica_of_two_costs_at_most_one_attempt_per_skip_period(clock
 def test_a_rollout_context_has_one_set_of_retriever_replicas() -> None:
     """Every search of a process's rollouts shares what any of them learned about a replica."""
     context = RolloutContext(Settings(retrieval_urls=("http://x:1", "http://y:2/")), None, "http://policy:1")
-    first = context.retrieval_replicas
-    assert context.search._replicas is first and context.retrieval_replicas is first
-    assert RolloutContext(Settings(retrieval_urls=("http://x:1",)), None, "http://p:1").retrieval_replicas is not first
+    first = context.tools["search"].client.replicas
+    assert context.tools["search"].client._replicas is first and context.tools["search"].client.replicas is first
+    other = RolloutContext(Settings(retrieval_urls=("http://x:1",)), None, "http://p:1")
+    assert other.tools["search"].client.replicas is not first
     assert first.urls == ("http://x:1", "http://y:2")
 
 

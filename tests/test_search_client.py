@@ -215,10 +215,11 @@ async def test_a_dead_replica_is_skipped_by_every_later_search_and_client() -> N
 
         shared = settings_for(f"http://127.0.0.1:{free_port()}", url)
         context = RolloutContext(shared, None, "http://unused")
-        await context.search.retrieve(["learn"])
-        await context.search.retrieve(["learn"])
-        assert context.retrieval_replicas.is_skipped(shared.retrieval_urls[0])
-        another = SearchClient(shared, replicas=context.retrieval_replicas)
+        search = context.tools["search"].client
+        await search.retrieve(["learn"])
+        await search.retrieve(["learn"])
+        assert search.replicas.is_skipped(shared.retrieval_urls[0])
+        another = SearchClient(shared, replicas=search.replicas)
         other = [await another.retrieve([f"r{i}"]) for i in range(4)]
         assert [r.attempts for r in other] == [1] * 4, "another client shares the process's view of the replicas"
         await context.aclose()

@@ -18,27 +18,14 @@ from tests.support.rollout_helpers import (
     SAMPLING,
     answer,
     assert_token_exact,
-    close_contexts,
     new_sample,
     observation_texts,
     run_sample,
 )
-from tests.support.sglang_mock import MockSGLang, Reply, serve_mock_sglang
+from tests.support.sglang_mock import Reply
 from tests.support.slime_stub import Sample
 
-
-@pytest.fixture(autouse=True)
-async def _close_clients():
-    yield
-    await close_contexts()
-
-
-@pytest.fixture(scope="module")
-def mock(qwen_tokenizer):
-    mock = MockSGLang(qwen_tokenizer, version="0.5.15")
-    with serve_mock_sglang(mock) as url:
-        mock.url = url
-        yield mock
+pytestmark = pytest.mark.usefixtures("close_rollout_contexts")
 
 
 def search_call(query_json: str) -> str:

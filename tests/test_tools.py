@@ -9,41 +9,21 @@ from search_r1_oai.context import RolloutContext
 from search_r1_oai.prompts import SEARCH_TOOL
 from search_r1_oai.result import RolloutStats
 from search_r1_oai.tool_calls import ToolCall
-from search_r1_oai.tools import TOOLS, Tool, ToolReply, call_arguments, run_tool_calls
+from search_r1_oai.tools import run_tool_calls
+from tests.support.calc_tool import CALC_SCHEMA as CALC
+from tests.support.calc_tool import Adder, CalcSettings, CalcTool
 from tests.support.rollout_helpers import FAST, IM_END, SAMPLING, answer, new_sample
 from tests.support.sglang_mock import MockSGLang, serve_mock_sglang
 
-CALC = {
-    "type": "function",
-    "function": {
-        "name": "calc",
-        "description": "Evaluate a sum of integers.",
-        "parameters": {"type": "object", "properties": {"terms": {"type": "array"}}, "required": ["terms"]},
-    },
-}
 
-
-def _calc_tool(batches: list[int]) -> Tool:
-    async def run_calc(calls: list[ToolCall], context: RolloutContext, stats: RolloutStats) -> list[ToolReply]:
-        batches.append(len(calls))
-        replies = []
-        for call in calls:
-            arguments, error = call_arguments(call, like='{"terms": [1, 2]}')
-            terms = arguments.get("terms") if arguments is not None else None
-            if error is not None:
-                replies.append(ToolReply(error=error, bad_call=True))
-            elif not isinstance(terms, list):
-                replies.append(ToolReply(error="calc needs 'terms': a list of integers", bad_call=True))
-            else:
-                replies.append(ToolReply(content=str(sum(terms))))
-        return replies
-
-    return Tool(CALC, run_calc)
+def _calc_tool() -> CalcTool:
+    """The calc test tool (tests/support/calc_tool.py), given to one context beside the registered search tool."""
+    return CalcTool(CalcSettings(), Adder())
 
 
 async def test_own_tool_runs_batched_and_in_call_order() -> None:
-    batches: list[int] = []
-    context = RolloutContext(Settings(), None, "http://unused", tools={**TOOLS, "calc": _calc_tool(batches)})
+    calc = _calc_tool()
+    context = RolloutContext(Settings(), None, "http://unused", tools={"calc": calc})
     stats = RolloutStats()
     calls = [
         ToolCall("a", "calc", {"terms": [1, 2]}),
@@ -61,19 +41,19 @@ async def test_own_tool_runs_batched_and_in_call_order() -> None:
         "5",
         "Error: the tool call is not valid JSON",
     ]
-    assert batches == [3], "one call of the tool function for all of the turn's calc calls"
+    assert calc.runs == [3], "one call of the tool function for all of the turn's calc calls"
     assert (stats.tool_calls, stats.tool_errors, stats.bad_tool_calls) == (5, 3, 3)
 
 
 async def test_a_tool_the_sample_does_not_offer_is_unknown_to_the_policy() -> None:
-    context = RolloutContext(Settings(), None, "http://unused", tools={**TOOLS, "calc": _calc_tool([])})
+    context = RolloutContext(Settings(), None, "http://unused", tools={"calc": _calc_tool()})
     stats = RolloutStats()
     [message] = await run_tool_calls([ToolCall("a", "calc", {"terms": [1]})], [SEARCH_TOOL], context, stats)
     assert message["content"] == "Error: unknown tool 'calc'; the only available tool is 'search'"
 
 
 async def test_a_rollout_with_an_added_tool(qwen_tokenizer) -> None:
-    """The loop runs a tool it has never heard of: one schema in the data, one function in the context."""
+    """The loop runs a tool it has never heard of: one schema in the data, one tool object in the context."""
     mock = MockSGLang(qwen_tokenizer, version="0.5.15")
     question = "What is two plus three?"
     calc_call = '<tool_call>\n{"name": "calc", "arguments": {"terms": [2, 3]}}\n</tool_call>'
@@ -81,7 +61,7 @@ async def test_a_rollout_with_an_added_tool(qwen_tokenizer) -> None:
     sample = new_sample(question, gold="5")
     with serve_mock_sglang(mock) as url:
         settings = dataclasses.replace(FAST, retrieval_urls=("http://127.0.0.1:9",))
-        context = RolloutContext(settings, qwen_tokenizer, url, tools={**TOOLS, "calc": _calc_tool([])})
+        context = RolloutContext(settings, qwen_tokenizer, url, tools={"calc": _calc_tool()})
         from search_r1_oai.rollout import run_rollout
 
         result = await run_rollout(context, sample.prompt, dict(SAMPLING), tools=[SEARCH_TOOL, CALC])
