@@ -209,7 +209,7 @@ def _maybe_log(context: RolloutContext, result: RolloutResult, evaluation: bool)
     if every <= 0 or context.count_finished() % every != 0:
         return
     stats = result.stats
-    summary = {"turns": stats.turns, "searches": stats.searches, "tool_errors": stats.tool_errors}
+    summary = {"turns": stats.turns, **stats.tool_summary(), "tool_errors": stats.tool_errors}
     summary |= {"bad_tool_calls": stats.bad_tool_calls, "has_final_answer": stats.has_final_answer}
     logger.info(
         "trajectory eval=%s status=%s reason=%s error=%s %s",
