@@ -16,13 +16,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from search_r1_oai.chat_client import ChatClient
+from search_r1_oai.chat_template import ToolTurnTemplate
 from search_r1_oai.config import Settings
 from search_r1_oai.httpclients import ClientPools
 from search_r1_oai.policy_route import PolicyRoute
 from search_r1_oai.reencode import TokenVocab
 from search_r1_oai.tool_base import Tool, ToolSetup
 from search_r1_oai.tools import build_tools
-from search_r1_oai.trajectory import ToolTurnTemplate
 
 
 class RolloutContext:

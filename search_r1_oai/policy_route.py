@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import httpx
 
+from search_r1_oai.chat_template import render_prompt_ids
 from search_r1_oai.config import Settings
 from search_r1_oai.errors import PolicyError, RouteError
 from search_r1_oai.httpclients import (
@@ -39,7 +40,6 @@ from search_r1_oai.httpclients import (
 )
 from search_r1_oai.replicas import ReplicaSet
 from search_r1_oai.sglang_wire import CHAT_PATH, parse_chat_response, probe_request
-from search_r1_oai.trajectory import render_prompt_ids
 
 logger = logging.getLogger(__name__)
 

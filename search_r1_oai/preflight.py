@@ -82,7 +82,7 @@ def check_data(path: Path) -> tuple[Check, dict[str, Any] | None]:
 
 def check_template(tokenizer: Any) -> Check:
     """The chat template renders the tool schema and tool messages, and extends turn by turn."""
-    from search_r1_oai.trajectory import ToolTurnTemplate, render_chat
+    from search_r1_oai.chat_template import ToolTurnTemplate, render_chat
 
     fix = "use the checkpoint's own tokenizer (Qwen2.5-Instruct has a tool-calling template) or a template with tools"
     messages = build_messages("Which river?")
@@ -212,7 +212,7 @@ def _load_and_check_template(folder: str) -> tuple[Check, Any]:
 def _prompt_tokens(tokenizer: Any, messages: list[dict]) -> int | None:
     if tokenizer is None:
         return None
-    from search_r1_oai.trajectory import render_prompt_ids
+    from search_r1_oai.chat_template import render_prompt_ids
 
     return len(render_prompt_ids(tokenizer, messages, [SEARCH_TOOL]))
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from search_r1_oai.chat_template import encode_text_off_loop
 from search_r1_oai.config import Settings
 from search_r1_oai.result import RolloutStats
 from search_r1_oai.search_tool import SEARCH
@@ -20,7 +21,6 @@ from search_r1_oai.text import clean_text
 from search_r1_oai.tool_base import Tool, ToolReply, ToolSetup, ToolSpec
 from search_r1_oai.tool_calls import ToolCall
 from search_r1_oai.tool_stats import ToolStats, add_kind, kinds, remove_kind
-from search_r1_oai.trajectory import encode_text_off_loop
 
 _SPECS: dict[str, ToolSpec] = {}
 
