@@ -21,7 +21,7 @@ import uvicorn
 from retriever.api import create_app
 from retriever.connections import server_config
 from retriever.settings import Settings, add_arguments, settings_from_args
-from retriever.startup_check import check_encoder, check_port
+from retriever.startup_check import check_encoder, check_packages, check_port
 
 logger = logging.getLogger("retrieval_server")
 API_KEY_ENV = "RETRIEVER_API_KEY"
@@ -58,11 +58,15 @@ def fail(line: str) -> int:
 
 
 def startup_problem(settings: Settings) -> str | None:
-    """What stops the server from starting, found in seconds before anything loads: a busy port, no encoder.
+    """What stops the server from starting, found in seconds before anything loads: a missing package, a busy
+    port, no encoder.
 
     A Hub id that is cached while the Hub does not answer is swapped for its cached folder, so transformers
     loads it at once instead of spending ~50 s on retries.
     """
+    packages_ok, packages_line = check_packages()
+    if not packages_ok:
+        return packages_line
     port_ok, port_line = check_port(settings.host, settings.port)
     if not port_ok:
         return port_line

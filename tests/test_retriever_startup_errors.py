@@ -193,6 +193,44 @@ def test_server_on_a_busy_port_exits_in_seconds_naming_the_holder(tmp_path: Path
     ), done.stdout
 
 
+def without_module(tmp_path: Path, env: dict[str, str], module: str) -> dict[str, str]:
+    """``env`` for a python in which ``module`` cannot be found, as in a venv built before it was required."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(f"import sys\nsys.modules[{module!r}] = None\n")
+    return {**env, "PYTHONPATH": str(hide)}
+
+
+@pytest.mark.e2e
+def test_a_retriever_python_without_a_required_package_is_one_line(tmp_path: Path, minilm_dir: Path, port: int) -> None:
+    """A retriever venv built before fastapi-offline was required: --check and the server name the package and the
+    fix in their last line, within seconds, before anything loads."""
+    index, corpus = write_pair(tmp_path / "data", 5, 5)
+    env = env_for(tmp_path, INDEX_PATH=str(index), CORPUS_PATH=str(corpus), RETRIEVER_MODEL=str(minilm_dir))
+    env = without_module(tmp_path, env, "fastapi_offline")
+    expected = (
+        f"{sys.executable} lacks fastapi_offline: run bash local_dense_retriever/setup_venv.sh "
+        "(or set RETRIEVER_PYTHON to the retriever's python)"
+    )
+    checked = check(env, port)
+    assert checked.returncode == 1
+    assert last_line(checked.stderr) == f"[start_server] error: {expected}", checked.stderr
+    done, took = run_server(env, port)
+    assert took < DEADLINE_S, done.stdout
+    assert done.returncode == 1
+    assert last_line(done.stdout) == f"error: {expected}", done.stdout
+    assert "Traceback" not in done.stdout
+
+
+def test_check_packages_names_every_missing_module() -> None:
+    from retriever.startup_check import REQUIRED_MODULES, check_packages
+
+    assert check_packages() == (True, f"{sys.executable} has the retriever's packages")
+    assert "fastapi_offline" in REQUIRED_MODULES and "faiss" in REQUIRED_MODULES
+    ok, line = check_packages(("fastapi", "no_such_module_a", "no_such_module_b"))
+    assert not ok and line.startswith(f"{sys.executable} lacks no_such_module_a, no_such_module_b: ")
+
+
 @pytest.mark.parametrize("offline", ["1", "0"])
 def test_download_without_network_is_one_line(tmp_path: Path, offline: str) -> None:
     """HF_HUB_OFFLINE=1, or a Hub endpoint nobody answers on: one error line, exit 1, nothing written."""

@@ -3,6 +3,8 @@
 ``start_server.sh --check`` and ``retrieval_server.py`` both use it, so a missing encoder, a busy port or an
 index that does not match its corpus is one line at once, not a traceback after ~50 s of Hub retries:
 
+* the packages: every module the server imports is installed in this python (a venv built before a new requirement
+  was added lacks it);
 * the encoder: a local folder with ``config.json``, or a Hub id already in the Hugging Face cache, or (network
   allowed) a Hub id the Hub answers for within a few seconds;
 * the port: bound once and released, as uvicorn will bind it;
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import os
 import socket
 import sys
@@ -27,6 +30,19 @@ HUB_TIMEOUT_S = 5.0
 # Counting lines runs at disk speed (~1 GB/s warm, less cold): above this the check skips the count unless the
 # server's sidecar already has it. wiki-18 (14 GB) gets its sidecar on the server's first start.
 MAX_COUNT_BYTES = 2 << 30
+# What retrieval_server.py imports (local_dense_retriever/requirements.txt, installed by setup_venv.sh).
+REQUIRED_MODULES = (
+    "faiss",
+    "numpy",
+    "torch",
+    "transformers",
+    "huggingface_hub",
+    "fastapi",
+    "fastapi_offline",
+    "uvicorn",
+    "pydantic",
+    "httpx",
+)
 DOWNLOAD_HINT = "run python local_dense_retriever/download.py (it saves the encoder too) or pass --retriever_model PATH"
 
 
@@ -37,6 +53,17 @@ class EncoderStatus:
     ok: bool
     message: str
     local_dir: str | None = None  # a folder to load instead of the Hub id (the cached snapshot), when known
+
+
+def check_packages(modules: tuple[str, ...] = REQUIRED_MODULES) -> tuple[bool, str]:
+    """``(ok, line)``: every module is installed in this python (found, not imported: this takes milliseconds)."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        return False, (
+            f"{sys.executable} lacks {', '.join(missing)}: run bash local_dense_retriever/setup_venv.sh "
+            "(or set RETRIEVER_PYTHON to the retriever's python)"
+        )
+    return True, f"{sys.executable} has the retriever's packages"
 
 
 def _hub_reachable(model: str) -> tuple[bool | None, str]:
@@ -190,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
-    results = [check_rows(args.index, args.corpus)]
+    results = [check_packages(), check_rows(args.index, args.corpus)]
     status = check_encoder(args.model)
     results.append((status.ok, status.message))
     if args.port is not None:
