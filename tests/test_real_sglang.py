@@ -15,7 +15,7 @@ import pytest
 
 from generate_with_search_oai import STATE_KEY
 from tests.support.fake_retriever import FakeRetriever, serve_fake_retriever
-from tests.support.real_sglang import SGLANG_VERSIONS, RealSGLang
+from tests.support.real_sglang import RealSGLang
 from tests.support.rollout_helpers import (
     FAST,
     IM_END,
@@ -29,6 +29,7 @@ from tests.support.rollout_helpers import (
     run_sample,
 )
 from tests.support.sglang_mock import Reply
+from tests.support.sglang_releases import SGLANG_VERSIONS
 from tests.support.slime_stub import Sample
 
 pytestmark = pytest.mark.e2e  # SGLang's real serving code, one server per release
