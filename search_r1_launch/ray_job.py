@@ -178,17 +178,16 @@ class Run:
             )
         return token_from
 
-    def worker_command(self, token_from: str) -> str:
+    def worker_command(self, token_from: str) -> tuple[str, str]:
+        """The command each worker node runs, and what to do first: it names where the token is, never the token."""
         command = " ".join(self.job["worker_command"])
         if token_from == "file":
             path = self.env["RAY_AUTH_TOKEN_PATH"]
-            return (
-                f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={path} {command} (first copy {path} from this node to the"
-                " same path there, mode 0600)"
-            )
+            note = f"(first copy {path} from this node to the same path there, mode 0600)"
+            return f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={path} {command}", note
         if token_from == "variable":
-            return f"RAY_AUTH_MODE=token {command} (with RAY_AUTH_TOKEN set to this node's token)"
-        return command
+            return f"RAY_AUTH_MODE=token {command}", "(with RAY_AUTH_TOKEN set to this node's token)"
+        return command, ""
 
     def wait_for_cluster(self, worker: str) -> None:
         timeout = self.job["cluster_timeout"]
@@ -196,8 +195,7 @@ class Run:
         url_file = self.private / "dashboard_url"
         head_pid = str(self.head.pid) if self.head else "0"
         argv = [sys.executable, str(PROBE), "wait", address, str(self.job["total_gpus"]), str(timeout), head_pid]
-        worker_words = worker.split(" (", 1)[0]
-        rc = self.wait_child([*argv, str(url_file), worker_words, str(self.job["num_nodes"])], timeout + 60)
+        rc = self.wait_child([*argv, str(url_file), worker, str(self.job["num_nodes"])], timeout + 60)
         if rc == 3:
             lines = (self.private / "ray-head.log").read_text(errors="replace").splitlines()[-30:]
             print("\n".join(lines), file=sys.stderr)
@@ -278,9 +276,9 @@ class Run:
 
     def run(self) -> int:
         token_from = self.start_cluster()
-        worker = self.worker_command(token_from)
+        worker, note = self.worker_command(token_from)
         if self.job["num_nodes"] > 1:
-            log(f"on each of the other {self.job['num_nodes'] - 1} node(s) run:  {worker}")
+            log(f"on each of the other {self.job['num_nodes'] - 1} node(s) run:  {worker} {note}")
         self.wait_for_cluster(worker)
         self.submit(token_from)
         return self.outcome()
