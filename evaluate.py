@@ -1,7 +1,7 @@
 """Evaluate a policy on slime-ready QA parquet with the same rollout core, tool, prompts and reward as training.
 
     python evaluate.py --data nq.parquet hotpotqa.parquet --policy-url http://127.0.0.1:30000 \
-        --tokenizer /models/Qwen2.5-3B-Instruct --retrieval-url http://127.0.0.1:8000 --out eval/step100
+        --tokenizer /root/Qwen2.5-3B-Instruct --retrieval-url http://127.0.0.1:8000 --out eval/step100
     python evaluate.py --data nq.parquet --model /ckpt/hf/step100 --retrieval-url http://127.0.0.1:8000 --out eval/step100
     python evaluate.py --compare eval/base/summary.json eval/step100/summary.json
 
