@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTED_FOLDERS = ("search_r1_oai", "search_r1_data", "search_r1_eval", "tests/support", "bench")
+LISTED_FOLDERS = ("search_r1_oai", "search_r1_data", "search_r1_eval", "search_r1_launch", "tests/support", "bench")
 
 
 def _section() -> str:
