@@ -92,12 +92,13 @@ async def rollout_sample(
     """Run the core on ``sample`` and write the result onto it (in place; returned for slime)."""
     if sample.metadata is None:
         sample.metadata = {}
-    resumed = _resumed(sample)
+    tools = _tools_of(sample.metadata)
+    resumed = _resumed(sample, tools)
     result = await run_rollout(
         context,
         sample.prompt if resumed is None else [],
         sampling_params,
-        tools=_tools_of(sample.metadata),
+        tools=tools,
         trajectory=resumed,
         is_aborted=is_aborted,
         evaluation=evaluation,
@@ -116,7 +117,7 @@ def _tools_of(metadata: dict[str, Any]) -> Any:
     return tools
 
 
-def _resumed(sample: Sample) -> Trajectory | None:
+def _resumed(sample: Sample, tools: Any) -> Trajectory | None:
     """The trajectory an ABORTED sample saved, or ``None`` to start over (also when the saved state is unusable)."""
     saved = sample.metadata.get(STATE_KEY)
     if sample.status != sample.Status.ABORTED or not isinstance(saved, dict):
@@ -124,6 +125,7 @@ def _resumed(sample: Sample) -> Trajectory | None:
     try:
         return Trajectory.load(
             saved,
+            tools=tools,
             tokens=sample.tokens,
             loss_mask=sample.loss_mask,
             log_probs=sample.rollout_log_probs,

@@ -9,7 +9,7 @@ grow with the conversation.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 from search_r1_oai.errors import TemplateError
 
@@ -56,6 +56,13 @@ _DUMMY_BASE: list[dict[str, Any]] = [
 ]
 
 
+class Delta(NamedTuple):
+    """What follows a tool-calling turn (loss mask 0): its text and its ids."""
+
+    text: str
+    ids: list[int]
+
+
 class ToolTurnTemplate:
     """Computes the non-trainable ids between a sampled end-of-turn token and the next generation.
 
@@ -88,3 +95,9 @@ class ToolTurnTemplate:
             )
         head = self.glue if sampled_eos else self.eos_text + self.glue
         return head + full[len(self._base_text) :]
+
+    async def delta(self, tool_messages: list[dict], last_sampled_id: int | None) -> Delta:
+        """:meth:`delta_text` and its ids after a turn whose last sampled id is ``last_sampled_id`` (the end-of-turn
+        token is added when the model stopped without sampling it); long text is encoded off the event loop."""
+        text = self.delta_text(tool_messages, last_sampled_id == self.eos_id)
+        return Delta(text, await encode_text_off_loop(self.tokenizer, text))

@@ -18,18 +18,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from search_r1_oai.chat_client import ChatClient
 from search_r1_oai.context import RolloutContext
 from search_r1_oai.errors import RolloutError
-from search_r1_oai.prompts import SEARCH_TOOL
-from search_r1_oai.result import Outcome, RolloutResult, RolloutStats, Stop
-from search_r1_oai.server_values import check_reply, check_sampled
-from search_r1_oai.sglang_wire import TurnOutput, chat_sampling_fields
+from search_r1_oai.result import Outcome, RolloutResult, Stop
+from search_r1_oai.sglang_wire import chat_sampling_fields
 from search_r1_oai.text import clean_text
-from search_r1_oai.token_ids import ServerIds, choose_id_source, resumed_id_source
-from search_r1_oai.tool_calls import ToolCall, calls_from_server, calls_from_text
+from search_r1_oai.token_ids import choose_id_source, resumed_id_source
 from search_r1_oai.tools import run_tool_calls
-from search_r1_oai.trajectory import SampledTurn, Trajectory
+from search_r1_oai.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +50,19 @@ async def run_rollout(
     is_aborted: Callable[[], bool] = lambda: False,
     evaluation: bool = False,
 ) -> RolloutResult:
-    """Run one trajectory from ``messages`` (or carry on a resumed ``trajectory``) against the context's policy.
+    """Run one trajectory from ``messages`` and ``tools`` (or carry on a resumed ``trajectory``) against the
+    context's policy.
 
     ``sampling_params`` are slime's (SGLang-native names; ``max_new_tokens`` caps each turn). ``is_aborted`` is
     asked before every turn; when it turns true the result is ABORTED with the state to resume from.
     """
-    schemas: list[dict] = []
     stop: Stop
     limit = context.settings.trajectory_timeout_s
     deadline = asyncio.timeout(limit)
     try:
-        schemas = _tool_schemas(tools)
-        trajectory = trajectory or Trajectory.start(messages)
+        trajectory = trajectory or Trajectory.start(messages, tools)
         async with deadline:
-            stop = await _loop(context, trajectory, schemas, sampling_params, is_aborted)
+            stop = await _loop(context, trajectory, sampling_params, is_aborted)
     except TimeoutError as exc:
         if not deadline.expired():
             logger.exception("rollout failed")
@@ -81,126 +76,59 @@ async def run_rollout(
         logger.exception("rollout failed")
         stop = _failed(f"{type(exc).__name__}: {exc}", "internal_error")
     trajectory = trajectory or Trajectory(messages=[], prompt_messages=0)  # the prompt itself was unusable
-    try:
-        result = trajectory.finish(stop, context.tokenizer, schemas)
-    except Exception as exc:  # same: report, never raise
-        logger.exception("could not finish the rollout")
-        result = _empty_result(f"{type(exc).__name__}: {exc}", stop.reason, trajectory.stats)
+    result = trajectory.finish(stop, context.tokenizer)
     _maybe_log(context, result, evaluation)
     return result
 
 
-def _tool_schemas(tools: Any) -> list[dict]:
-    """The OpenAI function schemas the policy is offered (``search`` when none are given)."""
-    if not tools:
-        return [SEARCH_TOOL]
-    if not isinstance(tools, list) or not all(
-        isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name") for t in tools
-    ):
-        raise ValueError(f"tools must be a list of OpenAI function schemas, got {str(tools)[:200]!r}")
-    return list(tools)
-
-
 async def _loop(
-    context: RolloutContext,
-    trajectory: Trajectory,
-    tools: list[dict],
-    sampling_params: dict[str, Any],
-    is_aborted: Callable[[], bool],
+    context: RolloutContext, trajectory: Trajectory, sampling_params: dict[str, Any], is_aborted: Callable[[], bool]
 ) -> Stop:
     """The algorithm: generate -> append the sampled turn -> run its tool calls -> append their results."""
-    settings, tokenizer, chat, template = context.settings, context.tokenizer, context.chat(), context.template(tools)
+    settings, tokenizer, chat, tools = context.settings, context.tokenizer, context.chat(), trajectory.tools
+    template = context.template(tools)  # a template the rollout cannot extend fails here, before any generation
     sampling = chat_sampling_fields(sampling_params)
     max_new_tokens = int(sampling_params.get("max_new_tokens") or settings.context_budget)
     source = resumed_id_source(trajectory.reencoded, context, tools) if trajectory.started else None
     while True:
         if is_aborted():
             return Stop(Outcome.ABORTED, "aborted")
-        max_tokens, full = trajectory.tokens_left(max_new_tokens, settings.context_budget, tokenizer, tools)
+        max_tokens, full = trajectory.tokens_left(max_new_tokens, settings.context_budget, tokenizer)
         if full:
             return Stop(Outcome.TRUNCATED, full)
 
-        # 1. Generate.
-        output = await _generate(chat, trajectory, tools, sampling, max_tokens, source, settings.verify_prompt_ids)
+        # 1. Generate. The server renders the messages on the first turn (and on every turn without token ids);
+        # otherwise it conditions on our ids and reads the prompt messages only for stop tokens and tool choice.
+        renders = source is None or source.reencoded
+        body = chat.build_request(
+            trajectory.messages if renders else trajectory.prompt,
+            tools,
+            sampling,
+            max_tokens,
+            return_prompt_ids=renders or settings.verify_prompt_ids,
+        )
+        output = await chat.complete(body, None if renders else trajectory.tokens_json())
 
         # 2. Append exactly the ids the server conditioned on and sampled, once they are checked.
-        check_reply(output, context.vocab_size)
-        if source is None:
-            source = choose_id_source(output, context, tools)
-            trajectory.begin(source.first_prompt_ids(output, trajectory.messages), reencoded=source.reencoded)
-        else:
-            trajectory.check_prompt(output, source)
-        sampled = source.sampled(output)
-        check_sampled(sampled.ids, sampled.log_probs, context.vocab_size)
-        turn = trajectory.append_sampled(output, sampled, tokenizer)
+        source = source or choose_id_source(output, context, tools)
+        reply = source.read(output, trajectory.tokens, trajectory.messages, context.vocab_size)
+        turn = trajectory.append_reply(output, reply, tokenizer, settings.tool_call_markers)
         if turn is None:
             return Stop(Outcome.ABORTED, "abort")
 
-        # 3. Record the assistant turn; stop when it answered, ran out of room, or used its last turn.
-        calls, content = _turn_calls(output, turn, settings.tool_call_markers)
-        trajectory.record_turn(content, None if turn.resumed else output.tool_calls)
+        # 3. Stop when the turn answered, ran out of room, or was the last one allowed.
         if output.finish_reason == "length":
             return Stop(Outcome.TRUNCATED, "length")
-        if not calls:
+        if not turn.calls:
             return Stop(Outcome.COMPLETED, "answer")
         if trajectory.stats.turns >= settings.max_turns:
             return Stop(Outcome.TRUNCATED, "max_turns")
 
         # 4. Run the tools and append their results with the template's own glue (loss mask 0).
-        tool_messages = await run_tool_calls(calls, tools, context, trajectory.stats)
-        if not await trajectory.append_tool_results(tool_messages, template, settings.context_budget):
+        tool_messages = await run_tool_calls(turn.calls, tools, context, trajectory.stats)
+        delta = await template.delta(tool_messages, trajectory.tokens[-1])
+        if not trajectory.append_tool_results(tool_messages, delta, settings.context_budget):
             return Stop(Outcome.TRUNCATED, "context_budget")
-
-
-async def _generate(
-    chat: ChatClient,
-    trajectory: Trajectory,
-    tools: list[dict],
-    sampling: dict[str, Any],
-    max_tokens: int,
-    source: ServerIds | None,
-    verify_prompt_ids: bool,
-) -> TurnOutput:
-    """One policy call. The server renders the messages on the first turn (and every turn of a re-encoded
-    trajectory); otherwise it conditions on our ``input_ids`` and reads the messages only for template stop tokens
-    and tool-choice constraints, so the prompt messages suffice and the request stays small."""
-    server_renders = source is None or source.reencoded
-    body = chat.build_request(
-        trajectory.messages if server_renders else trajectory.prompt,
-        tools,
-        sampling,
-        max_tokens,
-        return_prompt_ids=server_renders or verify_prompt_ids,
-    )
-    return await chat.complete(body, None if server_renders else trajectory.tokens_json())
-
-
-def _turn_calls(output: TurnOutput, turn: SampledTurn, markers: tuple[str, str]) -> tuple[list[ToolCall], str]:
-    """The turn's calls and visible content. The raw output text is parsed when the server's parser saw only part
-    of the turn (a resumed turn) or dropped blocks it could not parse (bad JSON, unknown tool)."""
-    text, start = turn.text, markers[0]
-    blocks = text.count(start)
-    server_calls = [] if turn.resumed else calls_from_server(output.tool_calls)
-    if server_calls and len(server_calls) >= blocks:
-        return server_calls, output.content or ""
-    if blocks == 0:
-        return [], text.strip() if turn.resumed else (output.content or "")
-    return calls_from_text(text, markers), text[: text.find(start)].strip()
-
-
-def _empty_result(error: str, reason: str, stats: RolloutStats) -> RolloutResult:
-    return RolloutResult(
-        tokens=[],
-        prompt_length=0,
-        loss_mask=[],
-        log_probs=[],
-        response="",
-        outcome=Outcome.FAILED,
-        stop_reason=reason,
-        stats=stats,
-        error=error,
-        train=False,
-    )
 
 
 def _maybe_log(context: RolloutContext, result: RolloutResult, evaluation: bool) -> None:

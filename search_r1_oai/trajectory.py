@@ -5,40 +5,50 @@ the ids it sampled (loss mask 1, with the logprobs it reported), then ids we add
 results, the next generation prompt: loss mask 0, logprob 0.0). Generated text is never re-encoded.
 
 :class:`Trajectory` is the only writer of that state: the rollout loop calls its methods in the order of the
-algorithm (:meth:`~Trajectory.begin`, :meth:`~Trajectory.check_prompt`, :meth:`~Trajectory.append_sampled`,
-:meth:`~Trajectory.record_turn`, :meth:`~Trajectory.append_tool_results`, :meth:`~Trajectory.tokens_left`,
+algorithm (:meth:`~Trajectory.start`, :meth:`~Trajectory.tokens_left`, :meth:`~Trajectory.append_reply`, which
+begins the token state or checks the prompt and appends the sampled turn, :meth:`~Trajectory.append_tool_results`,
 :meth:`~Trajectory.finish`), and slime's partial rollout carries an ABORTED one over with
 :meth:`~Trajectory.to_saved` and :meth:`~Trajectory.load`.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from search_r1_oai.chat_template import (
-    ToolTurnTemplate,
-    encode_text,
-    encode_text_off_loop,
-    render_chat,
-    render_prompt_ids,
-)
+from search_r1_oai.chat_template import Delta, encode_text, render_chat, render_prompt_ids
 from search_r1_oai.errors import TrajectoryError
+from search_r1_oai.prompts import SEARCH_TOOL
 from search_r1_oai.result import Outcome, RolloutResult, RolloutStats, Stop
 from search_r1_oai.sglang_wire import TurnOutput
-from search_r1_oai.token_ids import Sampled, ServerIds
+from search_r1_oai.tool_calls import ToolCall, calls_from_server, calls_from_text
+
+logger = logging.getLogger(__name__)
 
 # The first prompt is rendered by the server, whose tools JSON differs from a client render by a few tokens between
 # releases (e.g. an added "strict" key); the first turn's budget check keeps this much slack for it.
 FIRST_PROMPT_SLACK = 32
 
 
-class SampledTurn(NamedTuple):
-    """A finished assistant turn: its text without the end-of-turn token, and whether it continues a turn the
-    server aborted earlier (the text then spans both generations and the server's parse saw only the last)."""
+class Reply(NamedTuple):
+    """What one policy reply adds, its values checked (a :mod:`~search_r1_oai.token_ids` source reads it): the
+    prompt ids the server reports (or, on a re-encoded first turn, our render; ``None`` when not reported) and their
+    count, the sampled ids and logprobs, the drift from token-exact (re-encoded sources only)."""
 
-    text: str
-    resumed: bool
+    prompt_ids: list[int] | None
+    prompt_tokens: int | None
+    ids: list[int]
+    log_probs: list[float]
+    drift: int = 0
+    reencoded: bool = False
+
+
+class Turn(NamedTuple):
+    """A finished assistant turn: the tool calls it makes and its visible content."""
+
+    calls: list[ToolCall]
+    content: str
 
 
 @dataclass
@@ -48,6 +58,8 @@ class Trajectory:
 
     messages: list[dict[str, Any]]
     prompt_messages: int
+    # The OpenAI function schemas offered: the prompt is rendered with them.
+    tools: list[dict] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     prompt_length: int = 0
     loss_mask: list[int] = field(default_factory=list)
@@ -67,14 +79,14 @@ class Trajectory:
             self._json_chunks.append(",".join(map(str, self.tokens)))
 
     @classmethod
-    def start(cls, messages: list[dict[str, Any]]) -> Trajectory:
-        """A fresh trajectory from the prompt messages (the OpenAI messages list)."""
+    def start(cls, messages: list[dict[str, Any]], tools: Any = None) -> Trajectory:
+        """A fresh trajectory from the prompt messages (the OpenAI messages list) and the tools schemas offered."""
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise ValueError(
                 "the prompt must be the OpenAI messages list (do not pass --apply-chat-template to slime); "
                 f"got {type(messages).__name__}"
             )
-        return cls(messages=[dict(m) for m in messages], prompt_messages=len(messages))
+        return cls(messages=[dict(m) for m in messages], prompt_messages=len(messages), tools=offered_tools(tools))
 
     @property
     def prompt(self) -> list[dict[str, Any]]:
@@ -95,7 +107,7 @@ class Trajectory:
 
     # ---- the algorithm, turn by turn --------------------------------------------------------------------------
 
-    def tokens_left(self, max_new_tokens: int, budget: int, tokenizer: Any, tools: list[dict]) -> tuple[int, str]:
+    def tokens_left(self, max_new_tokens: int, budget: int, tokenizer: Any) -> tuple[int, str]:
         """This turn's ``max_tokens`` (slime's ``max_new_tokens`` less what an aborted turn already generated,
         capped by what is left of the context ``budget``), and the stop_reason when either is used up."""
         if self.started:
@@ -103,7 +115,7 @@ class Trajectory:
             already = 0 if self.pending_turn_start is None else used - self.pending_turn_start
         else:
             room = budget - max_new_tokens - FIRST_PROMPT_SLACK
-            used, already = _prompt_estimate(tokenizer, self.messages, tools, room) + FIRST_PROMPT_SLACK, 0
+            used, already = _prompt_estimate(tokenizer, self.messages, self.tools, room) + FIRST_PROMPT_SLACK, 0
         if budget - used <= 0:
             return 0, "context_budget"
         if max_new_tokens - already <= 0:
@@ -119,59 +131,84 @@ class Trajectory:
         self.reencoded = reencoded
         self.stats.token_exact = self.stats.token_exact and not reencoded
 
-    def check_prompt(self, output: TurnOutput, source: ServerIds) -> None:
-        """A later turn's reply conditioned on our tokens (token-exact), or how far the server's render drifted."""
-        self.stats.drift_tokens += source.prompt_drift(output, self.tokens, self.messages)
+    def check_prompt(self, prompt_ids: list[int] | None, prompt_tokens: int | None) -> None:
+        """The server conditioned on exactly our tokens: compared id for id when it returned them, else by count."""
+        if prompt_ids is not None and prompt_ids != self.tokens:
+            at = next(
+                (i for i, (a, b) in enumerate(zip(prompt_ids, self.tokens, strict=False)) if a != b),
+                min(len(prompt_ids), len(self.tokens)),
+            )
+            raise TrajectoryError(
+                f"server conditioned on {len(prompt_ids)} ids that differ from our {len(self.tokens)} at position {at}"
+            )
+        if prompt_ids is None and prompt_tokens is not None and prompt_tokens != len(self.tokens):
+            raise TrajectoryError(f"server prefilled {prompt_tokens} tokens but we sent {len(self.tokens)} input_ids")
 
-    def append_sampled(self, output: TurnOutput, sampled: Sampled, tokenizer: Any) -> SampledTurn | None:
-        """Append the sampled ids (loss mask 1). ``None`` when the server aborted the turn: the turn is
-        unfinished, and a resumed rollout continues it."""
+    def append_reply(self, output: TurnOutput, reply: Reply, tokenizer: Any, markers: tuple[str, str]) -> Turn | None:
+        """Append a checked reply: the first one starts the token state, a later one must have conditioned on our
+        tokens; its sampled ids go in with loss mask 1 and the finished turn is recorded as an assistant message.
+        ``None`` when the server aborted the turn: a resumed rollout continues it."""
         self.stats.policy_latency_s += output.latency_s
-        self.stats.drift_tokens += sampled.drift
-        turn_start = len(self.tokens)
+        if self.started:
+            self.check_prompt(reply.prompt_ids, reply.prompt_tokens)
+        else:
+            self.begin(reply.prompt_ids or [], reencoded=reply.reencoded)
+        self.stats.drift_tokens += reply.drift
+        turn_start = len(self.tokens) if self.pending_turn_start is None else self.pending_turn_start
         if self.pending_turn_start is None:
             self.stats.turns += 1
-        else:
-            turn_start = self.pending_turn_start
-        self.add_sampled(sampled.ids, sampled.log_probs)
-        text = tokenizer.decode(sampled.ids, skip_special_tokens=False)
+        self.add_sampled(reply.ids, reply.log_probs)
+        text = tokenizer.decode(reply.ids, skip_special_tokens=False)
         self.response_parts.append(text)
         if output.finish_reason == "abort":
             self.pending_turn_start = turn_start
             return None
-        resumed = self.pending_turn_start is not None
-        if resumed:
+        resumed, self.pending_turn_start = self.pending_turn_start is not None, None
+        if resumed:  # the turn's text spans both generations; the server's parse saw only the last one
             text = tokenizer.decode(self.tokens[turn_start:], skip_special_tokens=False)
-        self.pending_turn_start = None
-        return SampledTurn(text.removesuffix(tokenizer.eos_token), resumed)
-
-    def record_turn(self, content: str, tool_calls: list[dict] | None) -> None:
-        """The assistant turn as a chat message (``tool_calls`` as the server parsed them, if it did)."""
+        calls, content = _turn_calls(output, text.removesuffix(tokenizer.eos_token), resumed, markers)
         message: dict[str, Any] = {"role": "assistant", "content": content}
-        if tool_calls:
-            message["tool_calls"] = tool_calls
+        if output.tool_calls and not resumed:
+            message["tool_calls"] = output.tool_calls
         self.messages.append(message)
         self.stats.final_content = content
+        return Turn(calls, content)
 
-    async def append_tool_results(self, tool_messages: list[dict], template: ToolTurnTemplate, budget: int) -> bool:
-        """Append the tool results with the template's own glue (loss mask 0); False, appending nothing, when they
+    def append_tool_results(self, tool_messages: list[dict], delta: Delta, budget: int) -> bool:
+        """Append the tool results as the template's ``delta`` (loss mask 0); False, appending nothing, when they
         would not leave room in the context ``budget``."""
-        text = template.delta_text(tool_messages, self.tokens[-1] == template.eos_id)
-        delta = await encode_text_off_loop(template.tokenizer, text)
-        if len(self.tokens) + len(delta) >= budget:
+        if len(self.tokens) + len(delta.ids) >= budget:
             return False
-        self.add_observation(delta)
-        self.response_parts.append(text)
+        self.add_observation(delta.ids)
+        self.response_parts.append(delta.text)
         self.messages.extend(tool_messages)
         return True
 
-    def finish(self, stop: Stop, tokenizer: Any, tools: list[dict]) -> RolloutResult:
-        """The result to train on (copies of the token state); a trajectory that never got a turn gets
-        placeholder tensors and is not trained on."""
+    def finish(self, stop: Stop, tokenizer: Any) -> RolloutResult:
+        """The result to train on (copies of the token state); a trajectory that never got a turn gets placeholder
+        tensors and is not trained on. Never raises: a result that cannot be built is an empty FAILED one."""
+        try:
+            return self._result(stop, tokenizer)
+        except Exception as exc:  # nothing may escape into slime's rollout step
+            logger.exception("could not finish the rollout")
+            return RolloutResult(
+                tokens=[],
+                prompt_length=0,
+                loss_mask=[],
+                log_probs=[],
+                response="",
+                outcome=Outcome.FAILED,
+                stop_reason=stop.reason,
+                stats=self.stats,
+                error=f"{type(exc).__name__}: {exc}",
+                train=False,
+            )
+
+    def _result(self, stop: Stop, tokenizer: Any) -> RolloutResult:
         placeholder = not self.started and stop.outcome in (Outcome.FAILED, Outcome.TRUNCATED)
         response = "".join(self.response_parts)
         if placeholder:
-            self._placeholder(tokenizer, tools)
+            self._placeholder(tokenizer)
             response = tokenizer.eos_token
         elif stop.outcome is Outcome.COMPLETED:
             content = self.stats.final_content
@@ -192,10 +229,10 @@ class Trajectory:
             messages=self.messages,
         )
 
-    def _placeholder(self, tokenizer: Any, tools: list[dict]) -> None:
+    def _placeholder(self, tokenizer: Any) -> None:
         """Well-formed tensors for a trajectory without a turn: the prompt plus one masked end-of-turn token."""
         try:
-            prompt_ids = render_prompt_ids(tokenizer, self.messages, tools) if self.messages else []
+            prompt_ids = render_prompt_ids(tokenizer, self.messages, self.tools) if self.messages else []
         except Exception:  # a broken template must not hide the original failure
             prompt_ids = []
         self.begin(prompt_ids or encode_text(tokenizer, tokenizer.eos_token))
@@ -251,13 +288,15 @@ class Trajectory:
         cls,
         saved: dict[str, Any],
         *,
+        tools: Any,
         tokens: list[int],
         loss_mask: list[int] | None,
         log_probs: list[float] | None,
         response_length: int,
         response: str,
     ) -> Trajectory:
-        """Resume from :meth:`to_saved` plus the token arrays slime kept (its loss mask may have been zeroed since).
+        """Resume from :meth:`to_saved` plus the token arrays slime kept (its loss mask may have been zeroed since)
+        and the tools schemas the sample offers.
 
         Raises ``ValueError`` (or :class:`TrajectoryError`) when the saved state does not fit the tokens.
         """
@@ -266,6 +305,7 @@ class Trajectory:
             trajectory = cls(
                 messages=[dict(m) for m in saved["messages"]],
                 prompt_messages=int(saved["prompt_messages"]),
+                tools=offered_tools(tools),
                 tokens=list(tokens or []),
                 prompt_length=prompt_length,
                 loss_mask=list(loss_mask or []),
@@ -295,3 +335,27 @@ def _prompt_estimate(tokenizer: Any, messages: list[dict], tools: list[dict], ro
     if upper_bound < room:
         return upper_bound
     return len(encode_text(tokenizer, text))
+
+
+def offered_tools(tools: Any) -> list[dict]:
+    """The OpenAI function schemas the policy is offered (``search`` when none are given)."""
+    if not tools:
+        return [SEARCH_TOOL]
+    if not isinstance(tools, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name") for t in tools
+    ):
+        raise ValueError(f"tools must be a list of OpenAI function schemas, got {str(tools)[:200]!r}")
+    return list(tools)
+
+
+def _turn_calls(output: TurnOutput, text: str, resumed: bool, markers: tuple[str, str]) -> tuple[list[ToolCall], str]:
+    """The turn's calls and visible content. The raw output text is parsed when the server's parser saw only part
+    of the turn (a resumed turn) or dropped blocks it could not parse (bad JSON, unknown tool)."""
+    start = markers[0]
+    blocks = text.count(start)
+    server_calls = [] if resumed else calls_from_server(output.tool_calls)
+    if server_calls and len(server_calls) >= blocks:
+        return server_calls, output.content or ""
+    if blocks == 0:
+        return [], text.strip() if resumed else (output.content or "")
+    return calls_from_text(text, markers), text[: text.find(start)].strip()

@@ -11,7 +11,6 @@ from search_r1_oai.config import Settings
 from search_r1_oai.context import RolloutContext
 from search_r1_oai.errors import TemplateError, TrajectoryError
 from search_r1_oai.prompts import SEARCH_TOOL, build_messages
-from search_r1_oai.token_ids import check_conditioning
 from search_r1_oai.trajectory import Trajectory
 from tests.support.rollout_helpers import appended_delta
 
@@ -137,6 +136,7 @@ def test_trajectory_masks_logprobs_and_lengths() -> None:
     assert saved is not None
     restored = Trajectory.load(
         saved,
+        tools=None,
         tokens=trajectory.tokens,
         loss_mask=trajectory.loss_mask,
         log_probs=trajectory.log_probs,
@@ -154,13 +154,15 @@ def test_trajectory_refuses_inconsistent_state() -> None:
     trajectory.begin([1, 2, 3])
     with pytest.raises(TrajectoryError, match="2 sampled ids but 1 logprobs"):
         trajectory.add_sampled([4, 5], [-1.0])
-    check_conditioning([1, 2, 3], trajectory.tokens)
+    trajectory.check_prompt([1, 2, 3], None)
     with pytest.raises(TrajectoryError, match="at position 1"):
-        check_conditioning([1, 9, 3], trajectory.tokens)
+        trajectory.check_prompt([1, 9, 3], None)
     with pytest.raises(TrajectoryError, match="differ"):
-        check_conditioning([1, 2], trajectory.tokens)
+        trajectory.check_prompt([1, 2], None)
     with pytest.raises(TrajectoryError, match="empty prompt"):
         Trajectory.start([]).begin([])
     saved = {"prompt_length": 3, "messages": [], "prompt_messages": 0}
     with pytest.raises(TrajectoryError):
-        Trajectory.load(saved, tokens=[1, 2, 3, 4], loss_mask=[1], log_probs=[0.0], response_length=2, response="")
+        Trajectory.load(
+            saved, tools=None, tokens=[1, 2, 3, 4], loss_mask=[1], log_probs=[0.0], response_length=2, response=""
+        )

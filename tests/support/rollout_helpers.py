@@ -15,7 +15,6 @@ from search_r1_oai.chat_template import ToolTurnTemplate
 from search_r1_oai.config import Settings
 from search_r1_oai.context import RolloutContext
 from search_r1_oai.prompts import build_messages, tools_json
-from search_r1_oai.trajectory import Trajectory
 from tests.support.sglang_mock import RecordedRequest, mock_logprob
 from tests.support.slime_stub import Sample
 
@@ -54,14 +53,8 @@ def answer(text: str) -> str:
 
 def appended_delta(template: ToolTurnTemplate, tool_messages: list[dict], last_sampled_id: int | None) -> list[int]:
     """The ids the rollout appends for ``tool_messages`` after a turn whose last sampled id is ``last_sampled_id``
-    (``None``: nothing sampled), through the rollout's own :meth:`Trajectory.append_tool_results`."""
-    trajectory = Trajectory.start([])
-    trajectory.begin([0])  # id 0 is no end-of-turn token in any tokenizer the tests use
-    if last_sampled_id is not None:
-        trajectory.add_sampled([last_sampled_id], [0.0])
-    before = len(trajectory.tokens)
-    assert asyncio.run(trajectory.append_tool_results(tool_messages, template, budget=1 << 30))
-    return trajectory.tokens[before:]
+    (``None``: nothing sampled), through the rollout's own :meth:`ToolTurnTemplate.delta`."""
+    return asyncio.run(template.delta(tool_messages, last_sampled_id)).ids
 
 
 # ---- the invariant, recomputed from the server's records --------------------------------------------------------
