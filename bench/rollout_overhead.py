@@ -25,13 +25,14 @@ import time
 from typing import Any
 
 from search_r1_data.toy import make_toy_corpus
-from search_r1_oai.chat_client import ChatClient, TurnOutput, encode_request, parse_chat_response
+from search_r1_oai.chat_client import ChatClient
 from search_r1_oai.config import Settings
 from search_r1_oai.context import RolloutContext
 from search_r1_oai.prompts import SEARCH_TOOL, build_messages
 from search_r1_oai.rollout import run_rollout
 from search_r1_oai.search_client import Passage, RetrievalResult, SearchClient
 from search_r1_oai.search_tool import SearchTool
+from search_r1_oai.sglang_wire import TurnOutput, encode_request, parse_chat_response
 from search_r1_oai.trajectory import encode_text, render_chat
 
 QUESTION = "Who wrote the novel Zorvathkel?"
