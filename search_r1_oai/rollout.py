@@ -3,7 +3,7 @@ results, repeat, then stop.
 
 :func:`run_rollout` takes the prompt messages, the tools schemas and slime's sampling params and returns a
 :class:`~search_r1_oai.result.RolloutResult`. It never raises (``asyncio.CancelledError`` aside) and never waits
-forever: a failure of :mod:`search_r1_oai.errors`' tree ends the trajectory FAILED with the class's
+forever: an exception of the tree in :mod:`search_r1_oai.errors` ends the trajectory FAILED with its class's
 ``stop_reason``, a failed tool call becomes a tool message, and a trajectory still running after
 ``trajectory_timeout_s`` ends TRUNCATED (stop_reason ``deadline``, not trained on). The token state and the chat
 turns belong to :class:`~search_r1_oai.trajectory.Trajectory`; where ids come from is

@@ -166,3 +166,25 @@ def test_trajectory_refuses_inconsistent_state() -> None:
         Trajectory.load(
             saved, tools=None, tokens=[1, 2, 3, 4], loss_mask=[1], log_probs=[0.0], response_length=2, response=""
         )
+
+
+async def test_a_template_the_rollout_cannot_extend_fails_the_sample_before_any_generation(qwen_tokenizer) -> None:
+    """A TemplateError ends the trajectory by its class's stop_reason (capability), not as an internal error, and
+    no policy call is wasted on it."""
+    from search_r1_oai.rollout import run_rollout
+
+    class NoPolicy:
+        def build_request(self, *args, **kwargs):
+            raise AssertionError("the policy was asked for a turn")
+
+        async def complete(self, *args, **kwargs):
+            raise AssertionError("the policy was asked for a turn")
+
+    no_eos = copy.deepcopy(qwen_tokenizer)
+    no_eos.chat_template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    context = RolloutContext(Settings(log_every=0), no_eos, "http://unused", chat_factory=NoPolicy)
+    result = await run_rollout(context, build_messages("Who?"), {"max_new_tokens": 8}, tools=[SEARCH_TOOL])
+    await context.aclose()
+    assert result.outcome.name == "FAILED" and result.stop_reason == "capability" and result.train is False
+    assert result.error is not None and "does not end an assistant turn" in result.error
+    assert result.response_length == 1 and result.loss_mask == [0]  # placeholder tensors, not trained on
