@@ -45,7 +45,7 @@ def rollout_context(args: Namespace, tokenizer: Any) -> RolloutContext:
     global _CONTEXT
     if _CONTEXT is None or _CONTEXT.tokenizer is not tokenizer:
         policy_url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}"
-        _CONTEXT = RolloutContext(load_settings(args), tokenizer, policy_url)
+        _CONTEXT = RolloutContext(load_settings(args), tokenizer, policy_url, tool_args=args)
     return _CONTEXT
 
 

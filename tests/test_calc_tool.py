@@ -129,3 +129,18 @@ def test_the_tools_own_setting_is_read_like_the_tables() -> None:
     assert from_args.max_terms == 5, "slime's args before the environment"
     with pytest.raises(ConfigError, match=r"CALC_TOOL_MAX_TERMS='zero' in the environment: expected an integer"):
         load_tool_settings(CalcSettings, env={"CALC_TOOL_MAX_TERMS": "zero"})
+
+
+async def test_slimes_hook_hands_its_args_to_the_tools(calc_registered, qwen_tokenizer, monkeypatch) -> None:
+    """A tool's config key in slime's --custom-config-path YAML lands on ``args``; the hook's context must pass
+    ``args`` on, or the tool would read the environment only."""
+    import generate_with_search_oai as hook
+
+    monkeypatch.setattr(hook, "_CONTEXT", None)
+    args = Namespace(sglang_router_ip="127.0.0.1", sglang_router_port=1, calc_tool_max_terms=3)
+    context = hook.rollout_context(args, qwen_tokenizer)
+    try:
+        assert context.tools["calc"].settings.max_terms == 3
+    finally:
+        await context.aclose()
+        monkeypatch.setattr(hook, "_CONTEXT", None)
