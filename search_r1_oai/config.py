@@ -732,7 +732,7 @@ def dump_slime_config(config: Mapping[str, Any], use_yaml: bool) -> str:
     return "{" + ", ".join(f"{json.dumps(str(k))}: {_yaml_scalar(v)}" for k, v in config.items()) + "}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Print the settings table, or build the run script's config.")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--markdown", action="store_true", help="the README table")
@@ -761,47 +761,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs=argparse.REMAINDER,
         help="after --: slime's command line; keys of --base among its flags are refused",
     )
-    options = parser.parse_args(argv)
-    if options.markdown:
-        sys.stdout.write(render_markdown())
-    elif options.help_text:
-        sys.stdout.write(render_help_text())
-    elif options.yaml:
-        sys.stdout.write(render_yaml())
-    else:
-        try:
-            base = read_config_file(options.base) if options.base else {}
-            label = f"{CONFIG_FILE_VARIABLE}={options.base}"
-            flags = flags_of_command(options.command)
-            package = Path(options.slime_dir) / "slime" if options.slime_dir is not None else None
-            if package is not None and package.is_dir():
-                flags |= flags_defined_in(package)
-            config = slime_config(os.environ, base, label, check_env=options.slime_config, slime_flags=flags)
-            unchecked = [str(key) for key in base if str(key) not in KEYS and str(key) not in flags]
-            if package is not None and not package.is_dir() and unchecked:
-                print(
-                    f"warning: {', '.join(unchecked)} in {label}: not checked against slime's flags (no {package});"
-                    " slime's own flags belong on the command line",
-                    file=sys.stderr,
-                )
-            if options.slime_config:
-                wandb_key = os.environ.get(WANDB_KEY_VARIABLE, "").strip()
-                if wandb_key:
-                    config[WANDB_KEY] = wandb_key
-                if options.output:
-                    write_private(options.output, dump_slime_config(config, use_yaml=bool(options.base)) + "\n")
-                print(dump_slime_config(masked(config), use_yaml=bool(options.base)))
-                return 0
-            knob = next((knob for knob in SETTINGS if knob.env == options.value), None)
-            if knob is None:
-                raise ConfigError(f"{options.value} is not a setting")
-            if knob.secret:
-                raise ConfigError(f"{options.value} is a secret: it is never printed")
-            value = getattr(load_settings(SimpleNamespace(**{str(k): v for k, v in config.items()}), {}), knob.attr)
-            print(",".join(value) if knob.kind == "urls" else value[knob.part] if knob.part is not None else value)
-        except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+    return parser
+
+
+def _merged_config(options: argparse.Namespace) -> dict[str, Any]:
+    """``--base`` with the environment's settings on top, checked against slime's flags where slime is at hand."""
+    base = read_config_file(options.base) if options.base else {}
+    label = f"{CONFIG_FILE_VARIABLE}={options.base}"
+    flags = flags_of_command(options.command)
+    package = Path(options.slime_dir) / "slime" if options.slime_dir is not None else None
+    if package is not None and package.is_dir():
+        flags |= flags_defined_in(package)
+    config = slime_config(os.environ, base, label, check_env=options.slime_config, slime_flags=flags)
+    unchecked = [str(key) for key in base if str(key) not in KEYS and str(key) not in flags]
+    if package is not None and not package.is_dir() and unchecked:
+        print(
+            f"warning: {', '.join(unchecked)} in {label}: not checked against slime's flags (no {package});"
+            " slime's own flags belong on the command line",
+            file=sys.stderr,
+        )
+    return config
+
+
+def _print_config(options: argparse.Namespace, config: dict[str, Any]) -> None:
+    """``--slime-config``: the config with the W&B key added, to ``--output`` (0600) and, masked, to stdout."""
+    wandb_key = os.environ.get(WANDB_KEY_VARIABLE, "").strip()
+    if wandb_key:
+        config[WANDB_KEY] = wandb_key
+    if options.output:
+        write_private(options.output, dump_slime_config(config, use_yaml=bool(options.base)) + "\n")
+    print(dump_slime_config(masked(config), use_yaml=bool(options.base)))
+
+
+def _print_value(name: str, config: dict[str, Any]) -> None:
+    """``--value``: one setting as the run scripts see it; never a secret."""
+    knob = next((knob for knob in SETTINGS if knob.env == name), None)
+    if knob is None:
+        raise ConfigError(f"{name} is not a setting")
+    if knob.secret:
+        raise ConfigError(f"{name} is a secret: it is never printed")
+    value = getattr(load_settings(SimpleNamespace(**{str(k): v for k, v in config.items()}), {}), knob.attr)
+    print(",".join(value) if knob.kind == "urls" else value[knob.part] if knob.part is not None else value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = _parser().parse_args(argv)
+    renderers = {"markdown": render_markdown, "help_text": render_help_text, "yaml": render_yaml}
+    chosen = next((render for name, render in renderers.items() if getattr(options, name)), None)
+    if chosen is not None:
+        sys.stdout.write(chosen())
+        return 0
+    try:
+        config = _merged_config(options)
+        if options.slime_config:
+            _print_config(options, config)
+        else:
+            _print_value(options.value, config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -149,15 +149,7 @@ class HealthMonitor:
         evaluation set) leaves out the modes about what GRPO trains on. Off: ``{}``."""
         if not self.settings.health:
             return {}
-        with self._lock:
-            window = self._windows.setdefault(stream, deque(maxlen=self.settings.health_window))
-            # A step that goes back is a run resumed from an earlier checkpoint: the batches after it are not its
-            # past. The same step again is not (slime evaluates at rollout 0 before training and after it).
-            if step < self._last_step.get(stream, step):
-                window.clear()
-            self._last_step[stream] = step
-            history = tuple(window)
-            window.append(summary)
+        history = self._remember(stream, step, summary)
         checks = [check for check in CHECKS if training or check.__name__ not in TRAINING_ONLY]
         alarms: list[Alarm] = [alarm for check in checks if (alarm := check(summary, history, self.settings))]
         present = {alarm.mode for alarm in alarms}
@@ -174,18 +166,35 @@ class HealthMonitor:
             "reward_mean": summary.reward_mean,
         }
         if dropped is not None:
-            total, zero_std = dropped
-            kept = summary.groups
-            metrics["dropped_groups"] = float(total)
-            metrics["dropped_zero_std_groups"] = float(zero_std)
-            # Of every group the step generated, the share without signal: what over-sampling pays for.
-            generated = kept + total
-            metrics["generated_zero_std_share"] = (summary.zero_std_groups + zero_std) / generated if generated else 0.0
-            if total:
-                logger.info(
-                    "training health: %s: dynamic sampling dropped %d groups (%d zero-std)", where, total, zero_std
-                )
+            metrics |= _dropped_metrics(summary, dropped, where)
         return {f"{prefix}/health/{name}": value for name, value in metrics.items()}
+
+    def _remember(self, stream: str, step: int, summary: Summary) -> tuple[Summary, ...]:
+        """The stream's window before this batch; the batch joins it."""
+        with self._lock:
+            window = self._windows.setdefault(stream, deque(maxlen=self.settings.health_window))
+            # A step that goes back is a run resumed from an earlier checkpoint: the batches after it are not its
+            # past. The same step again is not (slime evaluates at rollout 0 before training and after it).
+            if step < self._last_step.get(stream, step):
+                window.clear()
+            self._last_step[stream] = step
+            history = tuple(window)
+            window.append(summary)
+        return history
+
+
+def _dropped_metrics(summary: Summary, dropped: tuple[int, int], where: str) -> dict[str, float]:
+    """What slime's dynamic sampling dropped this step: all groups, the zero-std ones, and of every group generated
+    the share without signal (what over-sampling pays for)."""
+    total, zero_std = dropped
+    generated = summary.groups + total
+    if total:
+        logger.info("training health: %s: dynamic sampling dropped %d groups (%d zero-std)", where, total, zero_std)
+    return {
+        "dropped_groups": float(total),
+        "dropped_zero_std_groups": float(zero_std),
+        "generated_zero_std_share": (summary.zero_std_groups + zero_std) / generated if generated else 0.0,
+    }
 
 
 _MONITOR: HealthMonitor | None = None

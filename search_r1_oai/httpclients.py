@@ -200,6 +200,16 @@ async def request_json(
                 on_failure(target, exc)
             raise
 
+    try:
+        body: Any = await _retrying(settings, retries, deadline_s, ends_at)(attempt)
+    except (httpx.HTTPError, ValueError) as exc:
+        raise RequestFailed(f"after {len(tried)} attempt(s): {describe_error(exc)}", len(tried), tried) from exc
+    return PostResult(body=body, attempts=len(tried), url=tried[-1])
+
+
+def _retrying(settings: Settings, retries: int, deadline_s: float, ends_at: float) -> AsyncRetrying:
+    """Up to ``retries`` more attempts on retryable errors, with jittered exponential backoff whose waits are clipped
+    to what is left before ``ends_at``."""
     backoff = wait_exponential(multiplier=settings.retry_initial_wait_s, max=settings.retry_max_wait_s) + wait_random(
         0, settings.retry_initial_wait_s
     )
@@ -207,18 +217,13 @@ async def request_json(
     def wait(state: RetryCallState) -> float:
         return max(0.0, min(backoff(state), ends_at - time.monotonic()))
 
-    retrying = AsyncRetrying(
+    return AsyncRetrying(
         # stop_before_delay counts the coming wait: no retry that would start at (or after) the deadline.
         stop=stop_after_attempt(retries + 1) | stop_before_delay(deadline_s),
         wait=wait,
         retry=retry_if_exception(is_retryable),
         reraise=True,
     )
-    try:
-        body: Any = await retrying(attempt)
-    except (httpx.HTTPError, ValueError) as exc:
-        raise RequestFailed(f"after {len(tried)} attempt(s): {describe_error(exc)}", len(tried), tried) from exc
-    return PostResult(body=body, attempts=len(tried), url=tried[-1])
 
 
 def error_detail(response: httpx.Response, limit: int = 500) -> str:
