@@ -284,19 +284,8 @@ def check_filter(settings: Settings, filter_path: str, checker: Checker) -> None
         )
 
 
-def check_sizes(settings: Settings, argv: Sequence[str], checker: Checker) -> int:
-    """Sizes Megatron or slime would refuse after the GPUs are allocated; returns the rollout batch size (prompts).
-    ``argv`` is the train command with the caller's flags last (their values win)."""
-    gpus, total = settings.number("NUM_GPUS"), settings.number("NUM_GPUS") * settings.number("NUM_NODES")
-    tp = positive(argv, "--tensor-model-parallel-size", settings["TP_SIZE"])
-    pp = positive(argv, "--pipeline-model-parallel-size", "1")
-    cp = positive(argv, "--context-parallel-size", "1")
-    engine = positive(argv, "--rollout-num-gpus-per-engine", settings["TP_SIZE"])
-    micro = positive(argv, "--micro-batch-size", "1")  # slime's default
-    prompts = positive(argv, "--rollout-batch-size", settings["ROLLOUT_BATCH_SIZE"])
-    n_samples = positive(argv, "--n-samples-per-prompt", settings["N_SAMPLES_PER_PROMPT"])
-    batch = positive(argv, "--global-batch-size", settings["GLOBAL_BATCH_SIZE"])
-    per_rollout = prompts * n_samples
+def _data_parallel_size(gpus: int, total: int, tp: int, pp: int, cp: int, engine: int) -> int:
+    """The data-parallel size, once the GPUs split the way Megatron and slime's engines need."""
     # Megatron splits each node's GPUs into tensor-parallel groups; SGLang runs engines of `engine` GPUs on a node.
     if gpus % tp:
         raise LaunchError(
@@ -313,7 +302,23 @@ def check_sizes(settings: Settings, argv: Sequence[str], checker: Checker) -> in
             f"NUM_NODES x NUM_GPUS = {total} GPUs is not a multiple of tensor x pipeline x context parallel ="
             f" {tp} x {pp} x {cp} (Megatron refuses it)"
         )
-    dp = total // (tp * pp * cp)
+    return total // (tp * pp * cp)
+
+
+def check_sizes(settings: Settings, argv: Sequence[str], checker: Checker) -> int:
+    """Sizes Megatron or slime would refuse after the GPUs are allocated; returns the rollout batch size (prompts).
+    ``argv`` is the train command with the caller's flags last (their values win)."""
+    gpus, total = settings.number("NUM_GPUS"), settings.number("NUM_GPUS") * settings.number("NUM_NODES")
+    tp = positive(argv, "--tensor-model-parallel-size", settings["TP_SIZE"])
+    pp = positive(argv, "--pipeline-model-parallel-size", "1")
+    cp = positive(argv, "--context-parallel-size", "1")
+    engine = positive(argv, "--rollout-num-gpus-per-engine", settings["TP_SIZE"])
+    micro = positive(argv, "--micro-batch-size", "1")  # slime's default
+    prompts = positive(argv, "--rollout-batch-size", settings["ROLLOUT_BATCH_SIZE"])
+    n_samples = positive(argv, "--n-samples-per-prompt", settings["N_SAMPLES_PER_PROMPT"])
+    batch = positive(argv, "--global-batch-size", settings["GLOBAL_BATCH_SIZE"])
+    per_rollout = prompts * n_samples
+    dp = _data_parallel_size(gpus, total, tp, pp, cp, engine)
     if batch % (micro * dp):  # Megatron's micro-batch calculator: whole micro-batches per data-parallel rank
         raise LaunchError(
             f"GLOBAL_BATCH_SIZE={batch} is not a multiple of micro-batch size x data-parallel size = {micro} x {dp}"
