@@ -30,7 +30,7 @@ ENV_PREFIX = "SEARCH_R1_"
 KEY_PREFIX = "search_r1_"
 # The run script's variable naming a user config file; it is not a setting itself.
 CONFIG_FILE_VARIABLE = "SEARCH_R1_CONFIG"
-_KNOBS = "search_r1_knobs"
+KNOBS_KEY = "search_r1_knobs"
 
 
 class ConfigError(ValueError):
@@ -66,7 +66,7 @@ class Knob:
         }[self.kind]
 
 
-def _setting(
+def setting(
     default: Any,
     env: str,
     kind: str,
@@ -75,9 +75,11 @@ def _setting(
     below: float | None = None,
     secret: bool = False,
 ) -> Any:
+    """One row of the table: a dataclass field whose metadata holds its :class:`Knob` (variable, kind, help,
+    bounds). Public so a tool's own settings (``tool_settings.tool_setting``) are rows read the same way."""
     knob = Knob(env, kind, help, minimum, below=below, secret=secret)
     # A secret stays out of repr(settings), so a log line or traceback that prints the settings cannot show it.
-    return field(default=default, repr=not secret, metadata={_KNOBS: (knob,)})
+    return field(default=default, repr=not secret, metadata={KNOBS_KEY: (knob,)})
 
 
 MASK = "***"
@@ -88,7 +90,7 @@ class Settings:
     """Every rollout/reward knob. Build it with :func:`load_settings` (or directly in tests); the defaults here are
     the only ones."""
 
-    retrieval_urls: tuple[str, ...] = _setting(
+    retrieval_urls: tuple[str, ...] = setting(
         (DEFAULT_RETRIEVAL_URL,),
         "RETRIEVAL_SERVER_URL",
         "urls",
@@ -96,7 +98,7 @@ class Settings:
         "steps through them, and one that refused a connection or answered 503 is skipped by every rollout of the "
         "process for a few seconds (then one search probes it).",
     )
-    topk: int = _setting(
+    topk: int = setting(
         3,
         "SEARCH_R1_TOPK",
         "int",
@@ -104,14 +106,14 @@ class Settings:
         "--topk.",
         1,
     )
-    max_turns: int = _setting(
+    max_turns: int = setting(
         4,
         "SEARCH_R1_MAX_TURNS",
         "int",
         "Most assistant turns (policy calls) per trajectory; one still calling tools after the last is TRUNCATED.",
         1,
     )
-    context_budget: int = _setting(
+    context_budget: int = setting(
         16384,
         "SEARCH_R1_CONTEXT_BUDGET",
         "int",
@@ -119,13 +121,13 @@ class Settings:
         "max_new_tokens capped by what is left. Unset, it is slime's --rollout-max-context-len when that is given.",
         16,
     )
-    policy_model: str = _setting(
+    policy_model: str = setting(
         "default",
         "SEARCH_R1_POLICY_MODEL",
         "str",
         "The model field of /v1/chat/completions requests (SGLang serves its one model under any name).",
     )
-    policy_timeout_s: float = _setting(
+    policy_timeout_s: float = setting(
         600.0,
         "SEARCH_R1_POLICY_TIMEOUT_S",
         "float",
@@ -133,7 +135,7 @@ class Settings:
         "reply, so a server that trickles bytes or stalls after its headers trips it too.",
         0.001,
     )
-    policy_deadline_s: float = _setting(
+    policy_deadline_s: float = setting(
         1200.0,
         "SEARCH_R1_POLICY_DEADLINE_S",
         "float",
@@ -141,14 +143,14 @@ class Settings:
         "it and no retry starts after it. Then the sample is FAILED (stop_reason policy_error).",
         0.001,
     )
-    retrieval_timeout_s: float = _setting(
+    retrieval_timeout_s: float = setting(
         30.0,
         "SEARCH_R1_RETRIEVAL_TIMEOUT_S",
         "float",
         "Timeout of one attempt of a /retrieve call, seconds, from connecting to the last byte of the reply.",
         0.001,
     )
-    retrieval_deadline_s: float = _setting(
+    retrieval_deadline_s: float = setting(
         120.0,
         "SEARCH_R1_RETRIEVAL_DEADLINE_S",
         "float",
@@ -156,7 +158,7 @@ class Settings:
         "message says the search failed and the trajectory carries on.",
         0.001,
     )
-    trajectory_timeout_s: float = _setting(
+    trajectory_timeout_s: float = setting(
         1800.0,
         "SEARCH_R1_TRAJECTORY_TIMEOUT_S",
         "float",
@@ -167,10 +169,10 @@ class Settings:
         "stop_reason deadline and is not trained on (the cut is the servers' doing, not the policy's).",
         0.001,
     )
-    connect_timeout_s: float = _setting(
+    connect_timeout_s: float = setting(
         10.0, "SEARCH_R1_CONNECT_TIMEOUT_S", "float", "TCP connect timeout for both servers, seconds.", 0.001
     )
-    concurrency: int = _setting(
+    concurrency: int = setting(
         256,
         "SEARCH_R1_CONCURRENCY",
         "int",
@@ -179,7 +181,7 @@ class Settings:
         "~50 req/s).",
         1,
     )
-    policy_retries: int = _setting(
+    policy_retries: int = setting(
         3,
         "SEARCH_R1_POLICY_RETRIES",
         "int",
@@ -187,14 +189,14 @@ class Settings:
         "sample at once with the server's message.",
         0,
     )
-    retrieval_retries: int = _setting(
+    retrieval_retries: int = setting(
         3,
         "SEARCH_R1_RETRIEVAL_RETRIES",
         "int",
         "The same for the retriever; after the last attempt the tool message says what failed.",
         0,
     )
-    retriever_api_key: str | None = _setting(
+    retriever_api_key: str | None = setting(
         None,
         "RETRIEVER_API_KEY",
         "str",
@@ -203,13 +205,13 @@ class Settings:
         "hands it to the job in its private slime config, never in Ray's runtime env.",
         secret=True,
     )
-    retry_initial_wait_s: float = _setting(
+    retry_initial_wait_s: float = setting(
         0.5, "SEARCH_R1_RETRY_INITIAL_WAIT_S", "float", "First wait of the exponential backoff (with jitter).", 0.0
     )
-    retry_max_wait_s: float = _setting(
+    retry_max_wait_s: float = setting(
         8.0, "SEARCH_R1_RETRY_MAX_WAIT_S", "float", "Longest single wait of the exponential backoff.", 0.0
     )
-    tool_result_max_chars: int = _setting(
+    tool_result_max_chars: int = setting(
         32768,
         "SEARCH_R1_TOOL_RESULT_MAX_CHARS",
         "int",
@@ -217,7 +219,7 @@ class Settings:
         "them, so a retriever answering megabytes costs no time or memory.",
         1,
     )
-    tool_result_max_tokens: int = _setting(
+    tool_result_max_tokens: int = setting(
         4096,
         "SEARCH_R1_TOOL_RESULT_MAX_TOKENS",
         "int",
@@ -225,28 +227,28 @@ class Settings:
         "cut at a token boundary, with a note.",
         1,
     )
-    log_every: int = _setting(
+    log_every: int = setting(
         100,
         "SEARCH_R1_LOG_EVERY",
         "int",
         "Log one trajectory turn by turn (logger search_r1_oai.rollout) every N samples; 0 turns it off.",
         0,
     )
-    allow_reencode_fallback: bool = _setting(
+    allow_reencode_fallback: bool = setting(
         False,
         "SEARCH_R1_ALLOW_REENCODE_FALLBACK",
         "bool",
         "true runs against an SGLang older than 0.5.13 (no token ids) by re-encoding text: NOT token-exact, the "
         "drift is counted in sample.metadata['drift_tokens']. false fails every sample naming the version needed.",
     )
-    verify_prompt_ids: bool = _setting(
+    verify_prompt_ids: bool = setting(
         False,
         "SEARCH_R1_VERIFY_PROMPT_IDS",
         "bool",
         "true compares the server's prompt ids with ours id for id on every turn (JSON proportional to the "
         "conversation); false takes them from the server on turn 1 and checks later turns by count.",
     )
-    format_score: float = _setting(
+    format_score: float = setting(
         0.2,
         "SEARCH_R1_FORMAT_SCORE",
         "float",
@@ -258,7 +260,7 @@ class Settings:
     tool_call_markers: tuple[str, str] = field(
         default=("<tool_call>", "</tool_call>"),
         metadata={
-            _KNOBS: (
+            KNOBS_KEY: (
                 Knob(
                     "SEARCH_R1_TOOL_CALL_START",
                     "str",
@@ -271,7 +273,7 @@ class Settings:
         },
     )
     # ---- run script (run_qwen2.5-3B-it.sh): read by its launcher, which turns it into slime's flags ----
-    dynamic_sampling: bool = _setting(
+    dynamic_sampling: bool = setting(
         False,
         "DYNAMIC_SAMPLING",
         "bool",
@@ -284,7 +286,7 @@ class Settings:
     )
 
     # ---- training-health monitor (search_r1_oai/health.py): rollout/health/*, eval/<set>/health/*, WARN lines ----
-    health: bool = _setting(
+    health: bool = setting(
         True,
         "SEARCH_R1_HEALTH",
         "bool",
@@ -292,7 +294,7 @@ class Settings:
         "(search or length collapse, format failures, no-signal groups, ...) as rollout/health/* and eval/<set>/health/* "
         "metrics and one WARN line each (what it means, the numbers, one thing to try). false turns it off.",
     )
-    health_window: int = _setting(
+    health_window: int = setting(
         5,
         "SEARCH_R1_HEALTH_WINDOW",
         "int",
@@ -300,14 +302,14 @@ class Settings:
         "collapse, length, rising rates) wait for 2 of them (1 with a window of 1).",
         1,
     )
-    health_min_searches: float = _setting(
+    health_min_searches: float = setting(
         0.05,
         "SEARCH_R1_HEALTH_MIN_SEARCHES",
         "float",
         "Searches per sample at or below which search counts as collapsed (search_collapse, when the reward is flat).",
         0.0,
     )
-    health_flat_reward: float = _setting(
+    health_flat_reward: float = setting(
         0.05,
         "SEARCH_R1_HEALTH_FLAT_REWARD",
         "float",
@@ -315,7 +317,7 @@ class Settings:
         "standard errors of the batch's mean counts as flat too).",
         0.0,
     )
-    health_length_low: float = _setting(
+    health_length_low: float = setting(
         0.5,
         "SEARCH_R1_HEALTH_LENGTH_LOW",
         "float",
@@ -323,14 +325,14 @@ class Settings:
         0.0,
         1.0,
     )
-    health_length_high: float = _setting(
+    health_length_high: float = setting(
         2.0,
         "SEARCH_R1_HEALTH_LENGTH_HIGH",
         "float",
         "response_length_blowup: the mean response length rose above this multiple of the window's mean.",
         1.0,
     )
-    health_rate_rise: float = _setting(
+    health_rate_rise: float = setting(
         0.15,
         "SEARCH_R1_HEALTH_RATE_RISE",
         "float",
@@ -339,7 +341,7 @@ class Settings:
         0.0,
         1.0,
     )
-    health_max_zero_std_share: float = _setting(
+    health_max_zero_std_share: float = setting(
         0.5,
         "SEARCH_R1_HEALTH_MAX_ZERO_STD_SHARE",
         "float",
@@ -347,14 +349,14 @@ class Settings:
         "learns nothing from them, above which the monitor warns.",
         0.0,
     )
-    health_min_token_exact: float = _setting(
+    health_min_token_exact: float = setting(
         1.0,
         "SEARCH_R1_HEALTH_MIN_TOKEN_EXACT",
         "float",
         "token_exact_below_1: the share of token-exact samples below which the monitor warns (0 never warns).",
         0.0,
     )
-    health_max_tool_error_rate: float = _setting(
+    health_max_tool_error_rate: float = setting(
         0.1,
         "SEARCH_R1_HEALTH_MAX_TOOL_ERROR_RATE",
         "float",
@@ -362,7 +364,7 @@ class Settings:
         "the monitor warns.",
         0.0,
     )
-    health_max_retrieval_p99_s: float = _setting(
+    health_max_retrieval_p99_s: float = setting(
         5.0,
         "SEARCH_R1_HEALTH_MAX_RETRIEVAL_P99_S",
         "float",
@@ -379,7 +381,7 @@ class Settings:
 def _table() -> tuple[Knob, ...]:
     knobs = []
     for f in dataclasses.fields(Settings):
-        for knob in f.metadata[_KNOBS]:
+        for knob in f.metadata[KNOBS_KEY]:
             whole: Any = f.default
             default = whole if knob.part is None else whole[knob.part]
             knobs.append(dataclasses.replace(knob, attr=f.name, default=default))
@@ -402,11 +404,11 @@ class _Source:
         return knob.key if self.by_key else knob.env
 
 
-def _blank(value: Any) -> bool:
+def is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _parse(knob: Knob, value: Any, name: str, label: str) -> Any:
+def parse_value(knob: Knob, value: Any, name: str, label: str) -> Any:
     """``value`` (a string from the environment, or a YAML native) as ``knob``'s type, or a :class:`ConfigError`."""
 
     def bad(detail: str = "") -> ConfigError:
@@ -459,8 +461,8 @@ def _resolve(sources: Sequence[_Source]) -> dict[Knob, tuple[Any, _Source | None
         chosen[knob] = (knob.default, None)
         for source in sources:
             raw = source.values.get(source.name(knob))
-            if not _blank(raw):
-                chosen[knob] = (_parse(knob, raw, source.name(knob), source.label), source)
+            if not is_blank(raw):
+                chosen[knob] = (parse_value(knob, raw, source.name(knob), source.label), source)
                 break
     return chosen
 
@@ -489,7 +491,7 @@ def load_settings(args: Any | None = None, env: Mapping[str, str] | None = None)
     budget = next(knob for knob in SETTINGS if knob.attr == "context_budget")
     max_context = getattr(args, "rollout_max_context_len", None)
     if chosen[budget][1] is None and isinstance(max_context, int) and not isinstance(max_context, bool):
-        value = _parse(budget, max_context, "rollout_max_context_len", "slime's args (--rollout-max-context-len)")
+        value = parse_value(budget, max_context, "rollout_max_context_len", "slime's args (--rollout-max-context-len)")
         chosen[budget] = (value, None)
     return _build(chosen)
 
@@ -705,7 +707,7 @@ SECRET_KEYS = frozenset({WANDB_KEY} | {knob.key for knob in SETTINGS if knob.sec
 
 def masked(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` with every secret's value replaced by ``***``: what may be printed."""
-    return {key: MASK if str(key) in SECRET_KEYS and not _blank(value) else value for key, value in config.items()}
+    return {key: MASK if str(key) in SECRET_KEYS and not is_blank(value) else value for key, value in config.items()}
 
 
 def write_private(path: str | Path, text: str) -> None:

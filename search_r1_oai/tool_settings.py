@@ -24,7 +24,7 @@ def tool_setting(
     if env.startswith(config.ENV_PREFIX):
         # The table refuses unknown SEARCH_R1_* keys in slime's config; a tool's own rows take their own prefix.
         raise ValueError(f"{env}: a tool's setting must not start with {config.ENV_PREFIX} (the table's own prefix)")
-    return config._setting(default, env, kind, help, minimum, below)
+    return config.setting(default, env, kind, help, minimum, below)
 
 
 def rows(cls: type[Any]) -> tuple[config.Knob, ...]:
@@ -32,7 +32,7 @@ def rows(cls: type[Any]) -> tuple[config.Knob, ...]:
     return tuple(
         dataclasses.replace(knob, attr=f.name, default=f.default)
         for f in dataclasses.fields(cls)
-        for knob in f.metadata[config._KNOBS]
+        for knob in f.metadata[config.KNOBS_KEY]
     )
 
 
@@ -45,7 +45,7 @@ def load_tool_settings(cls: type[T], args: Any = None, env: Mapping[str, str] | 
         sources = [(getattr(args, knob.key, None), knob.key, "the slime config (--custom-config-path, on args)")]
         sources.append((env.get(knob.env), knob.env, "the environment"))
         for raw, name, label in sources:
-            if not config._blank(raw):
-                values[knob.attr] = config._parse(knob, raw, name, label)
+            if not config.is_blank(raw):
+                values[knob.attr] = config.parse_value(knob, raw, name, label)
                 break
     return cls(**values)
