@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
-import types
 from argparse import Namespace
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +16,7 @@ from generate_with_search_oai import log_eval_metrics, log_rollout_metrics
 from search_r1_oai.config import ConfigError, Settings, load_settings
 from search_r1_oai.health import dropped_groups, policy_tokens, reset_process_monitor
 from search_r1_oai.health_checks import MODES
-from tests.support.slime_stub import RolloutManagerStandIn, Sample
+from tests.support.slime_stub import RolloutManagerStandIn, Sample, install_slime_logging
 
 ARGS = Namespace(search_r1_format_score=0.2)
 HEALTH_LOGGER = "search_r1_oai.health"
@@ -378,19 +376,7 @@ def test_eval_sets_are_not_warned_about_groups_without_signal(caplog) -> None:
 def slime_logging(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict, str]]:
     """slime.observability's logger and step, for the calls our log functions make on their own (eval: slime's
     default eval rollout passes no metrics dict)."""
-    logged: list[tuple[dict, str]] = []
-    logging_utils = types.ModuleType("slime.observability.logging_utils")
-    logging_utils.log = lambda args, metrics, step_key: logged.append((metrics, step_key))  # type: ignore[attr-defined]
-    metric_utils = types.ModuleType("slime.observability.metric_utils")
-    metric_utils.compute_rollout_step = lambda args, rollout_id: rollout_id  # type: ignore[attr-defined]
-    for name, module in {
-        "slime": types.ModuleType("slime"),
-        "slime.observability": types.ModuleType("slime.observability"),
-        "slime.observability.logging_utils": logging_utils,
-        "slime.observability.metric_utils": metric_utils,
-    }.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return logged
+    return install_slime_logging(monkeypatch)
 
 
 def _standin_args(**extra) -> Namespace:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-import types
 from argparse import Namespace
 
 import pytest
@@ -18,7 +16,7 @@ from search_r1_oai.prompts import build_messages
 from search_r1_oai.result import Outcome, RolloutResult, RolloutStats
 from tests.support.rollout_helpers import FAST, IM_END, SAMPLING, answer, call, close_contexts, new_sample, run_sample
 from tests.support.sglang_mock import MockSGLang, serve_mock_sglang
-from tests.support.slime_stub import Sample
+from tests.support.slime_stub import Sample, install_slime_logging
 
 ARGS = Namespace(search_r1_format_score=0.2)
 
@@ -144,18 +142,7 @@ def test_eval_metrics_per_set(samples: list[Sample]) -> None:
 
 def test_without_a_metrics_dict_they_are_logged_at_slimes_step(samples, monkeypatch) -> None:
     """slime passes ``None`` when its rollout function gathered no metrics: ours then go through slime's logger."""
-    logged: list[tuple[dict, str]] = []
-    logging_utils = types.ModuleType("slime.observability.logging_utils")
-    logging_utils.log = lambda args, metrics, step_key: logged.append((metrics, step_key))
-    metric_utils = types.ModuleType("slime.observability.metric_utils")
-    metric_utils.compute_rollout_step = lambda args, rollout_id: rollout_id * 10
-    for name, module in {
-        "slime": types.ModuleType("slime"),
-        "slime.observability": types.ModuleType("slime.observability"),
-        "slime.observability.logging_utils": logging_utils,
-        "slime.observability.metric_utils": metric_utils,
-    }.items():
-        monkeypatch.setitem(sys.modules, name, module)
+    logged = install_slime_logging(monkeypatch, lambda rollout_id: rollout_id * 10)
     log_rollout_metrics(3, ARGS, samples, None, 1.0)
     [(metrics, step_key)] = logged
     assert step_key == "rollout/step" and metrics["rollout/step"] == 30

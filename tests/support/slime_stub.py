@@ -1,16 +1,22 @@
 """A small stand-in for slime's ``Sample`` (slime/utils/types.py) and ``GenerateState``, for tests without slime.
 
-Only the fields this project touches, with slime's names, defaults and the nested ``Sample.Status`` enum.
+Only the fields this project touches, with slime's names, defaults and the nested ``Sample.Status`` enum; also
+slime's rollout-manager control flow around the log functions and its logger (:func:`install_slime_logging`).
 """
 
 from __future__ import annotations
 
 import importlib
 import statistics
+import sys
+import types
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+import pytest
 
 
 @dataclass
@@ -156,3 +162,24 @@ class RolloutManagerStandIn:
             log_dict[f"eval/{key}"] = sum(rewards) / len(rewards)
         log_dict["eval/step"] = rollout_id
         self.logged.append((log_dict, "eval/step"))
+
+
+def install_slime_logging(
+    monkeypatch: pytest.MonkeyPatch, step_of: Callable[[int], int] = lambda rollout_id: rollout_id
+) -> list[tuple[dict, str]]:
+    """slime.observability's ``log`` and ``compute_rollout_step`` (in ``sys.modules`` until the test ends), for the
+    calls our log functions make on their own; ``step_of`` maps a rollout id to slime's step. Returns the list every
+    ``log(metrics, step_key)`` lands in."""
+    logged: list[tuple[dict, str]] = []
+    logging_utils = types.ModuleType("slime.observability.logging_utils")
+    logging_utils.log = lambda args, metrics, step_key: logged.append((metrics, step_key))  # type: ignore[attr-defined]
+    metric_utils = types.ModuleType("slime.observability.metric_utils")
+    metric_utils.compute_rollout_step = lambda args, rollout_id: step_of(rollout_id)  # type: ignore[attr-defined]
+    for name, module in {
+        "slime": types.ModuleType("slime"),
+        "slime.observability": types.ModuleType("slime.observability"),
+        "slime.observability.logging_utils": logging_utils,
+        "slime.observability.metric_utils": metric_utils,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return logged
