@@ -25,7 +25,7 @@ from search_r1_oai.health import dropped_groups, health_samples, process_monitor
 from search_r1_oai.metrics import Finished, search_metrics
 from search_r1_oai.result import Outcome, RolloutResult, RolloutStats
 from search_r1_oai.reward import is_well_formed, score
-from search_r1_oai.rollout import run_rollout
+from search_r1_oai.rollout import run_trajectory
 from search_r1_oai.trajectory import Trajectory
 
 if TYPE_CHECKING:
@@ -92,17 +92,8 @@ async def rollout_sample(
     """Run the core on ``sample`` and write the result onto it (in place; returned for slime)."""
     if sample.metadata is None:
         sample.metadata = {}
-    tools = _tools_of(sample.metadata)
-    resumed = _resumed(sample, tools)
-    result = await run_rollout(
-        context,
-        sample.prompt if resumed is None else [],
-        sampling_params,
-        tools=tools,
-        trajectory=resumed,
-        is_aborted=is_aborted,
-        evaluation=evaluation,
-    )
+    trajectory = _trajectory_of(sample)
+    result = await run_trajectory(context, trajectory, sampling_params, is_aborted=is_aborted, evaluation=evaluation)
     apply_result(sample, result)
     return sample
 
@@ -117,11 +108,14 @@ def _tools_of(metadata: dict[str, Any]) -> Any:
     return tools
 
 
-def _resumed(sample: Sample, tools: Any) -> Trajectory | None:
-    """The trajectory an ABORTED sample saved, or ``None`` to start over (also when the saved state is unusable)."""
+def _trajectory_of(sample: Sample) -> Trajectory:
+    """The trajectory an ABORTED sample saved, or a fresh one from its prompt and tools (also when the saved state
+    is unusable)."""
+    tools = _tools_of(sample.metadata)
+    fresh = Trajectory.start(sample.prompt, tools)
     saved = sample.metadata.get(STATE_KEY)
     if sample.status != sample.Status.ABORTED or not isinstance(saved, dict):
-        return None
+        return fresh
     try:
         return Trajectory.load(
             saved,
@@ -135,7 +129,7 @@ def _resumed(sample: Sample, tools: Any) -> Trajectory | None:
     except (TrajectoryError, ValueError) as exc:
         logger.warning("sample %s: saved rollout state unusable (%s); starting over", sample.index, exc)
         sample.metadata["resume_discarded"] = str(exc)
-        return None
+        return fresh
 
 
 def apply_result(sample: Sample, result: RolloutResult) -> None:

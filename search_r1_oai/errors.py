@@ -8,6 +8,8 @@
     │   └── RouteError           no route returns token ids       capability
     ├── CapabilityError          the server cannot do token-exact capability
     ├── TemplateError            the chat template is not usable  capability
+    ├── PromptError              the sample's prompt or tools     bad_prompt
+    │                            cannot be rolled out
     └── TrajectoryError          a token invariant broke          invariant
     ToolError                    a tool call failed: it becomes a tool message, the trajectory goes on
     └── SearchError              the retriever could not answer
@@ -54,6 +56,12 @@ class TemplateError(RolloutError):
     """The chat template cannot be extended turn by turn (no end-of-turn token, or not append-only)."""
 
     stop_reason = "capability"
+
+
+class PromptError(RolloutError):
+    """The sample's prompt is not an OpenAI messages list, or its tools are not OpenAI function schemas."""
+
+    stop_reason = "bad_prompt"
 
 
 class TrajectoryError(RolloutError):

@@ -1,15 +1,21 @@
-"""Fallback for SGLang < 0.5.13, which returns no token ids: recover ids from text logprobs and count the drift.
+"""The fallback id source for SGLang < 0.5.13, which returns no token ids: ids recovered from text logprobs, and the
+drift from token-exact counted.
 
-Only used when ``SEARCH_R1_ALLOW_REENCODE_FALLBACK=1``. Each logprob entry names one sampled token by its text and
-bytes; for byte-level BPE vocabularies the bytes identify the vocabulary entry exactly, so most ids come back
-right. Entries that cannot be mapped one-to-one are re-encoded and counted as drift, and the prompt the server
-rendered itself is compared with ours; the counts land in ``sample.metadata`` so a run can see how far from
-token-exact it is.
+Only used when ``SEARCH_R1_ALLOW_REENCODE_FALLBACK=1`` (:func:`~search_r1_oai.token_ids.choose_id_source` picks
+it). Each logprob entry names one sampled token by its text and bytes; for byte-level BPE vocabularies the bytes
+identify the vocabulary entry exactly, so most ids come back right. Entries that cannot be mapped one-to-one are
+re-encoded and counted as drift, and the prompt the server rendered itself is compared with ours; the counts land in
+``sample.metadata`` so a run can see how far from token-exact it is.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from search_r1_oai.chat_template import render_prompt_ids
+from search_r1_oai.server_values import check_reply, check_sampled
+from search_r1_oai.sglang_wire import TurnOutput
+from search_r1_oai.trajectory import Reply
 
 
 def byte_level_alphabet() -> dict[int, str]:
@@ -66,7 +72,23 @@ def ids_from_logprob_content(vocab: TokenVocab, entries: list[dict]) -> tuple[li
     return ids, log_probs, drift
 
 
-def count_drift(ours: list[int], reference: list[int]) -> int:
-    """Positions where two id sequences differ, plus their length difference."""
-    differing = sum(1 for a, b in zip(ours, reference, strict=False) if a != b)
-    return differing + abs(len(ours) - len(reference))
+class ReencodedIds:
+    """The id source of a server without token ids: the server renders the whole conversation every turn (it takes
+    no ``input_ids``), sampled ids come from its text logprobs, and every difference of its render from ours is
+    drift."""
+
+    reencoded = True
+
+    def __init__(self, vocab: TokenVocab, tools: list[dict]) -> None:
+        self._vocab = vocab
+        self._tools = tools
+
+    def read(self, output: TurnOutput, tokens: list[int], messages: list[dict], vocab_size: int) -> Reply:
+        """The reply's ids, checked; on the first turn (no ``tokens`` yet) our render stands in for the prompt ids."""
+        check_reply(output, vocab_size)
+        ids, log_probs, drift = ids_from_logprob_content(self._vocab, output.logprob_content or [])
+        check_sampled(ids, log_probs, vocab_size)
+        ours = render_prompt_ids(self._vocab.tokenizer, messages, self._tools)
+        if tokens:  # positions where our ids and the server's render differ, plus their length difference
+            drift += sum(a != b for a, b in zip(tokens, ours, strict=False)) + abs(len(tokens) - len(ours))
+        return Reply(None if tokens else ours, None, ids, log_probs, drift, reencoded=True)

@@ -1,9 +1,10 @@
 """The multi-turn loop of one trajectory: generate, append the sampled turn, run its tool calls, append their
 results, repeat, then stop.
 
-:func:`run_rollout` takes the prompt messages, the tools schemas and slime's sampling params and returns a
-:class:`~search_r1_oai.result.RolloutResult`. It never raises (``asyncio.CancelledError`` aside) and never waits
-forever: an exception of the tree in :mod:`search_r1_oai.errors` ends the trajectory FAILED with its class's
+:func:`run_rollout` takes the prompt messages, the tools schemas and slime's sampling params (:func:`run_trajectory`
+a trajectory already started or resumed) and returns a :class:`~search_r1_oai.result.RolloutResult`. It never
+raises (``asyncio.CancelledError`` aside) and never waits forever: an exception of the tree in
+:mod:`search_r1_oai.errors` ends the trajectory FAILED with its class's
 ``stop_reason``, a failed tool call becomes a tool message, and a trajectory still running after
 ``trajectory_timeout_s`` ends TRUNCATED (stop_reason ``deadline``, not trained on). The token state and the chat
 turns belong to :class:`~search_r1_oai.trajectory.Trajectory`; where ids come from is
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from search_r1_oai.context import RolloutContext
-from search_r1_oai.errors import RolloutError
+from search_r1_oai.errors import PromptError, RolloutError
 from search_r1_oai.result import Outcome, RolloutResult, Stop
 from search_r1_oai.sglang_wire import chat_sampling_fields
 from search_r1_oai.text import clean_text
@@ -46,12 +47,24 @@ async def run_rollout(
     sampling_params: dict[str, Any],
     *,
     tools: list[dict] | None = None,
-    trajectory: Trajectory | None = None,
     is_aborted: Callable[[], bool] = lambda: False,
     evaluation: bool = False,
 ) -> RolloutResult:
-    """Run one trajectory from ``messages`` and ``tools`` (or carry on a resumed ``trajectory``) against the
-    context's policy.
+    """Run one trajectory from the prompt ``messages`` and the ``tools`` schemas offered (see :func:`run_trajectory`)."""
+    trajectory = Trajectory.start(messages, tools)
+    return await run_trajectory(context, trajectory, sampling_params, is_aborted=is_aborted, evaluation=evaluation)
+
+
+async def run_trajectory(
+    context: RolloutContext,
+    trajectory: Trajectory,
+    sampling_params: dict[str, Any],
+    *,
+    is_aborted: Callable[[], bool] = lambda: False,
+    evaluation: bool = False,
+) -> RolloutResult:
+    """Run a trajectory (fresh from :meth:`Trajectory.start`, or resumed by :meth:`Trajectory.load`) to its end
+    against the context's policy.
 
     ``sampling_params`` are slime's (SGLang-native names; ``max_new_tokens`` caps each turn). ``is_aborted`` is
     asked before every turn; when it turns true the result is ABORTED with the state to resume from.
@@ -60,7 +73,8 @@ async def run_rollout(
     limit = context.settings.trajectory_timeout_s
     deadline = asyncio.timeout(limit)
     try:
-        trajectory = trajectory or Trajectory.start(messages, tools)
+        if trajectory.unusable is not None:
+            raise PromptError(trajectory.unusable)
         async with deadline:
             stop = await _loop(context, trajectory, sampling_params, is_aborted)
     except TimeoutError as exc:
@@ -75,7 +89,6 @@ async def run_rollout(
     except Exception as exc:  # nothing may escape into slime's rollout step
         logger.exception("rollout failed")
         stop = _failed(f"{type(exc).__name__}: {exc}", "internal_error")
-    trajectory = trajectory or Trajectory(messages=[], prompt_messages=0)  # the prompt itself was unusable
     result = trajectory.finish(stop, context.tokenizer)
     _maybe_log(context, result, evaluation)
     return result

@@ -1,4 +1,5 @@
-"""Where a trajectory's token ids come from: the server's own ids (token-exact), or re-encoded text (fallback).
+"""Where a trajectory's token ids come from: the server's own ids (token-exact), or re-encoded text (the fallback,
+:class:`~search_r1_oai.reencode.ReencodedIds`).
 
 Chosen once, from the first turn's reply, so the loop never asks which mode it is in. A source reads a reply into
 a :class:`Reply` whose values are checked (:mod:`~search_r1_oai.server_values`); it creates and changes no
@@ -8,11 +9,10 @@ trajectory state: :class:`~search_r1_oai.trajectory.Trajectory` appends what it 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from search_r1_oai.chat_template import render_prompt_ids
 from search_r1_oai.errors import CapabilityError
-from search_r1_oai.reencode import count_drift, ids_from_logprob_content
+from search_r1_oai.reencode import ReencodedIds
 from search_r1_oai.server_values import check_reply, check_sampled
 from search_r1_oai.sglang_wire import MIN_TOKEN_ID_VERSION, TurnOutput
 from search_r1_oai.trajectory import Reply
@@ -23,10 +23,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class IdSource(Protocol):
+    """Reads each reply of a trajectory into the ids it adds; ``reencoded`` sources let the server render the whole
+    conversation every turn."""
+
+    reencoded: bool
+
+    def read(self, output: TurnOutput, tokens: list[int], messages: list[dict], vocab_size: int) -> Reply:
+        """The reply's ids, checked; ``tokens`` are ours so far (none before the first turn)."""
+        ...
+
+
 class ServerIds:
     """The server's ids: it conditions on our ``input_ids`` and reports the ids and logprobs it sampled."""
 
-    # Re-encoded sources let the server render the whole conversation every turn (it takes no input_ids then).
     reencoded = False
 
     def read(self, output: TurnOutput, tokens: list[int], messages: list[dict], vocab_size: int) -> Reply:
@@ -38,28 +48,7 @@ class ServerIds:
         return Reply(output.prompt_ids, output.prompt_tokens, output.output_ids or [], output.output_logprobs or [])
 
 
-class ReencodedIds(ServerIds):
-    """For servers without token ids: sampled ids are recovered from the text logprobs, and every difference of
-    the server's render from ours is counted as drift."""
-
-    reencoded = True
-
-    def __init__(self, context: RolloutContext, tools: list[dict]) -> None:
-        self._context = context
-        self._tools = tools
-
-    def read(self, output: TurnOutput, tokens: list[int], messages: list[dict], vocab_size: int) -> Reply:
-        check_reply(output, vocab_size)
-        ours = render_prompt_ids(self._context.tokenizer, messages, self._tools)
-        drift = count_drift(tokens, ours) if tokens else 0
-        ids, log_probs, sampled_drift = ids_from_logprob_content(
-            self._context.token_vocab(), output.logprob_content or []
-        )
-        check_sampled(ids, log_probs, vocab_size)
-        return Reply(None if tokens else ours, None, ids, log_probs, drift + sampled_drift, reencoded=True)
-
-
-def choose_id_source(output: TurnOutput, context: RolloutContext, tools: list[dict]) -> ServerIds:
+def choose_id_source(output: TurnOutput, context: RolloutContext, tools: list[dict]) -> IdSource:
     """The id source for the rest of a trajectory, from its first reply; refuses the fallback unless allowed."""
     if output.has_token_ids and output.prompt_ids is not None:
         return ServerIds()
@@ -70,9 +59,9 @@ def choose_id_source(output: TurnOutput, context: RolloutContext, tools: list[di
             "SEARCH_R1_ALLOW_REENCODE_FALLBACK=1 to train on re-encoded (drifting) tokens"
         )
     logger.warning("policy server returns no token ids: re-encoding fallback, NOT token-exact")
-    return ReencodedIds(context, tools)
+    return ReencodedIds(context.token_vocab(), tools)
 
 
-def resumed_id_source(reencoded: bool, context: RolloutContext, tools: list[dict]) -> ServerIds:
+def resumed_id_source(reencoded: bool, context: RolloutContext, tools: list[dict]) -> IdSource:
     """The id source a resumed trajectory was using."""
-    return ReencodedIds(context, tools) if reencoded else ServerIds()
+    return ReencodedIds(context.token_vocab(), tools) if reencoded else ServerIds()

@@ -16,6 +16,7 @@ from typing import Any, Generic
 
 from search_r1_oai.config import Settings
 from search_r1_oai.httpclients import ClientPools
+from search_r1_oai.text import clean_text
 from search_r1_oai.tool_calls import ToolCall
 from search_r1_oai.tool_stats import S, ToolStats
 
@@ -28,6 +29,12 @@ class ToolReply:
     content: str = ""
     error: str | None = None
     bad_call: bool = False
+
+    def __post_init__(self) -> None:
+        # An error often quotes what the policy wrote, which may hold a lone surrogate: it goes into the tool
+        # message and the sample's metadata, so it is valid Unicode from here on.
+        if self.error is not None:
+            object.__setattr__(self, "error", clean_text(self.error))
 
 
 class Tool(ABC, Generic[S]):

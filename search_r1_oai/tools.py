@@ -13,11 +13,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from search_r1_oai.chat_template import encode_text_off_loop
 from search_r1_oai.config import Settings
 from search_r1_oai.result import RolloutStats
 from search_r1_oai.search_tool import SEARCH
-from search_r1_oai.text import clean_text
+from search_r1_oai.text import bound_result, clean_text
 from search_r1_oai.tool_base import Tool, ToolReply, ToolSetup, ToolSpec
 from search_r1_oai.tool_calls import ToolCall
 from search_r1_oai.tool_stats import ToolStats, add_kind, kinds, remove_kind
@@ -89,7 +88,7 @@ async def run_tool_calls(
 ) -> list[dict[str, Any]]:
     """One tool message per call, in call order. Only the tools the sample offers (its ``tools`` schemas) can run;
     each tool gets all of its calls of the turn at once, and its own counters. Every message is valid Unicode and
-    bounded (:func:`bound_result`) before anything tokenizes it."""
+    bounded (:func:`~search_r1_oai.text.bound_result`) before anything tokenizes it."""
     offered = [schema["function"]["name"] for schema in tools]
     replies: dict[int, ToolReply] = {}
     by_tool: dict[str, list[int]] = {}
@@ -108,40 +107,21 @@ async def run_tool_calls(
         replies.update(zip(indices, answers, strict=True))
 
     stats.tool_calls += len(calls)
+    settings = context.settings
     messages = []
     for i, call in enumerate(calls):
         reply = replies[i]
         content = reply.content
         if reply.error is not None:
-            error = clean_text(reply.error)
-            content = f"Error: {error}"
-            stats.record_tool_error(error)
+            content = f"Error: {reply.error}"
+            stats.record_tool_error(reply.error)
             stats.bad_tool_calls += reply.bad_call
-        content = await bound_result(content, context)
+        content = await bound_result(
+            content, settings.tool_result_max_chars, settings.tool_result_max_tokens, context.tokenizer
+        )
         name, call_id = clean_text(str(call.name or "")), clean_text(str(call.id))
         messages.append({"role": "tool", "tool_call_id": call_id, "name": name, "content": content})
     return messages
-
-
-async def bound_result(text: str, context: ToolHost) -> str:
-    """``text`` cut to ``tool_result_max_chars`` characters, then to ``tool_result_max_tokens`` tokens, with a note
-    for the policy, and valid Unicode. The character cut comes first so a result of megabytes is never scanned or
-    tokenized whole; the token count is only computed when the UTF-8 length could exceed it (a token covers at
-    least one byte)."""
-    settings = context.settings
-    note = ""
-    if len(text) > settings.tool_result_max_chars:
-        note = f"\n[cut: the result had {len(text)} characters; the first {settings.tool_result_max_chars} are shown]"
-        text = text[: settings.tool_result_max_chars]
-    text = clean_text(text)
-    limit = settings.tool_result_max_tokens
-    if len(text.encode("utf-8")) <= limit:
-        return text + note
-    ids = await encode_text_off_loop(context.tokenizer, text)
-    if len(ids) > limit:
-        text = context.tokenizer.decode(ids[:limit], skip_special_tokens=False)
-        note = f"\n[cut: the result was longer than {limit} tokens; the first {limit} are shown]"
-    return text + note
 
 
 def _available(names: list[str]) -> str:

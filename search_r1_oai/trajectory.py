@@ -71,6 +71,8 @@ class Trajectory:
     pending_turn_start: int | None = None
     # Response text built turn by turn (decoding the whole response at the end costs O(length) again).
     response_parts: list[str] = field(default_factory=list)
+    # Why the prompt or its tools cannot be rolled out (``None`` when they can): the rollout then ends FAILED with it.
+    unusable: str | None = None
     # ``tokens`` as JSON text, one chunk per append: the request's growing ``input_ids`` is not re-serialised.
     _json_chunks: list[str] = field(default_factory=list, compare=False, repr=False)
 
@@ -79,14 +81,23 @@ class Trajectory:
             self._json_chunks.append(",".join(map(str, self.tokens)))
 
     @classmethod
-    def start(cls, messages: list[dict[str, Any]], tools: Any = None) -> Trajectory:
-        """A fresh trajectory from the prompt messages (the OpenAI messages list) and the tools schemas offered."""
+    def start(cls, messages: Any, tools: Any = None) -> Trajectory:
+        """A fresh trajectory from the prompt messages (the OpenAI messages list) and the tools schemas offered.
+
+        Never raises: a prompt or tools that cannot be rolled out (a sample's data is not trusted) give an empty
+        trajectory that says why in :attr:`unusable`.
+        """
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
-            raise ValueError(
+            unusable = (
                 "the prompt must be the OpenAI messages list (do not pass --apply-chat-template to slime); "
                 f"got {type(messages).__name__}"
             )
-        return cls(messages=[dict(m) for m in messages], prompt_messages=len(messages), tools=offered_tools(tools))
+            return cls(messages=[], prompt_messages=0, unusable=unusable)
+        try:
+            offered = offered_tools(tools)
+        except ValueError as exc:
+            return cls(messages=[], prompt_messages=0, unusable=str(exc))
+        return cls(messages=[dict(m) for m in messages], prompt_messages=len(messages), tools=offered)
 
     @property
     def prompt(self) -> list[dict[str, Any]]:

@@ -88,3 +88,20 @@ async def test_unreadable_tools_fail_the_sample_without_raising(qwen_tokenizer) 
         assert "tools must be a list of OpenAI function schemas" in sample.metadata["error"]
         assert sample.response_length == len(sample.loss_mask) == 1 and len(sample.tokens) > 1, "placeholder tensors"
     await context.aclose()
+
+
+async def test_a_tool_error_quoting_a_lone_surrogate_reaches_the_message_and_the_counters_as_valid_unicode() -> None:
+    """A tool's error often quotes what the policy wrote (a name or query with an escaped lone surrogate): the
+    reply's error, the tool message and the recorded errors can all be encoded as UTF-8."""
+    from search_r1_oai.tool_base import ToolReply
+
+    assert ToolReply(error="bad \ud800 name").error == "bad \ufffd name"
+    context = RolloutContext(Settings(), None, "http://unused", tools={"calc": _calc_tool()})
+    stats = RolloutStats()
+    messages = await run_tool_calls([ToolCall("a", "look\udfffup", {})], [SEARCH_TOOL, CALC], context, stats)
+    assert messages[0]["content"].startswith("Error: unknown tool 'look")
+    assert messages[0]["name"] == "look\ufffdup"
+    for text in (messages[0]["content"], messages[0]["name"], *stats.tool_error_messages):
+        text.encode("utf-8")
+    assert stats.tool_errors == 1 and stats.bad_tool_calls == 1
+    await context.aclose()

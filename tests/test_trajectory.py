@@ -188,3 +188,42 @@ async def test_a_template_the_rollout_cannot_extend_fails_the_sample_before_any_
     assert result.outcome.name == "FAILED" and result.stop_reason == "capability" and result.train is False
     assert result.error is not None and "does not end an assistant turn" in result.error
     assert result.response_length == 1 and result.loss_mask == [0]  # placeholder tensors, not trained on
+
+
+@pytest.mark.parametrize(
+    ("messages", "tools", "why"),
+    [
+        ("<|im_start|>user\nrendered text<|im_end|>", None, "--apply-chat-template"),
+        ([{"content": "no role"}], None, "OpenAI messages list"),
+        (build_messages("Who?"), [{"type": "function"}], "tools must be a list of OpenAI function schemas"),
+        (build_messages("Who?"), 42, "tools must be a list of OpenAI function schemas"),
+    ],
+)
+async def test_an_unusable_prompt_fails_as_bad_prompt_without_a_policy_call(
+    qwen_tokenizer, caplog, messages, tools, why
+):
+    """A sample's prompt and tools are data, not trusted: starting a trajectory from bad ones never raises, and the
+    rollout ends it FAILED with stop_reason bad_prompt and the reason, placeholder tensors, no policy call and no
+    traceback (it is not a bug of the rollout)."""
+    from search_r1_oai.rollout import run_rollout
+
+    trajectory = Trajectory.start(messages, tools)
+    assert trajectory.unusable is not None and why in trajectory.unusable and trajectory.messages == []
+
+    class NoPolicy:
+        def build_request(self, *args, **kwargs):
+            raise AssertionError("the policy was asked for a turn")
+
+    context = RolloutContext(Settings(log_every=0), qwen_tokenizer, "http://unused", chat_factory=NoPolicy)
+    result = await run_rollout(context, messages, {"max_new_tokens": 8}, tools=tools)
+    await context.aclose()
+    assert result.outcome.name == "FAILED" and result.stop_reason == "bad_prompt" and result.train is False
+    assert result.error is not None and why in result.error
+    assert result.response_length == 1 and result.loss_mask == [0]
+    assert "rollout failed" not in caplog.text
+
+
+def test_a_usable_prompt_starts_a_trajectory_with_the_tools_offered() -> None:
+    trajectory = Trajectory.start(build_messages("Who?"))
+    assert trajectory.unusable is None and trajectory.tools == [SEARCH_TOOL]
+    assert trajectory.prompt == build_messages("Who?") and not trajectory.started
