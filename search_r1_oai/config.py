@@ -39,13 +39,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Knob:
-    """One row of the table: a variable, its parser and help. ``part`` is the position in a tuple-valued field."""
+    """One row of the table: a variable, its parser and help."""
 
     env: str
     kind: str  # int | float | bool | str | urls
     help: str
     minimum: float | None = None
-    part: int | None = None
     below: float | None = None  # exclusive upper bound
     attr: str = ""
     default: Any = None
@@ -79,7 +78,7 @@ def setting(
     bounds). Public so a tool's own settings (``tool_settings.tool_setting``) are rows read the same way."""
     knob = Knob(env, kind, help, minimum, below=below, secret=secret)
     # A secret stays out of repr(settings), so a log line or traceback that prints the settings cannot show it.
-    return field(default=default, repr=not secret, metadata={KNOBS_KEY: (knob,)})
+    return field(default=default, repr=not secret, metadata={KNOBS_KEY: knob})
 
 
 MASK = "***"
@@ -257,20 +256,15 @@ class Settings:
         0.0,
         1.0,
     )
-    tool_call_markers: tuple[str, str] = field(
-        default=("<tool_call>", "</tool_call>"),
-        metadata={
-            KNOBS_KEY: (
-                Knob(
-                    "SEARCH_R1_TOOL_CALL_START",
-                    "str",
-                    "Start marker of a tool call in the model's raw output: calls the server's parser rejected "
-                    "(bad JSON, unknown tool) become an error message instead of a silent final answer.",
-                    part=0,
-                ),
-                Knob("SEARCH_R1_TOOL_CALL_END", "str", "End marker of a tool call in the model's raw output.", part=1),
-            )
-        },
+    tool_call_start: str = setting(
+        "<tool_call>",
+        "SEARCH_R1_TOOL_CALL_START",
+        "str",
+        "Start marker of a tool call in the model's raw output: calls the server's parser rejected (bad JSON, "
+        "unknown tool) become an error message instead of a silent final answer.",
+    )
+    tool_call_end: str = setting(
+        "</tool_call>", "SEARCH_R1_TOOL_CALL_END", "str", "End marker of a tool call in the model's raw output."
     )
     # ---- run script (run_qwen2.5-3B-it.sh): read by its launcher, which turns it into slime's flags ----
     dynamic_sampling: bool = setting(
@@ -372,23 +366,26 @@ class Settings:
         0.0,
     )
 
+    @property
+    def tool_call_markers(self) -> tuple[str, str]:
+        """The start and end marker of a tool call in raw output text, as the parser takes them."""
+        return self.tool_call_start, self.tool_call_end
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """The settings of the environment alone (``os.environ`` by default); kept for callers without ``args``."""
         return load_settings(None, env)
 
 
-def _table() -> tuple[Knob, ...]:
-    knobs = []
-    for f in dataclasses.fields(Settings):
-        for knob in f.metadata[KNOBS_KEY]:
-            whole: Any = f.default
-            default = whole if knob.part is None else whole[knob.part]
-            knobs.append(dataclasses.replace(knob, attr=f.name, default=default))
-    return tuple(knobs)
+def rows(cls: type[Any]) -> tuple[Knob, ...]:
+    """The rows of a settings dataclass made of :func:`setting` fields, in order, each knowing its field and
+    default."""
+    return tuple(
+        dataclasses.replace(f.metadata[KNOBS_KEY], attr=f.name, default=f.default) for f in dataclasses.fields(cls)
+    )
 
 
-SETTINGS: tuple[Knob, ...] = _table()
+SETTINGS: tuple[Knob, ...] = rows(Settings)
 """Every setting, in table order: the single source of the README table, ``--help`` and the example config."""
 KEYS = frozenset(knob.key for knob in SETTINGS)
 ENV_NAMES = frozenset(knob.env for knob in SETTINGS)
@@ -507,16 +504,7 @@ def load_settings_with_urls(retrieval_urls: str | None, env: Mapping[str, str] |
 
 
 def _build(chosen: Mapping[Knob, tuple[Any, _Source | None]]) -> Settings:
-    values: dict[str, Any] = {}
-    for knob, (value, _) in chosen.items():
-        if knob.part is None:
-            values[knob.attr] = value
-        else:
-            values.setdefault(knob.attr, {})[knob.part] = value
-    for name, value in values.items():
-        if isinstance(value, dict):
-            values[name] = tuple(value[i] for i in sorted(value))
-    return Settings(**values)
+    return Settings(**{knob.attr: value for knob, (value, _) in chosen.items()})
 
 
 # ---- rendering: the README table, the run script's --help, the example config ---------------------------------
@@ -803,7 +791,7 @@ def _print_value(name: str, config: dict[str, Any]) -> None:
     if knob.secret:
         raise ConfigError(f"{name} is a secret: it is never printed")
     value = getattr(load_settings(SimpleNamespace(**{str(k): v for k, v in config.items()}), {}), knob.attr)
-    print(",".join(value) if knob.kind == "urls" else value[knob.part] if knob.part is not None else value)
+    print(",".join(value) if knob.kind == "urls" else value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

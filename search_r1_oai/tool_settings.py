@@ -7,7 +7,6 @@ A tool declares them as a frozen dataclass whose fields are :func:`tool_setting`
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -27,21 +26,12 @@ def tool_setting(
     return config.setting(default, env, kind, help, minimum, below)
 
 
-def rows(cls: type[Any]) -> tuple[config.Knob, ...]:
-    """The rows of a tool's settings class, in order (for its help text)."""
-    return tuple(
-        dataclasses.replace(knob, attr=f.name, default=f.default)
-        for f in dataclasses.fields(cls)
-        for knob in f.metadata[config.KNOBS_KEY]
-    )
-
-
 def load_tool_settings(cls: type[T], args: Any = None, env: Mapping[str, str] | None = None) -> T:
     """``cls`` with each row from ``args`` (by key), else ``env`` (by variable; ``os.environ`` by default), else its
     default."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    for knob in rows(cls):
+    for knob in config.rows(cls):
         sources = [(getattr(args, knob.key, None), knob.key, "the slime config (--custom-config-path, on args)")]
         sources.append((env.get(knob.env), knob.env, "the environment"))
         for raw, name, label in sources:

@@ -73,7 +73,8 @@ def test_every_variable_is_read() -> None:
         trajectory_timeout_s=90.0,
         tool_result_max_chars=1000,
         tool_result_max_tokens=300,
-        tool_call_markers=("<call>", "</call>"),
+        tool_call_start="<call>",
+        tool_call_end="</call>",
     )
 
 
@@ -123,7 +124,7 @@ def test_every_variable_is_in_the_table() -> None:
     assert [knob.env for knob in config.SETTINGS] == names
     assert all(knob.key == knob.env.lower() and knob.help for knob in config.SETTINGS)
     assert {knob.attr for knob in config.SETTINGS} == {f.name for f in dataclasses.fields(Settings)}
-    assert len(dataclasses.fields(Settings)) == 36
+    assert len(dataclasses.fields(Settings)) == len(config.SETTINGS) == 37  # one field per row
     text = config.render_help_text() + config.render_markdown() + config.render_yaml()
     assert [name for name in names if name not in text or name.lower() not in text] == []
 
@@ -192,7 +193,7 @@ def test_yaml_native_types_and_strings_are_both_accepted() -> None:
         retry_initial_wait_s=0.25,
         allow_reencode_fallback=True,
         verify_prompt_ids=True,
-        tool_call_markers=("<call>", "</tool_call>"),
+        tool_call_start="<call>",
     )
     assert load_settings(native, {}) == expected == load_settings(strings, {})
     assert isinstance(load_settings(native, {}).policy_timeout_s, float)
