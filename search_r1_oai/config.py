@@ -19,7 +19,7 @@ import re
 import shlex
 import sys
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,7 +42,7 @@ class Knob:
     """One row of the table: a variable, its parser and help."""
 
     env: str
-    kind: str  # int | float | bool | str | urls
+    kind: str  # int | float | bool | str | urls | modules
     help: str
     minimum: float | None = None
     below: float | None = None  # exclusive upper bound
@@ -62,6 +62,7 @@ class Knob:
             "bool": "a boolean (true/false, 1/0, yes/no, on/off)",
             "str": "a non-empty string",
             "urls": "http:// or https:// URLs, as a YAML list or one comma-separated string",
+            "modules": "Python module names (package.module), as a YAML list or one comma-separated string",
         }[self.kind]
 
 
@@ -266,6 +267,15 @@ class Settings:
     tool_call_end: str = setting(
         "</tool_call>", "SEARCH_R1_TOOL_CALL_END", "str", "End marker of a tool call in the model's raw output."
     )
+    tool_modules: tuple[str, ...] = setting(
+        (),
+        "SEARCH_R1_TOOL_MODULES",
+        "modules",
+        "Your own tools: Python modules (importable from the project root, e.g. my_tools for my_tools.py) that "
+        "every rollout process imports before its first sample; each registers its tools with "
+        "search_r1_oai.tools.register_tool (README: To add a tool). search is always there; a sample offers the "
+        "tools whose schemas are in its tools column.",
+    )
     # ---- run script (run_qwen2.5-3B-it.sh): read by its launcher, which turns it into slime's flags ----
     dynamic_sampling: bool = setting(
         False,
@@ -402,7 +412,8 @@ class _Source:
 
 
 def is_blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
+    """Unset: nothing, a blank string or an empty YAML list (the setting keeps its default)."""
+    return value is None or (isinstance(value, str) and not value.strip()) or value in ([], ())
 
 
 def parse_value(knob: Knob, value: Any, name: str, label: str) -> Any:
@@ -439,12 +450,23 @@ def parse_value(knob: Knob, value: Any, name: str, label: str) -> Any:
         if not isinstance(value, str):
             raise bad()
         return value
+    return _listed(knob, value, bad)
+
+
+def _listed(knob: Knob, value: Any, bad: Callable[[str], ConfigError]) -> tuple[str, ...]:
+    """A list setting (``urls``, ``modules``): a YAML list or one comma-separated string, each entry checked."""
     parts: list[Any] = [value] if isinstance(value, str) else list(value) if isinstance(value, list | tuple) else []
     if not parts or not all(isinstance(part, str) for part in parts):
-        raise bad()
-    urls = tuple(piece.strip().rstrip("/") for part in parts for piece in part.split(",") if piece.strip())
-    if not urls:
-        raise bad(" (it names no URL)")
+        raise bad("")
+    names = tuple(piece.strip() for part in parts for piece in part.split(",") if piece.strip())
+    if not names:
+        raise bad(" (it names no URL)" if knob.kind == "urls" else " (it names no module)")
+    if knob.kind == "modules":
+        for module in names:
+            if not all(word.isidentifier() for word in module.split(".")):
+                raise bad(f" ({module!r} is not a module name)")
+        return names
+    urls = tuple(name.rstrip("/") for name in names)
     for url in urls:
         if not url.startswith(("http://", "https://")):
             raise bad(f" ({url!r} must start with http:// or https://)")
@@ -512,7 +534,7 @@ def _build(chosen: Mapping[Knob, tuple[Any, _Source | None]]) -> Settings:
 
 def _shown(knob: Knob) -> str:
     """A default as it is written in a config (and, for the URL list, in the variable)."""
-    if knob.secret or knob.default is None:
+    if knob.secret or knob.default is None or knob.default == ():
         return "unset"
     if isinstance(knob.default, tuple):
         return ",".join(knob.default)
@@ -791,7 +813,7 @@ def _print_value(name: str, config: dict[str, Any]) -> None:
     if knob.secret:
         raise ConfigError(f"{name} is a secret: it is never printed")
     value = getattr(load_settings(SimpleNamespace(**{str(k): v for k, v in config.items()}), {}), knob.attr)
-    print(",".join(value) if knob.kind == "urls" else value)
+    print(",".join(value) if isinstance(value, tuple) else value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

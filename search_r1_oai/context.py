@@ -22,16 +22,16 @@ from search_r1_oai.httpclients import ClientPools
 from search_r1_oai.policy_route import PolicyRoute
 from search_r1_oai.reencode import TokenVocab
 from search_r1_oai.tool_base import Tool, ToolSetup
-from search_r1_oai.tools import build_tools
+from search_r1_oai.tools import build_tools, import_tool_modules
 
 
 class RolloutContext:
     """Shared state of a process's rollouts against one policy URL.
 
-    Every registered tool (:func:`search_r1_oai.tools.register_tool`) is built once for the context, its own
-    settings rows read from ``tool_args`` (slime's ``args``) and the environment; ``tools`` adds tools or replaces
-    registered ones by name, and ``chat_factory`` replaces the policy client (the overhead benchmark replays
-    recorded replies and canned passages through both).
+    Every registered tool (:func:`search_r1_oai.tools.register_tool`, after importing ``SEARCH_R1_TOOL_MODULES``)
+    is built once for the context, its own settings rows read from ``tool_args`` (slime's ``args``) and the
+    environment; ``tools`` adds tools or replaces registered ones by name, and ``chat_factory`` replaces the policy
+    client (the overhead benchmark replays recorded replies and canned passages through both).
     """
 
     def __init__(
@@ -48,6 +48,7 @@ class RolloutContext:
         self.tokenizer = tokenizer
         self.policy_url = policy_url.rstrip("/")
         self.pools = ClientPools()
+        import_tool_modules(settings.tool_modules)
         self.tools = build_tools(ToolSetup(settings, self.pools, tool_args), tools)
         self._chat_factory = chat_factory
         # httpx connections belong to the loop that opened them, and so does the route's lock.

@@ -19,13 +19,14 @@ import argparse
 import asyncio
 import dataclasses
 import functools
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search_r1_oai.columns import METADATA, PROMPT
+from search_r1_oai.columns import METADATA, PROMPT, TOOLS
 from search_r1_oai.config import ConfigError, Settings, load_settings_with_urls
 from search_r1_oai.prompts import SEARCH_TOOL, SEARCH_TOOL_NAME, build_messages
 
@@ -159,6 +160,38 @@ def check_settings(settings: Settings, max_response_len: int | None, prompt_toke
     return Check("settings", True, f"context budget {settings.context_budget} >= prompt + {max_response_len}")
 
 
+def offered_tool_names(row: dict[str, Any] | None) -> list[str]:
+    """The tool names a data row offers (its ``tools`` column: a JSON list of schemas); search when it has none."""
+    raw = (row or {}).get(TOOLS)
+    schemas = json.loads(raw) if isinstance(raw, str) else raw
+    names = [
+        s["function"]["name"] for s in schemas or [] if isinstance(s, dict) and isinstance(s.get("function"), dict)
+    ]
+    return names or [SEARCH_TOOL_NAME]
+
+
+def check_tools(settings: Settings, offered: list[str]) -> Check:
+    """Every tool the data offers is registered in a rollout process: ``search``, plus those of the modules named by
+    ``SEARCH_R1_TOOL_MODULES``, imported as the rollout imports them."""
+    from search_r1_oai.tools import import_tool_modules, registered_tools
+
+    try:
+        import_tool_modules(settings.tool_modules)
+    except ConfigError as exc:
+        return Check("tools", False, str(exc), "fix the module (the error above is its own) or the setting")
+    registered = sorted(registered_tools())
+    missing = [name for name in offered if name not in registered]
+    if missing:
+        return Check(
+            "tools",
+            False,
+            f"the data offers {', '.join(missing)}, which no registered tool answers (registered: "
+            f"{', '.join(registered)}); every call to it would be an error message",
+            "add the module that registers it to SEARCH_R1_TOOL_MODULES (README: To add a tool)",
+        )
+    return Check("tools", True, f"registered: {', '.join(registered)}; the data offers: {', '.join(offered)}")
+
+
 def run_checks(args: argparse.Namespace, settings: Settings, emit: Callable[[Check], None]) -> bool:
     checks: list[Check] = []
 
@@ -174,11 +207,16 @@ def run_checks(args: argparse.Namespace, settings: Settings, emit: Callable[[Che
         return found
 
     messages, question = build_messages(DEFAULT_QUESTION), DEFAULT_QUESTION
+    first_row = None
     for path in args.data or []:
         first = attempt("data", functools.partial(check_data, path))
         if first is not None:
+            first_row = first_row or first
             messages = [dict(m) for m in first[PROMPT]]
             question = str((first.get(METADATA) or {}).get("question") or first.get("question") or question)
+    offered = offered_tool_names(first_row)
+    if settings.tool_modules or offered != [SEARCH_TOOL_NAME]:
+        attempt("tools", lambda: (check_tools(settings, offered), None))
     tokenizer = (
         attempt("template", functools.partial(_load_and_check_template, args.tokenizer)) if args.tokenizer else None
     )

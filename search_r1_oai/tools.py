@@ -9,11 +9,12 @@ loop does not know which tools exist.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+import importlib
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from search_r1_oai.config import Settings
+from search_r1_oai.config import ConfigError, Settings
 from search_r1_oai.result import RolloutStats
 from search_r1_oai.search_tool import SEARCH
 from search_r1_oai.text import bound_result, clean_text
@@ -60,6 +61,19 @@ def registered_tools() -> dict[str, ToolSpec]:
 def counter_kinds() -> tuple[type[ToolStats], ...]:
     """Every registered tool's counters' kind: what the metrics, the evaluation records and its table read."""
     return kinds()
+
+
+def import_tool_modules(modules: Sequence[str]) -> None:
+    """Import the modules of ``SEARCH_R1_TOOL_MODULES``; each registers its tools when imported (a module already
+    imported is not run again, so a process can build many contexts)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise ConfigError(
+                f"SEARCH_R1_TOOL_MODULES names {module!r}, which cannot be imported ({type(exc).__name__}: {exc}); "
+                "it must be importable from the project root (e.g. my_tools for my_tools.py there)"
+            ) from exc
 
 
 def build_tools(setup: ToolSetup, given: Mapping[str, Tool[Any]] | None = None) -> dict[str, Tool[Any]]:

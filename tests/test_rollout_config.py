@@ -106,6 +106,7 @@ def test_every_variable_is_in_the_table() -> None:
             "FORMAT_SCORE",
             "TOOL_CALL_START",
             "TOOL_CALL_END",
+            "TOOL_MODULES",
             "HEALTH",
             "HEALTH_WINDOW",
             "HEALTH_MIN_SEARCHES",
@@ -124,7 +125,7 @@ def test_every_variable_is_in_the_table() -> None:
     assert [knob.env for knob in config.SETTINGS] == names
     assert all(knob.key == knob.env.lower() and knob.help for knob in config.SETTINGS)
     assert {knob.attr for knob in config.SETTINGS} == {f.name for f in dataclasses.fields(Settings)}
-    assert len(dataclasses.fields(Settings)) == len(config.SETTINGS) == 37  # one field per row
+    assert len(dataclasses.fields(Settings)) == len(config.SETTINGS) == 38  # one field per row
     text = config.render_help_text() + config.render_markdown() + config.render_yaml()
     assert [name for name in names if name not in text or name.lower() not in text] == []
 
