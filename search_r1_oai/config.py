@@ -158,6 +158,15 @@ class Settings:
         "message says the search failed and the trajectory carries on.",
         0.001,
     )
+    retrieval_max_reply_mb: float = setting(
+        4.0,
+        "SEARCH_R1_RETRIEVAL_MAX_REPLY_MB",
+        "float",
+        "Largest /retrieve reply read, MiB (a search of 100 queries x 10 passages is about 1 MiB); reading stops "
+        "there and the search fails with a tool message, so a broken retriever cannot make every rollout of the "
+        "process wait while megabytes of JSON are parsed (~5 ms per MiB).",
+        0.001,
+    )
     trajectory_timeout_s: float = setting(
         1800.0,
         "SEARCH_R1_TRAJECTORY_TIMEOUT_S",

@@ -118,6 +118,32 @@ class AttemptTimeout(httpx.TimeoutException):
         self.limit_s = limit_s
 
 
+class ReplyTooLarge(httpx.DecodingError):
+    """A reply longer than the caller allows: reading stopped there, nothing of it is parsed (not retried: the
+    server would send the same again)."""
+
+    def __init__(self, limit_bytes: int, request: httpx.Request) -> None:
+        super().__init__(f"the reply is larger than {limit_bytes / 2**20:.3g} MiB", request=request)
+        self.limit_bytes = limit_bytes
+
+
+async def read_reply(response: httpx.Response, max_bytes: int | None) -> httpx.Response:
+    """``response`` (opened with ``client.stream``) read whole, or :class:`ReplyTooLarge` as soon as it passes
+    ``max_bytes`` (by its declared length, before reading anything, or while reading)."""
+    declared = response.headers.get("content-length", "")
+    if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ReplyTooLarge(max_bytes, response.request)
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise ReplyTooLarge(max_bytes, response.request)
+        chunks.append(chunk)
+    # Decoded already (aiter_bytes undoes the content encoding): the copy carries no encoding header.
+    headers = [(k, v) for k, v in response.headers.items() if k.lower() not in ("content-encoding", "content-length")]
+    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks), request=response.request)
+
+
 class RequestFailed(Exception):
     """A request that still failed after its retries; the message says after how many attempts and why."""
 
@@ -145,6 +171,7 @@ async def post_json(
     attempt_timeout_s: float,
     deadline_s: float,
     on_failure: Callable[[str, BaseException], None] | None = None,
+    max_reply_bytes: int | None = None,
     **request: Any,
 ) -> PostResult:
     """POST and decode the JSON reply, with up to ``retries`` extra attempts on retryable errors (backoff with
@@ -153,7 +180,8 @@ async def post_json(
 
     Nothing waits forever: each attempt must be complete (connect to last byte) within ``attempt_timeout_s``, and
     the whole call, attempts and backoff together, within ``deadline_s``: no attempt runs past it, no wait sleeps
-    past it and no attempt starts after it. A cut attempt is an :class:`AttemptTimeout` (retryable)."""
+    past it and no attempt starts after it. A cut attempt is an :class:`AttemptTimeout` (retryable). A reply longer
+    than ``max_reply_bytes`` is a :class:`ReplyTooLarge`, read no further."""
     return await request_json(
         client,
         "POST",
@@ -163,6 +191,7 @@ async def post_json(
         attempt_timeout_s=attempt_timeout_s,
         deadline_s=deadline_s,
         on_failure=on_failure,
+        max_reply_bytes=max_reply_bytes,
         **request,
     )
 
@@ -177,6 +206,7 @@ async def request_json(
     attempt_timeout_s: float,
     deadline_s: float,
     on_failure: Callable[[str, BaseException], None] | None = None,
+    max_reply_bytes: int | None = None,
     **request: Any,
 ) -> PostResult:
     """:func:`post_json` for any method."""
@@ -189,10 +219,10 @@ async def request_json(
         limit = max(0.0, min(attempt_timeout_s, ends_at - time.monotonic()))
         try:
             try:
-                async with asyncio.timeout(limit):
-                    response = await client.request(method, target, **request)
-                    response.raise_for_status()
-                    return response.json()
+                async with asyncio.timeout(limit), client.stream(method, target, **request) as streamed:
+                    response = await read_reply(streamed, max_reply_bytes)
+                response.raise_for_status()
+                return response.json()
             except TimeoutError:
                 raise AttemptTimeout(limit, limit < attempt_timeout_s, httpx.Request(method, target)) from None
         except (httpx.HTTPError, ValueError) as exc:

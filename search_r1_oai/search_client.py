@@ -30,6 +30,7 @@ from search_r1_oai.httpclients import (
     DEFAULT_POOLS,
     AttemptTimeout,
     ClientPools,
+    ReplyTooLarge,
     RequestFailed,
     describe_error,
     error_detail,
@@ -168,6 +169,8 @@ def failure_reason(exc: BaseException, timeout_s: float) -> str:
         return "cannot reach the server (connection refused or failed)"
     if isinstance(exc, httpx.TransportError):
         return f"the connection failed ({type(exc).__name__})"
+    if isinstance(exc, ReplyTooLarge):
+        return f"{exc} (SEARCH_R1_RETRIEVAL_MAX_REPLY_MB)"
     if isinstance(exc, ValueError):
         return "its reply is not JSON"
     return type(exc).__name__
@@ -247,6 +250,7 @@ class SearchClient:
                 attempt_timeout_s=self._settings.retrieval_timeout_s,
                 deadline_s=self._settings.retrieval_deadline_s,
                 on_failure=self._record_failure,
+                max_reply_bytes=int(self._settings.retrieval_max_reply_mb * 2**20),
                 json=payload,
                 headers=headers,
             )

@@ -8,11 +8,12 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from search_r1_oai import search_client
 from search_r1_oai.config import Settings
@@ -348,3 +349,46 @@ async def test_failures_are_logged_with_their_urls_at_most_once_per_period(
     lines = [r.getMessage() for r in caplog.records if r.name == "search_r1_oai.search_client"]
     assert len(lines) == 2 and all(dead in line for line in lines)
     assert lines[1].endswith("(+4 more failed searches not logged)")
+
+
+async def test_a_reply_larger_than_the_limit_is_refused_by_its_length_and_not_retried() -> None:
+    """A retriever that sends megabytes (a reply of 1.5 MiB here) cannot make the process parse them: the search
+    fails with a message naming the setting, and the same replica is not asked again."""
+    size = 3 * 2**18  # 0.75 MiB, in both the passage's contents and its text
+
+    def huge(body: dict) -> None:
+        body["result"][0][0].update(contents='"Big"\n' + "x" * size, text="x" * size)
+
+    fake = FakeRetriever(edit=huge)
+    with serve_fake_retriever(fake) as url, pytest.raises(SearchError) as caught:
+        await SearchClient(settings_for(url, retrieval_max_reply_mb=1.0)).retrieve(["q"])
+    assert "larger than 1 MiB (SEARCH_R1_RETRIEVAL_MAX_REPLY_MB)" in str(caught.value)
+    assert caught.value.attempts == 1 and len(fake.requests) == 1
+    with serve_fake_retriever(FakeRetriever(edit=huge)) as url:
+        result = await SearchClient(settings_for(url, retrieval_max_reply_mb=4.0)).retrieve(["q"])
+    assert result.passages[0][0].text == "x" * size, "under the limit it is read whole"
+
+
+async def test_an_endless_chunked_reply_is_read_no_further_than_the_limit() -> None:
+    """No Content-Length (chunked) and no end: reading stops at the limit (a client that read on would time out
+    instead), and the server sees the client go."""
+    app = FastAPI()
+    stopped = threading.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b" " * 65536  # JSON whitespace, forever
+                await asyncio.sleep(0)
+        finally:
+            stopped.set()
+
+    @app.post("/retrieve")
+    async def retrieve() -> StreamingResponse:
+        return StreamingResponse(endless(), media_type="application/json")
+
+    with serve_app(app) as url:
+        with pytest.raises(SearchError, match=r"larger than 1 MiB") as caught:
+            await SearchClient(settings_for(url, retrieval_max_reply_mb=1.0, retrieval_timeout_s=30)).retrieve(["q"])
+        assert caught.value.attempts == 1
+        assert await asyncio.to_thread(stopped.wait, 10), "the server kept sending to a client that had gone"
