@@ -92,11 +92,9 @@ RETRIEVER_READY_TIMEOUT="${RETRIEVER_READY_TIMEOUT:-600}"
 TRAIN_SCRIPT="${TRAIN_SCRIPT:-$ROOT/run_qwen2.5-3B-it.sh}"
 SKIP_PREFLIGHT="${SKIP_PREFLIGHT:-0}"
 PREFLIGHT_PYTHON="${PREFLIGHT_PYTHON:-python3}"
-# What the training script reads, checked before anything starts (the same defaults as run_qwen2.5-3B-it.sh).
-SLIME_DIR="${SLIME_DIR:-/root/slime}"
-HF_CKPT="${HF_CKPT:-/root/Qwen2.5-3B-Instruct}"
-REF_LOAD="${REF_LOAD:-/root/Qwen2.5-3B-Instruct_torch_dist}"
-DATA_DIR="${DATA_DIR:-$ROOT/data/search_r1_processed}"
+# What the training script reads, checked before anything starts (run_qwen2.5-3B-it.sh reads the same file).
+# shellcheck source=scripts/run_paths.sh
+source "$ROOT/scripts/run_paths.sh"
 # The retriever started here: its bind address, GPUs and extra variable names (see above).
 HOST="${HOST:-}"
 RETRIEVER_GPUS="${RETRIEVER_GPUS:-}"

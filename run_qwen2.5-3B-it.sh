@@ -67,11 +67,13 @@ esac
 absolute() { if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$PWD" "$1"; fi; }
 
 # ---- settings (the launcher checks each value before anything starts) ----
-SLIME_DIR="$(absolute "${SLIME_DIR:-/root/slime}")"
-HF_CKPT="$(absolute "${HF_CKPT:-/root/Qwen2.5-3B-Instruct}")"
-REF_LOAD="$(absolute "${REF_LOAD:-/root/Qwen2.5-3B-Instruct_torch_dist}")"
-SAVE_DIR="$(absolute "${SAVE_DIR:-/root/Qwen2.5-3B-Instruct_search_r1_oai}")"
-DATA_DIR="$(absolute "${DATA_DIR:-${SCRIPT_DIR}/data/search_r1_processed}")"
+# shellcheck source=scripts/run_paths.sh
+source "$SCRIPT_DIR/scripts/run_paths.sh"  # SLIME_DIR HF_CKPT REF_LOAD SAVE_DIR DATA_DIR, shared with the wrapper
+SLIME_DIR="$(absolute "$SLIME_DIR")"
+HF_CKPT="$(absolute "$HF_CKPT")"
+REF_LOAD="$(absolute "$REF_LOAD")"
+SAVE_DIR="$(absolute "$SAVE_DIR")"
+DATA_DIR="$(absolute "$DATA_DIR")"
 SAVE_INTERVAL="${SAVE_INTERVAL:-100}"
 NUM_NODES="${NUM_NODES:-1}"
 NUM_GPUS="${NUM_GPUS:-4}"
