@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import socket
 import subprocess
@@ -24,12 +25,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from pydantic import BaseModel, Field
 
 from retriever.api import create_app, model_label
 from retriever.batcher import Batcher
 from retriever.cache import LRUCache
 from retriever.engine import RetrievalEngine
-from retriever.request_body import MAX_ERRORS
+from retriever.request_body import MAX_ERRORS, BodyParser, BodyProblem
 from retriever.settings import Settings
 from tests.support.live_server import free_port, serve_app
 
@@ -462,3 +464,73 @@ def test_a_server_bound_beyond_loopback_without_a_key_says_who_can_query_it():
     assert retrieval_server.exposure_warning("0.0.0.0", "key") is None
     warning = retrieval_server.exposure_warning("0.0.0.0", None)
     assert warning is not None and "anyone who can reach this port" in warning and "RETRIEVER_API_KEY" in warning
+
+
+class PidModel(BaseModel):
+    """A request model that records which process validated it."""
+
+    queries: list[str]
+    pid: int = Field(default_factory=os.getpid)
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    """Whether process ``pid`` ends (or is only a zombie left for init) within ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+async def test_a_large_body_is_parsed_in_a_worker_process_and_a_small_one_on_the_loop():
+    """json's parser holds the GIL for the whole body: past the inline limit the parse happens in another process,
+    so the event loop (and /health) never waits for it; a refused body's problem comes back the same, and closing
+    the parser ends the worker."""
+    parser = BodyParser(inline_max_bytes=1024)
+    try:
+        small = await parser.parse(json.dumps({"queries": ["a"]}).encode(), "application/json", PidModel)
+        large = await parser.parse(json.dumps({"queries": ["a" * 2048]}).encode(), "application/json", PidModel)
+        refused = await parser.parse(b'{"queries": [' + b"[]," * 1000 + b"[]]}", "application/json", PidModel)
+    finally:
+        await parser.aclose()
+    assert isinstance(small, PidModel) and small.pid == os.getpid()
+    assert isinstance(large, PidModel) and large.pid != os.getpid() and large.queries == ["a" * 2048]
+    assert isinstance(refused, BodyProblem) and refused.kind == "invalid_fields" and refused.total == 1001
+    assert _gone(large.pid, 10), "the worker outlived aclose()"
+
+
+def test_the_worker_ends_with_a_server_that_was_killed():
+    """A server killed outright (SIGKILL, out of memory) sends its worker no shutdown: the worker goes anyway."""
+    script = (
+        "import asyncio, os, signal, json\n"
+        "from retriever.request_body import BodyParser\n"
+        "from tests.test_retriever_hardening import PidModel\n"
+        "async def main():\n"
+        "    body = json.dumps({'queries': ['a' * 2048]}).encode()\n"
+        "    model = await BodyParser(inline_max_bytes=1024).parse(body, 'application/json', PidModel)\n"
+        "    print(model.pid, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT / "local_dense_retriever"), str(PROJECT)])}
+    killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr
+    worker = int(killed.stdout.split()[0])
+    assert _gone(worker, 10), f"worker {worker} outlived its killed server"
+
+
+def test_the_server_as_users_start_it_parses_a_large_body_in_its_worker_process(limited_server: str):
+    """retrieval_server.py is the __main__ the worker process is spawned from: a 0.5 MiB body of numbers gets the
+    same short 422 from there, and the server goes on answering."""
+    body = json.dumps({"queries": list(range(100_000))}).encode()
+    response = httpx.post(
+        f"{limited_server}/retrieve", content=body, headers={"content-type": "application/json"}, timeout=60
+    )
+    assert response.status_code == 422, response.text[:500]
+    assert response.json()["errors"] == 100_000 and len(response.content) < 4096
+    assert httpx.post(f"{limited_server}/retrieve", json={"queries": ["alpha"]}, timeout=30).status_code == 200

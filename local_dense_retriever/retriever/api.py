@@ -7,9 +7,9 @@ handlers only validate, enqueue and await: all compute happens on the worker, th
 Every 4xx/5xx the server sends is counted by reason (:class:`Refusals`, in /health's ``refused``): a client that
 sees retries or failures can tell from the server's side whether it was overloaded, still loading, or sent
 requests it should never have sent. One client cannot stall the others: bad bodies are checked in time
-proportional to their size with a bounded error list (request_body.py), bodies have a deadline
-(:class:`BodyDeadline`), connections a cap and a header deadline (connections.py), and the queries of a client
-that hung up are dropped before they are searched (:func:`_unless_disconnected`, batcher.py).
+proportional to their size with a bounded error list, large ones in a worker process (request_body.py), bodies
+have a deadline (:class:`BodyDeadline`), connections a cap and a header deadline (connections.py), and the
+queries of a client that hung up are dropped before they are searched (:func:`_unless_disconnected`, batcher.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from .batcher import Batcher, BatchFailedError, OverloadedError
 from .docs_page import add_docs_pages
-from .request_body import BodyProblem, parse_body
+from .request_body import BodyParser, BodyProblem
 from .settings import MAX_TOPK, Settings
 
 logger = logging.getLogger(__name__)
@@ -305,6 +305,7 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
         cache_bytes=int(settings.cache_mb * (1 << 20)),
     )
     key = api_key.encode("utf-8", "surrogateescape") if api_key else None
+    body_parser = BodyParser()
 
     async def load() -> None:
         try:
@@ -329,6 +330,7 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
         finally:
             loader.cancel()
             await batcher.stop()
+            await body_parser.aclose()
 
     app = FastAPI(
         title="Local dense retriever",
@@ -401,7 +403,7 @@ def create_app(settings: Settings, load_engine: Callable[[], EngineLike] | None 
                 "this retriever needs Authorization: Bearer <RETRIEVER_API_KEY>",
                 headers={"www-authenticate": "Bearer"},
             )
-        parsed = parse_body(await request.body(), request.headers.get("content-type", ""), RetrieveRequest)
+        parsed = await body_parser.parse(await request.body(), request.headers.get("content-type", ""), RetrieveRequest)
         if isinstance(parsed, BodyProblem):
             return refuse(request, parsed.kind, 422, parsed.errors, message=parsed.message, errors=parsed.total)
         problem = _limits_problem(parsed, settings)

@@ -4,19 +4,32 @@ FastAPI's own path lists one error per bad item and runs every one through ``jso
 of 100k numbers took 10 s of the event loop and an 18 MiB reply. Here the queries are type-checked in one C-level
 pass first; only the first :data:`MAX_ERRORS` bad items get an error dict, the rest are counted, and pydantic
 (the same :class:`RetrieveRequest` the fake retriever validates with) only ever sees a list it will accept.
+
+Even so, json's C parser holds the GIL for the whole body: on the event loop, a 64 MiB body of small numbers or
+empty lists held /health and every other request for seconds. :class:`BodyParser` parses bodies over
+:data:`INLINE_PARSE_MAX_BYTES` in a worker process instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.message
 import json
+import multiprocessing
+import os
+import threading
+import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, StrictStr, TypeAdapter, ValidationError
 
 MAX_ERRORS = 5
+# Bodies up to this size are parsed on the event loop: a few milliseconds, less than handing them to a process.
+INLINE_PARSE_MAX_BYTES = 256 * 1024
 _QUERY = TypeAdapter(StrictStr)
 M = TypeVar("M", bound=BaseModel)
 
@@ -119,3 +132,47 @@ def parse_body(body: bytes, content_type: str, model: type[M]) -> M | BodyProble
     if total:
         return BodyProblem("invalid_fields", errors, total)
     return request
+
+
+def _exit_with(parent: int) -> None:
+    """The worker's initializer: it ends when the server does, however the server ended (a killed server sends it
+    no shutdown, and the worker's own copy of its task pipe never reports the server gone)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-server", daemon=True).start()
+
+
+class BodyParser:
+    """:func:`parse_body` for the server: small bodies on the event loop, larger ones in one worker process, spawned
+    on the first large body (a server that never sees one never starts it). Large bodies queue for the worker; the
+    event loop, and so /health and every small request, never waits for their parse."""
+
+    def __init__(self, inline_max_bytes: int = INLINE_PARSE_MAX_BYTES) -> None:
+        self.inline_max_bytes = inline_max_bytes
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def parse(self, body: bytes, content_type: str, model: type[M]) -> M | BodyProblem:
+        """What :func:`parse_body` gives, from wherever it ran (``model`` must be importable by name)."""
+        if len(body) <= self.inline_max_bytes:
+            return parse_body(body, content_type, model)
+        if self._pool is None:
+            # spawn, not fork: the server's process holds threads (the engine's worker, torch's pools).
+            spawn = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(1, spawn, initializer=_exit_with, initargs=(os.getpid(),))
+        pool = self._pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, parse_body, body, content_type, model)
+        except BrokenProcessPool:
+            if self._pool is pool:  # the worker died (out of memory, killed): the next large body gets a new one
+                self._pool = None
+            raise
+
+    async def aclose(self) -> None:
+        """Stop the worker, if one was started, and wait for it (a parse still running is finished first)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
