@@ -421,8 +421,7 @@ class _Source:
 
 
 def is_blank(value: Any) -> bool:
-    """Unset: nothing, a blank string or an empty YAML list (the setting keeps its default)."""
-    return value is None or (isinstance(value, str) and not value.strip()) or value in ([], ())
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def parse_value(knob: Knob, value: Any, name: str, label: str) -> Any:
@@ -463,7 +462,10 @@ def parse_value(knob: Knob, value: Any, name: str, label: str) -> Any:
 
 
 def _listed(knob: Knob, value: Any, bad: Callable[[str], ConfigError]) -> tuple[str, ...]:
-    """A list setting (``urls``, ``modules``): a YAML list or one comma-separated string, each entry checked."""
+    """A list setting (``urls``, ``modules``): a YAML list or one comma-separated string, each entry checked. An
+    empty YAML list of modules is none (the default); every other list must name something."""
+    if knob.kind == "modules" and isinstance(value, list | tuple) and not value:
+        return ()
     parts: list[Any] = [value] if isinstance(value, str) else list(value) if isinstance(value, list | tuple) else []
     if not parts or not all(isinstance(part, str) for part in parts):
         raise bad("")

@@ -130,13 +130,16 @@ class ReplyTooLarge(httpx.DecodingError):
 async def read_reply(response: httpx.Response, max_bytes: int | None) -> httpx.Response:
     """``response`` (opened with ``client.stream``) read whole, or :class:`ReplyTooLarge` as soon as it passes
     ``max_bytes`` (by its declared length, before reading anything, or while reading)."""
+    if max_bytes is None:
+        await response.aread()
+        return response
     declared = response.headers.get("content-length", "")
-    if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared.isdigit() and int(declared) > max_bytes:
         raise ReplyTooLarge(max_bytes, response.request)
     chunks, size = [], 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
-        if max_bytes is not None and size > max_bytes:
+        if size > max_bytes:
             raise ReplyTooLarge(max_bytes, response.request)
         chunks.append(chunk)
     # Decoded already (aiter_bytes undoes the content encoding): the copy carries no encoding header.
